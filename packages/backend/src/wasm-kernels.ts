@@ -1,0 +1,33 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Kernels the wasm backend lacks but gradients need. `UnsortedSegmentSum` is the gradient of `gather`
+ * (embedding lookups); without it, training anything upstream of a gather fails on wasm.
+ */
+export function registerWasmFallbackKernels(): void {
+  if (tf.getKernel('UnsortedSegmentSum', 'wasm')) return;
+  tf.registerKernel({
+    kernelName: 'UnsortedSegmentSum',
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const wasm = backend as any;
+      const { x, segmentIds } = inputs as unknown as { x: tf.TensorInfo; segmentIds: tf.TensorInfo };
+      const numSegments = (attrs as any).numSegments as number;
+      const inner = x.shape.slice(segmentIds.shape.length).reduce((a, b) => a * b, 1);
+      const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
+      const out = wasm.makeOutput(outShape, x.dtype);
+      const xs = wasm.typedArrayFromHeap(x) as Float32Array;
+      const ids = wasm.typedArrayFromHeap(segmentIds) as Int32Array;
+      const o = wasm.typedArrayFromHeap(out) as Float32Array;
+      o.fill(0);
+      for (let i = 0; i < ids.length; i++) {
+        const s = ids[i];
+        if (s < 0 || s >= numSegments) continue; // TensorFlow drops out-of-range segments
+        const src = i * inner;
+        const dst = s * inner;
+        for (let j = 0; j < inner; j++) o[dst + j] += xs[src + j];
+      }
+      return out;
+    },
+  });
+}

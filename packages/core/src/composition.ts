@@ -1,0 +1,163 @@
+import { CompositionError } from './errors.js';
+
+/**
+ * Composition blocks, as plain serialisable data (the same shapes as `adapters`' adapter_setup.json).
+ * The blocks' *runtime* behaviour lives in @adapterkit/compose; core only knows their shape and the nesting
+ * rules, so that a model can validate a composition without importing any method.
+ */
+export type BlockType = 'Stack' | 'Parallel' | 'BatchSplit' | 'Fuse' | 'Average' | 'Split';
+export type AdapterComposition = string | CompositionBlock;
+
+export interface StackBlock { type: 'Stack'; children: AdapterComposition[] }
+export interface ParallelBlock { type: 'Parallel'; children: AdapterComposition[] }
+export interface BatchSplitBlock { type: 'BatchSplit'; children: AdapterComposition[]; batchSizes: number[] }
+export interface FuseBlock { type: 'Fuse'; children: AdapterComposition[]; name: string }
+export interface AverageBlock { type: 'Average'; children: AdapterComposition[]; weights: number[] }
+export interface SplitBlock { type: 'Split'; children: AdapterComposition[]; splits: number[] }
+export type CompositionBlock = StackBlock | ParallelBlock | BatchSplitBlock | FuseBlock | AverageBlock | SplitBlock;
+
+type Child = AdapterComposition;
+const isOptions = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !('type' in (x as object)) && !Array.isArray(x);
+
+function childrenOf(block: string, args: unknown[]): Child[] {
+  if (args.length === 0) throw new CompositionError(`${block} needs at least one child`, block);
+  for (const c of args) {
+    if (typeof c !== 'string' && !(c && typeof c === 'object' && 'type' in (c as object))) {
+      throw new CompositionError(`${block} child ${JSON.stringify(c)} is neither an adapter name nor a block`, block);
+    }
+  }
+  return args as Child[];
+}
+
+export function Stack(...children: Child[]): StackBlock {
+  return { type: 'Stack', children: childrenOf('Stack', children) };
+}
+
+export function Parallel(...children: Child[]): ParallelBlock {
+  return { type: 'Parallel', children: childrenOf('Parallel', children) };
+}
+
+/** `BatchSplit('a', 'b', { batchSizes: [2, 0] })`; sizes may be 0. An int means that size for every child. */
+export function BatchSplit(...args: [...Child[], { batchSizes: number | number[] }]): BatchSplitBlock {
+  const opts = args[args.length - 1];
+  if (!isOptions(opts) || opts.batchSizes === undefined) throw new CompositionError('BatchSplit needs a final { batchSizes } argument', 'BatchSplit');
+  const children = childrenOf('BatchSplit', args.slice(0, -1));
+  const sizes = typeof opts.batchSizes === 'number' ? children.map(() => opts.batchSizes as number) : (opts.batchSizes as number[]);
+  if (!Array.isArray(sizes) || sizes.length !== children.length || !sizes.every((s) => Number.isInteger(s) && s >= 0)) {
+    throw new CompositionError(`BatchSplit batchSizes ${JSON.stringify(opts.batchSizes)} must be ${children.length} non-negative integers, one per child`, 'BatchSplit');
+  }
+  return { type: 'BatchSplit', children, batchSizes: [...sizes] };
+}
+
+/** `Fuse('a', 'b')` or `Fuse('a', 'b', { name })`; the fusion's name defaults to the children joined by ','. */
+export function Fuse(...args: (Child | { name: string })[]): FuseBlock {
+  const opts = isOptions(args[args.length - 1]) ? (args.pop() as { name?: string }) : {};
+  const children = childrenOf('Fuse', args);
+  return { type: 'Fuse', children, name: opts.name ?? children.map((c) => (typeof c === 'string' ? c : c.type)).join(',') };
+}
+
+/** `Average('a', 'b', { weights, normalizeWeights })`; weights default to 1/n and are normalised to sum 1. */
+export function Average(...args: (Child | { weights?: number[]; normalizeWeights?: boolean })[]): AverageBlock {
+  const opts = isOptions(args[args.length - 1]) ? (args.pop() as { weights?: number[]; normalizeWeights?: boolean }) : {};
+  const children = childrenOf('Average', args);
+  let weights = opts.weights ?? children.map(() => 1 / children.length);
+  if (weights.length !== children.length || !weights.every((w) => Number.isFinite(w))) {
+    throw new CompositionError(`Average weights ${JSON.stringify(opts.weights)} must be ${children.length} finite numbers`, 'Average');
+  }
+  if (opts.normalizeWeights ?? true) {
+    const sum = weights.reduce((a, b) => a + b, 0);
+    if (sum === 0) throw new CompositionError('Average weights sum to 0 and cannot be normalised', 'Average');
+    weights = weights.map((w) => w / sum);
+  }
+  return { type: 'Average', children, weights };
+}
+
+/** `Split('a', 'b', { splits: [64, 64] })`: sequence positions [0, 64) to a, the rest to b. */
+export function Split(...args: [...Child[], { splits: number | number[] }]): SplitBlock {
+  const opts = args[args.length - 1];
+  if (!isOptions(opts) || opts.splits === undefined) throw new CompositionError('Split needs a final { splits } argument', 'Split');
+  const children = childrenOf('Split', args.slice(0, -1));
+  const splits = typeof opts.splits === 'number' ? children.map(() => opts.splits as number) : (opts.splits as number[]);
+  if (splits.length !== children.length || !splits.every((s) => Number.isInteger(s) && s >= 0)) {
+    throw new CompositionError(`Split splits ${JSON.stringify(opts.splits)} must be ${children.length} non-negative integers`, 'Split');
+  }
+  return { type: 'Split', children, splits: [...splits] };
+}
+
+/** Which blocks may appear directly inside which (as `adapters`' ALLOWED_NESTINGS). */
+export const ALLOWED_NESTINGS: Record<BlockType, readonly (BlockType | 'name')[]> = {
+  Stack: ['name', 'Fuse', 'Split', 'Parallel', 'BatchSplit', 'Average'],
+  Fuse: ['name', 'Stack'],
+  Split: ['name', 'Split', 'Stack', 'BatchSplit', 'Average'],
+  Parallel: ['name', 'Stack', 'BatchSplit', 'Average'],
+  BatchSplit: ['name', 'Stack', 'Split', 'BatchSplit', 'Average'],
+  Average: ['name', 'Stack', 'Split', 'BatchSplit'],
+};
+
+const describe = (c: Child) => (typeof c === 'string' ? `'${c}'` : c.type);
+
+/**
+ * Checks nesting and depth, and returns the composition with a bare name wrapped in a Stack (as `adapters`
+ * does at level 0). Does not know about methods; see AdapterHost.setActiveAdapters for that.
+ */
+export function normalizeComposition(comp: AdapterComposition): CompositionBlock {
+  const root: CompositionBlock = typeof comp === 'string' ? Stack(comp) : comp;
+  const visit = (node: Child, level: number) => {
+    if (typeof node === 'string') return;
+    if (!node || typeof node !== 'object' || !(node.type in ALLOWED_NESTINGS)) {
+      throw new CompositionError(`unknown composition block ${JSON.stringify(node)}`);
+    }
+    if (level >= 2 && node.type !== 'Stack') {
+      throw new CompositionError(`composition is too deep: ${node.type} at nesting level ${level} (only Stack or names below level 1)`, node.type);
+    }
+    for (const child of node.children) {
+      const kind = typeof child === 'string' ? 'name' : child.type;
+      if (!ALLOWED_NESTINGS[node.type].includes(kind as BlockType | 'name')) {
+        throw new CompositionError(`${node.type} cannot contain ${describe(child)} (allowed: ${ALLOWED_NESTINGS[node.type].join(', ')})`, node.type, typeof child === 'string' ? child : child.type);
+      }
+      visit(child, level + 1);
+    }
+  };
+  visit(root, 0);
+  parallelChannels(root); // validates consistent Parallel widths
+  return root;
+}
+
+/** Every adapter name in a composition, with the chain of blocks above it. */
+export function leavesWithAncestors(comp: AdapterComposition): { name: string; ancestors: CompositionBlock[] }[] {
+  const out: { name: string; ancestors: CompositionBlock[] }[] = [];
+  const walk = (node: Child, ancestors: CompositionBlock[]) => {
+    if (typeof node === 'string') out.push({ name: node, ancestors });
+    else for (const c of node.children) walk(c, [...ancestors, node]);
+  };
+  walk(comp, []);
+  return out;
+}
+
+/**
+ * How many copies of the batch a composition needs (the width of its Parallel block, 1 without one).
+ * adapterkit replicates the batch once, at the model's input, so every tensor every layer combines is
+ * replicated consistently (queries, keys, masks, position bias, encoder states, caches) by construction.
+ */
+export function parallelChannels(comp: AdapterComposition | null | undefined): number {
+  if (!comp || typeof comp === 'string') return 1;
+  let width = 1;
+  const walk = (node: Child) => {
+    if (typeof node === 'string') return;
+    if (node.type === 'Parallel') {
+      if (width !== 1 && width !== node.children.length) {
+        throw new CompositionError(`two Parallel blocks of different widths (${width} and ${node.children.length}) in one composition`, 'Parallel');
+      }
+      width = node.children.length;
+    }
+    node.children.forEach(walk);
+  };
+  walk(comp);
+  return width;
+}
+
+/** Compact text form, e.g. `Stack(a, Parallel(b, c))`. */
+export function compositionToString(comp: AdapterComposition): string {
+  if (typeof comp === 'string') return comp;
+  return `${comp.type}(${comp.children.map(compositionToString).join(', ')})`;
+}

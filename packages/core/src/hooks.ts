@@ -1,0 +1,130 @@
+import type { Tensor, Variable } from '@adapterkit/backend';
+import type { AdapterComposition, BlockType, CompositionBlock } from './composition.js';
+import type { ForwardContext } from './context.js';
+
+/**
+ * Hook points: the places in a model where an adapter method may act (DESIGN.md §2). The model calls the
+ * hooks; methods implement them. Site keys use Hugging Face module paths so that PEFT target_modules and
+ * checkpoint names map onto them directly.
+ */
+export type StackName = 'encoder' | 'decoder';
+export type LinearName = 'q' | 'k' | 'v' | 'o' | 'wi' | 'wi_0' | 'wi_1' | 'wo';
+
+export interface LayerRef {
+  /** Global layer id as in `adapters` for T5: encoder 0..N-1, decoder N..N+M-1 (leave_out, AdapterDrop). */
+  layer: number;
+  stack: StackName;
+  /** Index of the block inside its stack. */
+  index: number;
+}
+
+/** A linear projection: q/k/v/o of self- or cross-attention, or wi/wi_0/wi_1/wo of the feed-forward. */
+export interface LinearSite extends LayerRef {
+  block: 'selfattn' | 'crossattn' | 'ffn';
+  linear: LinearName;
+  inFeatures: number;
+  outFeatures: number;
+  /** HF module path, e.g. `decoder.block.0.layer.1.EncDecAttention.q`. */
+  key: string;
+}
+
+/** The output of a sub-layer, where bottleneck adapters sit: after self-attention, cross-attention, FFN. */
+export type SublayerLocation = 'mh' | 'cross' | 'output';
+export interface SublayerSite extends LayerRef {
+  location: SublayerLocation;
+  hiddenSize: number;
+  key: string;
+}
+
+/** An attention's keys/values, where prefix tuning prepends its per-layer prefixes. */
+export interface AttentionSite extends LayerRef {
+  attention: 'self' | 'cross';
+  numHeads: number;
+  dKv: number;
+  key: string;
+}
+
+/** Prefix keys/values for one attention call, in the one layout: [batch, heads, prefix, d_kv]. */
+export interface PrefixKV {
+  keys: Tensor;
+  values: Tensor;
+  /** [batch, prefix]: 1 where a prefix position is real, 0 where it pads a shorter prefix (BatchSplit). */
+  mask: Tensor;
+}
+
+export interface ModelDims {
+  modelType: string;
+  dModel: number;
+  dKv: number;
+  numHeads: number;
+  dFf: number;
+  numEncoderLayers: number;
+  numDecoderLayers: number;
+  vocabSize: number;
+  feedForwardProj: string;
+}
+
+/** What a model offers the methods: its dims, its sites, and access to its frozen weights (for merging). */
+export interface ModelAccess {
+  readonly dims: ModelDims;
+  linearSites(): LinearSite[];
+  sublayerSites(): SublayerSite[];
+  attentionSites(): AttentionSite[];
+  /** Kernel of a linear in tfjs layout [in, out]. */
+  getLinearWeight(key: string): Tensor;
+  /** Replaces a linear's kernel (the model disposes the old one). */
+  setLinearWeight(key: string, kernel: Tensor): void;
+}
+
+/** A method's config: plain JSON with a `method` field plus the method's options. */
+export interface AdapterConfig {
+  method: string;
+  [option: string]: unknown;
+}
+
+/**
+ * A method plugin (bottleneck, lora, prefix…). Registered with core by its package; a model attaches one
+ * runtime per method and dispatches its hook calls to it.
+ */
+export interface AdapterMethod {
+  readonly name: string;
+  /** Config `method` values this method owns, e.g. ['lora', 'ia3']. */
+  readonly configMethods: readonly string[];
+  /** String ids → configs, e.g. 'seq_bn' → { method: 'bottleneck', … }. */
+  readonly presets: Readonly<Record<string, AdapterConfig>>;
+  /** Composition blocks its layers implement (as `adapters`' supported_compositions). */
+  readonly supportedBlocks: ReadonlySet<BlockType>;
+  /** Fills defaults and validates; throws ConfigError naming the option. */
+  normalizeConfig(raw: AdapterConfig): AdapterConfig;
+  attach(model: ModelAccess): MethodRuntime;
+  /** PEFT `peft_type`s this method imports. */
+  readonly peftTypes?: readonly string[];
+}
+
+export interface MethodRuntime {
+  /** Creates the adapter's variables at every site it covers. Deterministic given the seed. */
+  add(name: string, config: AdapterConfig, seed: number): void;
+  remove(name: string): void;
+  has(name: string): boolean;
+  /** The adapter's variables under stable names (the save format's tensor names). */
+  variables(name: string): Map<string, Variable>;
+  /**
+   * Linear hook: return base(x) transformed, or undefined when no adapter of this method acts here.
+   * `base` is the frozen projection (already including any earlier method's change).
+   */
+  linear?(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor | undefined;
+  /** Sub-layer hook: given sub-layer output and its residual input, return the new hidden state (incl. residual), or undefined. */
+  sublayer?(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor | undefined;
+  /** Prefix hook: keys/values to prepend at this attention, or undefined. `hidden` is the attention input (for gating). */
+  attentionPrefix?(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined;
+  /** Embedding hook (invertible adapters): `inverse` on the way back to the LM head. */
+  embeddings?(stack: StackName, embeds: Tensor, ctx: ForwardContext, inverse: boolean): Tensor | undefined;
+  /** Load tensors saved by `variables` (names as returned there). */
+  setWeights?(name: string, tensors: Map<string, Tensor>): void;
+  /** Method-specific import of a PEFT adapter directory's contents. */
+  importPeft?(name: string, peftConfig: Record<string, unknown>, tensors: Map<string, { shape: number[]; data: Float32Array }>): AdapterConfig;
+  /** Method-specific export to PEFT (LoRA). */
+  exportPeft?(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> };
+}
+
+export type { AdapterComposition, CompositionBlock };

@@ -1,0 +1,409 @@
+import { tf, type Tensor, type Variable } from '@adapterkit/backend';
+import { type AdapterComposition, type CompositionBlock, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
+import { ForwardContext } from './context.js';
+import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
+import type { AdapterConfig, AdapterMethod, AttentionSite, LinearSite, MethodRuntime, ModelAccess, PrefixKV, StackName, SublayerSite } from './hooks.js';
+import { exists, joinPath, readBytes, readJson, writeFilesAtomic } from './io.js';
+import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
+import { readSafetensors, writeSafetensors } from './safetensors.js';
+
+export const ADAPTER_FORMAT_VERSION = 1;
+
+interface AdapterRecord {
+  name: string;
+  config: AdapterConfig;
+  parts: { method: AdapterMethod; config: AdapterConfig }[];
+  /** Where it came from ('adapterkit' | 'peft'), for export defaults. */
+  source: string;
+}
+
+export interface AdapterSummaryRow {
+  name: string;
+  method: string;
+  parameters: number;
+  /** Parameters as a percentage of the base model's. */
+  percent: number;
+  active: boolean;
+  trainable: boolean;
+}
+
+/** An adapter serialised to files (what saveAdapter writes, what a browser download carries). */
+export type AdapterFiles = Record<string, Uint8Array>;
+
+function hashName(name: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
+  return h >>> 0;
+}
+
+/**
+ * The adapter life cycle on one model: add/delete, activate a composition, choose what trains, save/load,
+ * and the hook implementations the model calls. Model-agnostic: the model hands in a ModelAccess.
+ */
+export class AdapterHost {
+  private readonly runtimes = new Map<string, MethodRuntime>();
+  private readonly adapters = new Map<string, AdapterRecord>();
+  private active: CompositionBlock | null = null;
+  private skipLayers: ReadonlySet<number> = new Set();
+  private trainable = new Set<string>();
+
+  constructor(readonly model: ModelAccess & { baseParameterCount?(): number }) {}
+
+  // ---------------------------------------------------------------- life cycle
+  addAdapter(name: string, config: string | AdapterConfig = 'seq_bn', options: { seed?: number; overwrite?: boolean; source?: string } = {}): void {
+    if (typeof name !== 'string' || !name || /[\s,()]/.test(name)) throw new AdapterError(`adapter name ${JSON.stringify(name)} must be a non-empty string without spaces, commas or parentheses`, String(name));
+    if (this.adapters.has(name)) {
+      if (!options.overwrite) throw new AdapterError(`an adapter named '${name}' already exists (delete it first or pass overwrite: true)`, name);
+      this.deleteAdapter(name);
+    }
+    const resolved = resolveConfig(config);
+    const partConfigs = resolved.method === 'union' ? (resolved.configs as AdapterConfig[]) : [resolved];
+    const parts = partConfigs.map((c) => ({ method: methodForConfig(c), config: c }));
+    const seed = options.seed ?? hashName(name);
+    const added: MethodRuntime[] = [];
+    try {
+      parts.forEach((p, i) => {
+        const rt = this.runtime(p.method);
+        rt.add(name, p.config, seed + i * 7919);
+        added.push(rt);
+      });
+    } catch (e) {
+      for (const rt of added) rt.remove(name);
+      throw e;
+    }
+    this.adapters.set(name, { name, config: resolved, parts, source: options.source ?? 'adapterkit' });
+  }
+
+  deleteAdapter(name: string): void {
+    const rec = this.get(name);
+    for (const p of rec.parts) this.runtime(p.method).remove(name);
+    this.adapters.delete(name);
+    this.trainable.delete(name);
+    if (this.active && leavesWithAncestors(this.active).some((l) => l.name === name)) this.active = null;
+  }
+
+  listAdapters(): { name: string; method: string; config: AdapterConfig }[] {
+    return [...this.adapters.values()].map((r) => ({ name: r.name, method: r.config.method, config: r.config }));
+  }
+
+  hasAdapter(name: string): boolean {
+    return this.adapters.has(name);
+  }
+
+  adapterConfig(name: string): AdapterConfig {
+    return this.get(name).config;
+  }
+
+  /** Activates a composition (a name, or a block); validates nesting and per-method support now, not in a forward. */
+  setActiveAdapters(composition: AdapterComposition | null, options: { skipLayers?: Iterable<number> } = {}): void {
+    if (composition === null || composition === undefined) {
+      this.active = null;
+      this.skipLayers = new Set(options.skipLayers ?? []);
+      return;
+    }
+    const normalized = normalizeComposition(composition);
+    for (const { name, ancestors } of leavesWithAncestors(normalized)) {
+      const rec = this.adapters.get(name);
+      if (!rec) throw new AdapterError(`cannot activate unknown adapter '${name}' (known: ${[...this.adapters.keys()].join(', ') || 'none'})`, name);
+      for (const block of ancestors) {
+        for (const part of rec.parts) {
+          if (!part.method.supportedBlocks.has(block.type)) {
+            throw new CompositionError(`${block.type} is not supported by ${part.method.name} adapters: '${name}' (${part.method.name}) cannot be a child of ${block.type}`, block.type, name, part.method.name);
+          }
+        }
+      }
+    }
+    const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
+    const skip = new Set(options.skipLayers ?? []);
+    for (const l of skip) if (!Number.isInteger(l) || l < 0 || l >= total) throw new AdapterError(`skipLayers entry ${l} is not a layer id in [0, ${total})`);
+    this.active = normalized;
+    this.skipLayers = skip;
+  }
+
+  get activeComposition(): CompositionBlock | null {
+    return this.active;
+  }
+
+  get skippedLayers(): ReadonlySet<number> {
+    return this.skipLayers;
+  }
+
+  /** Only these adapters' variables train; everything else (the base model included) is frozen. */
+  trainAdapter(names: string | string[]): void {
+    const list = typeof names === 'string' ? [names] : names;
+    for (const n of list) this.get(n);
+    this.trainable = new Set(list);
+    for (const rec of this.adapters.values()) {
+      const on = this.trainable.has(rec.name);
+      for (const v of this.adapterVariables(rec.name).values()) (v as { trainable: boolean }).trainable = on;
+    }
+  }
+
+  trainingAdapters(): string[] {
+    return [...this.trainable];
+  }
+
+  /** Variables of the adapters set by trainAdapter, in a stable order. */
+  trainableVariables(): Variable[] {
+    return [...this.trainable].flatMap((n) => [...this.adapterVariables(n).values()]);
+  }
+
+  adapterVariables(name: string): Map<string, Variable> {
+    const rec = this.get(name);
+    const out = new Map<string, Variable>();
+    for (const p of rec.parts) {
+      for (const [k, v] of this.runtime(p.method).variables(name)) {
+        if (out.has(k)) throw new AdapterError(`adapter '${name}' has two variables named '${k}'`, name);
+        out.set(k, v);
+      }
+    }
+    return out;
+  }
+
+  adapterSummary(): AdapterSummaryRow[] {
+    const base = this.model.baseParameterCount?.() ?? 0;
+    const activeNames = new Set(this.active ? leavesWithAncestors(this.active).map((l) => l.name) : []);
+    return [...this.adapters.values()].map((rec) => {
+      const parameters = [...this.adapterVariables(rec.name).values()].reduce((a, v) => a + v.size, 0);
+      return { name: rec.name, method: rec.config.method, parameters, percent: base ? (100 * parameters) / base : 0, active: activeNames.has(rec.name), trainable: this.trainable.has(rec.name) };
+    });
+  }
+
+  /** Weighted linear average of adapters with identical configs, as `adapters`' average_adapter("linear"). */
+  averageAdapter(newName: string, names: string[], weights?: number[], options: { normalizeWeights?: boolean } = {}): void {
+    if (names.length === 0) throw new AdapterError('averageAdapter needs at least one adapter');
+    const recs = names.map((n) => this.get(n));
+    const strip = (c: AdapterConfig) => JSON.stringify({ ...c, dropout: undefined, init_weights: undefined });
+    for (const r of recs) if (strip(r.config) !== strip(recs[0].config)) throw new ConfigError(`averageAdapter: '${r.name}' has a different config from '${recs[0].name}'`);
+    let w = weights ?? names.map(() => 1 / names.length);
+    if (w.length !== names.length) throw new ConfigError(`averageAdapter: ${w.length} weights for ${names.length} adapters`);
+    if (options.normalizeWeights ?? true) {
+      const s = w.reduce((a, b) => a + b, 0);
+      w = w.map((x) => x / s);
+    }
+    this.addAdapter(newName, recs[0].config);
+    const target = this.adapterVariables(newName);
+    const sources = names.map((n) => this.adapterVariables(n));
+    for (const [k, v] of target) {
+      v.assign(tf.tidy(() => sources.map((s, i) => s.get(k)!.mul(w[i])).reduce((a, b) => a.add(b))));
+    }
+  }
+
+  /** Runs an optional method-specific operation (merge, unmerge, eject…) on every part that has it. */
+  callMethod(name: string, op: string, ...args: unknown[]): void {
+    const rec = this.get(name);
+    let done = false;
+    for (const p of rec.parts) {
+      const rt = this.runtime(p.method) as unknown as Record<string, (...a: unknown[]) => void>;
+      if (typeof rt[op] === 'function') {
+        rt[op](name, ...args);
+        done = true;
+      }
+    }
+    if (!done) throw new UnsupportedError(`${op} is not available for adapter '${name}' (method ${rec.config.method})`, op);
+  }
+
+  runtimeFor(methodName: string): MethodRuntime | undefined {
+    for (const [m, rt] of this.runtimes) if (m === methodName) return rt;
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- save / load
+  serializeAdapter(name: string): AdapterFiles {
+    const rec = this.get(name);
+    const d = this.model.dims;
+    const config = {
+      format: 'adapterkit',
+      format_version: ADAPTER_FORMAT_VERSION,
+      name,
+      config: rec.config,
+      model_type: d.modelType,
+      dims: { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers, vocab_size: d.vocabSize, feed_forward_proj: d.feedForwardProj },
+    };
+    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: v.dataSync() as Float32Array });
+    return {
+      'adapter_config.json': new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n'),
+      'adapter_model.safetensors': writeSafetensors(tensors, { format: 'adapterkit' }),
+    };
+  }
+
+  async serializeAdapterAsync(name: string): Promise<AdapterFiles> {
+    // Read variables asynchronously first (WebGPU cannot read synchronously), then serialise.
+    const vars = this.adapterVariables(name);
+    await Promise.all([...vars.values()].map((v) => v.data()));
+    return this.serializeAdapter(name);
+  }
+
+  async saveAdapter(dir: string, name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<void> {
+    if (options.format === 'peft') {
+      const rec = this.get(name);
+      const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
+      if (!rt?.exportPeft) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to PEFT format`, 'format');
+      const vars = this.adapterVariables(name);
+      await Promise.all([...vars.values()].map((v) => v.data()));
+      const { config, tensors } = rt.exportPeft(name);
+      await writeFilesAtomic(dir, {
+        'adapter_config.json': JSON.stringify(config, null, 2) + '\n',
+        'adapter_model.safetensors': writeSafetensors(tensors, { format: 'pt' }),
+      });
+      return;
+    }
+    await writeFilesAtomic(dir, await this.serializeAdapterAsync(name));
+  }
+
+  /** Loads an adapter directory (adapterkit or PEFT format, detected) from a path or URL; returns its name. */
+  async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean } = {}): Promise<string> {
+    const cfgPath = joinPath(dir, 'adapter_config.json');
+    if (!(await exists(cfgPath))) throw new FileError(`${dir} is not an adapter directory: adapter_config.json is missing`, dir);
+    const weightsPath = joinPath(dir, 'adapter_model.safetensors');
+    if (!(await exists(weightsPath))) throw new FileError(`${dir} is not an adapter directory: adapter_model.safetensors is missing`, dir);
+    const files: AdapterFiles = {
+      'adapter_config.json': await readBytes(cfgPath),
+      'adapter_model.safetensors': await readBytes(weightsPath),
+    };
+    const fallbackName = dir.replace(/\/+$/, '').split('/').pop() || 'adapter';
+    return this.loadAdapterFiles(files, { ...options, name: options.name, fallbackName });
+  }
+
+  /** Loads an adapter from its files' bytes (browser file pickers, tests). */
+  loadAdapterFiles(files: AdapterFiles, options: { name?: string; overwrite?: boolean; fallbackName?: string } = {}): string {
+    const cfgBytes = files['adapter_config.json'];
+    const weightBytes = files['adapter_model.safetensors'];
+    if (!cfgBytes || !weightBytes) throw new FileError('an adapter needs adapter_config.json and adapter_model.safetensors');
+    let cfg: any;
+    try {
+      cfg = JSON.parse(new TextDecoder().decode(cfgBytes));
+    } catch (e) {
+      throw new FileError(`adapter_config.json is not valid JSON: ${(e as Error).message}`, 'adapter_config.json');
+    }
+    if (!cfg || typeof cfg !== 'object') throw new FileError('adapter_config.json is not a JSON object', 'adapter_config.json');
+    const { tensors } = readSafetensors(weightBytes, 'adapter_model.safetensors');
+    const floats = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [k, t] of tensors) floats.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
+
+    if (typeof cfg.peft_type === 'string') {
+      const method = methodForPeftType(cfg.peft_type);
+      if (!method) throw new UnsupportedError(`PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING)`, 'peft_type');
+      const name = options.name ?? options.fallbackName ?? 'default';
+      this.prepareName(name, options.overwrite);
+      const rt = this.runtime(method);
+      if (!rt.importPeft) throw new UnsupportedError(`${method.name} cannot import PEFT adapters`, 'peft_type');
+      const config = rt.importPeft(name, cfg, floats);
+      this.adapters.set(name, { name, config, parts: [{ method, config }], source: 'peft' });
+      return name;
+    }
+
+    if (cfg.format !== 'adapterkit' || !cfg.config) throw new FileError("adapter_config.json is neither an adapterkit adapter (format: 'adapterkit') nor a PEFT adapter (peft_type)", 'adapter_config.json');
+    this.checkDims(cfg);
+    const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
+    this.prepareName(name, options.overwrite);
+    this.addAdapter(name, cfg.config as AdapterConfig);
+    try {
+      const vars = this.adapterVariables(name);
+      for (const key of floats.keys()) if (!vars.has(key)) throw new WeightError(`adapter file has unexpected tensor '${key}'`, key);
+      for (const [key, v] of vars) {
+        const t = floats.get(key);
+        if (!t) throw new WeightError(`adapter file lacks tensor '${key}'`, key);
+        if (t.shape.join(',') !== v.shape.join(',')) throw new WeightError(`tensor '${key}' has shape [${t.shape}] but the adapter expects [${v.shape}]`, key);
+        if (!t.data.every(Number.isFinite)) throw new WeightError(`tensor '${key}' contains NaN or Infinity`, key);
+        v.assign(tf.tensor(t.data, t.shape));
+      }
+    } catch (e) {
+      this.deleteAdapter(name);
+      throw e;
+    }
+    return name;
+  }
+
+  private prepareName(name: string, overwrite?: boolean) {
+    if (this.adapters.has(name)) {
+      if (!overwrite) throw new AdapterError(`an adapter named '${name}' already exists (pass overwrite: true or another name)`, name);
+      this.deleteAdapter(name);
+    }
+  }
+
+  private checkDims(cfg: any) {
+    const d = this.model.dims;
+    if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`adapter was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
+    const want: Record<string, number | string> = { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers };
+    for (const [k, v] of Object.entries(want)) {
+      if (cfg.dims && cfg.dims[k] !== undefined && cfg.dims[k] !== v) throw new ModelMismatchError(`adapter was made for ${k}=${cfg.dims[k]}, this model has ${k}=${v}`);
+    }
+  }
+
+  // ---------------------------------------------------------------- forward
+  /** A context for one forward call (or one whole generation). */
+  createContext(options: { training?: boolean; originalBatchSize: number; seed?: number; composition?: AdapterComposition | null; skipLayers?: Iterable<number> }): ForwardContext {
+    const comp = options.composition !== undefined ? (options.composition === null ? null : normalizeComposition(options.composition)) : this.active;
+    return new ForwardContext(comp, {
+      training: options.training,
+      skipLayers: options.skipLayers ? new Set(options.skipLayers) : this.skipLayers,
+      parallelChannels: parallelChannels(comp),
+      originalBatchSize: options.originalBatchSize,
+      seed: options.seed,
+    });
+  }
+
+  /** Rows the model must run per input row (Parallel replicates the batch at the input). */
+  parallelChannels(): number {
+    return parallelChannels(this.active);
+  }
+
+  linear(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor {
+    let fn = base;
+    for (const rt of this.runtimes.values()) {
+      if (!rt.linear) continue;
+      const inner = fn;
+      fn = (input) => rt.linear!(site, input, inner, ctx) ?? inner(input);
+    }
+    return fn(x);
+  }
+
+  sublayer(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor {
+    for (const rt of this.runtimes.values()) {
+      const y = rt.sublayer?.(site, output, residual, ctx);
+      if (y) return y;
+    }
+    return output.add(residual);
+  }
+
+  attentionPrefix(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined {
+    for (const rt of this.runtimes.values()) {
+      const p = rt.attentionPrefix?.(site, hidden, ctx);
+      if (p) return p;
+    }
+    return undefined;
+  }
+
+  embeddings(stack: StackName, embeds: Tensor, ctx: ForwardContext, inverse = false): Tensor {
+    let out = embeds;
+    for (const rt of this.runtimes.values()) out = rt.embeddings?.(stack, out, ctx, inverse) ?? out;
+    return out;
+  }
+
+  /** True when no adapter can act (lets the model skip hook bookkeeping entirely). */
+  get isIdle(): boolean {
+    return this.active === null;
+  }
+
+  dispose(): void {
+    for (const name of [...this.adapters.keys()]) this.deleteAdapter(name);
+  }
+
+  // ---------------------------------------------------------------- helpers
+  private get(name: string): AdapterRecord {
+    const rec = this.adapters.get(name);
+    if (!rec) throw new AdapterError(`unknown adapter '${name}' (known: ${[...this.adapters.keys()].join(', ') || 'none'})`, name);
+    return rec;
+  }
+
+  private runtime(method: AdapterMethod): MethodRuntime {
+    let rt = this.runtimes.get(method.name);
+    if (!rt) {
+      rt = method.attach(this.model);
+      this.runtimes.set(method.name, rt);
+    }
+    return rt;
+  }
+}
