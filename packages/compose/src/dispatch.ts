@@ -51,12 +51,13 @@ export function composeLayer<S>(node: AdapterComposition, state: S, prims: Layer
     }
     case 'BatchSplit': {
       const rows = prims.rows(state);
-      const total = node.batchSizes.reduce((a, c) => a + c, 0);
-      if (total !== rows) throw new InputError(`BatchSplit batchSizes [${node.batchSizes}] sum to ${total} but the batch has ${rows} rows`, 'batchSizes');
+      const sizes = node.batchSizes.map((s) => s * ctx.rowMultiplier);
+      const total = sizes.reduce((a, c) => a + c, 0);
+      if (total !== rows) throw new InputError(`BatchSplit batchSizes [${node.batchSizes}] sum to ${total / ctx.rowMultiplier} but the batch has ${rows / ctx.rowMultiplier} rows`, 'batchSizes');
       const parts: S[] = [];
       let start = 0;
       node.children.forEach((child, i) => {
-        const size = node.batchSizes[i];
+        const size = sizes[i];
         // Empty parts are skipped entirely: never sliced, never concatenated (seed failure: [2, 0]).
         if (size > 0) parts.push(run(child, prims.sliceRows(state, start, start + size)));
         start += size;

@@ -104,16 +104,20 @@ export function normalizeComposition(comp: AdapterComposition): CompositionBlock
   const root: CompositionBlock = typeof comp === 'string' ? Stack(comp) : comp;
   const visit = (node: Child, level: number) => {
     if (typeof node === 'string') return;
-    if (!node || typeof node !== 'object' || !(node.type in ALLOWED_NESTINGS)) {
+    if (!node || typeof node !== 'object' || typeof node.type !== 'string' || !Object.hasOwn(ALLOWED_NESTINGS, node.type)) {
       throw new CompositionError(`unknown composition block ${JSON.stringify(node)}`);
+    }
+    if (!Array.isArray(node.children) || node.children.length === 0) {
+      throw new CompositionError(`${node.type} needs a non-empty children list, got ${JSON.stringify(node.children)}`, node.type);
     }
     if (level >= 2 && node.type !== 'Stack') {
       throw new CompositionError(`composition is too deep: ${node.type} at nesting level ${level} (only Stack or names below level 1)`, node.type);
     }
     for (const child of node.children) {
-      const kind = typeof child === 'string' ? 'name' : child.type;
+      const kind = typeof child === 'string' ? 'name' : child && typeof child === 'object' ? child.type : undefined;
       if (!ALLOWED_NESTINGS[node.type].includes(kind as BlockType | 'name')) {
-        throw new CompositionError(`${node.type} cannot contain ${describe(child)} (allowed: ${ALLOWED_NESTINGS[node.type].join(', ')})`, node.type, typeof child === 'string' ? child : child.type);
+        const shown = kind === undefined ? JSON.stringify(child) : describe(child);
+        throw new CompositionError(`${node.type} cannot contain ${shown} (allowed: ${ALLOWED_NESTINGS[node.type].join(', ')})`, node.type, typeof child === 'string' ? child : String(kind ?? shown));
       }
       visit(child, level + 1);
     }

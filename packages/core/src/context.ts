@@ -22,6 +22,8 @@ export class ForwardContext {
       originalBatchSize?: number;
       seed?: number;
       recordGates?: boolean;
+      /** Rows per input example (beam search expands each row into numBeams rows); scales BatchSplit sizes. */
+      rowMultiplier?: number;
     } = {},
   ) {}
 
@@ -33,6 +35,9 @@ export class ForwardContext {
   }
   get originalBatchSize(): number {
     return this.options.originalBatchSize ?? 0;
+  }
+  get rowMultiplier(): number {
+    return this.options.rowMultiplier ?? 1;
   }
   isSkipped(layer: number): boolean {
     return this.options.skipLayers?.has(layer) ?? false;

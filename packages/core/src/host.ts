@@ -334,7 +334,7 @@ export class AdapterHost {
 
   // ---------------------------------------------------------------- forward
   /** A context for one forward call (or one whole generation). */
-  createContext(options: { training?: boolean; originalBatchSize: number; seed?: number; composition?: AdapterComposition | null; skipLayers?: Iterable<number> }): ForwardContext {
+  createContext(options: { training?: boolean; originalBatchSize: number; seed?: number; rowMultiplier?: number; composition?: AdapterComposition | null; skipLayers?: Iterable<number> }): ForwardContext {
     const comp = options.composition !== undefined ? (options.composition === null ? null : normalizeComposition(options.composition)) : this.active;
     return new ForwardContext(comp, {
       training: options.training,
@@ -342,6 +342,7 @@ export class AdapterHost {
       parallelChannels: parallelChannels(comp),
       originalBatchSize: options.originalBatchSize,
       seed: options.seed,
+      rowMultiplier: options.rowMultiplier,
     });
   }
 

@@ -72,24 +72,26 @@ export async function writeFilesAtomic(dir: string, files: Record<string, Uint8A
   if (!isNode) throw new FileError('writing files needs Node; in a browser use the serialised bytes (e.g. a download)', dir);
   const fs = await nodeImport('node:fs/promises');
   const path = await nodeImport('node:path');
-  await fs.mkdir(dir, { recursive: true });
   const temps: [string, string][] = [];
   try {
+    // Inside the try: a `dir` that exists as a file (or cannot be created) is a FileError too.
+    await fs.mkdir(dir, { recursive: true });
     for (const [name, content] of Object.entries(files)) {
       const target = path.join(dir, name);
       const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
       const handle = await fs.open(tmp, 'w');
+      // Recorded before writing, so a failed write's temp file is removed as well.
+      temps.push([tmp, target]);
       try {
         await handle.writeFile(content);
         await handle.sync();
       } finally {
         await handle.close();
       }
-      temps.push([tmp, target]);
     }
     for (const [tmp, target] of temps) await fs.rename(tmp, target);
   } catch (e) {
-    for (const [tmp] of temps) await fs.rm(tmp, { force: true });
+    for (const [tmp] of temps) await fs.rm(tmp, { force: true }).catch(() => undefined);
     throw new FileError(`cannot write into ${dir}: ${(e as Error).message}`, dir);
   }
 }

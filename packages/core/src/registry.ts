@@ -97,12 +97,18 @@ export function resolveConfig(config: string | AdapterConfig): AdapterConfig {
       if (eq < 0) throw new ConfigError(`override '${kv}' in '${config}' is not key=value`);
       const key = kv.slice(0, eq).trim();
       const value = parseValue(kv.slice(eq + 1));
+      if (!key || key.split('.').includes('__proto__')) throw new ConfigError(`override '${kv}' in '${config}' has an invalid key`, key);
       if (raw.method === 'union') {
         // "mam[0.bottleneck_size=64]" addresses a part by index, as adapters does.
         const dot = key.indexOf('.');
-        const parts = raw.configs as AdapterConfig[];
-        if (dot < 0 || !parts[Number(key.slice(0, dot))]) throw new ConfigError(`override '${key}' of a union config must be '<index>.<option>'`, key);
-        parts[Number(key.slice(0, dot))][key.slice(dot + 1)] = value;
+        const parts = raw.configs as (string | AdapterConfig)[];
+        const index = Number(key.slice(0, dot));
+        if (dot < 0 || !Array.isArray(parts) || !Number.isInteger(index) || !parts[index]) {
+          throw new ConfigError(`override '${key}' of a union config must be '<index>.<option>'`, key);
+        }
+        // A part given as a preset string ("prefix_tuning") is resolved before it can take an option.
+        if (typeof parts[index] === 'string') parts[index] = resolveConfig(parts[index] as string);
+        (parts[index] as AdapterConfig)[key.slice(dot + 1)] = value;
       } else raw[key] = value;
     }
   } else {

@@ -33,12 +33,17 @@ export function readSafetensorsHeader(bytes: Uint8Array, file?: string) {
   let metadata: Record<string, string> | undefined;
   for (const [name, info] of Object.entries(header)) {
     if (name === '__metadata__') {
+      // As in the reference format: an optional map of strings to strings.
+      if (info === null) continue;
+      if (typeof info !== 'object' || Array.isArray(info) || !Object.values(info).every((v) => typeof v === 'string')) {
+        throw new SafetensorsError(`__metadata__ must map strings to strings, got ${JSON.stringify(info).slice(0, 100)}`, file);
+      }
       metadata = info as Record<string, string>;
       continue;
     }
     if (!info || typeof info !== 'object') throw new SafetensorsError(`entry '${name}' is not an object`, file);
     const { dtype, shape, data_offsets } = info as any;
-    if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) throw new SafetensorsError(`tensor '${name}' has unknown dtype ${JSON.stringify(dtype)}`, file);
+    if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) throw new SafetensorsError(`tensor '${name}' has unknown dtype ${JSON.stringify(dtype)}`, file);
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new SafetensorsError(`tensor '${name}' has an invalid shape ${JSON.stringify(shape)}`, file);
     if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       throw new SafetensorsError(`tensor '${name}' has invalid data_offsets ${JSON.stringify(data_offsets)}`, file);

@@ -188,9 +188,11 @@ defineScenario({
     const x = seeded([6, 4], 81);
     const y = seeded([6, 3], 82);
     const w0 = seeded([4, 3], 83, 0.5);
+    const b0 = tf.zeros([3]);
+    // tf.variable shares the initial tensor's data but the initial tensor still needs disposing.
     const W = tf.variable(w0, true);
-    const b = tf.variable(tf.zeros([3]), true);
-    w0.dispose();
+    const b = tf.variable(b0, true);
+    tf.dispose([w0, b0]);
     const optimizer = tf.train.adam(0.05);
     const losses: number[] = [];
     try {

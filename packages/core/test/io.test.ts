@@ -1,0 +1,140 @@
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileError } from '../src/errors.js';
+import { exists, isUrl, joinPath, parseJson, readBytes, readJson, readText, writeFilesAtomic } from '../src/io.js';
+
+const root = mkdtempSync(join(tmpdir(), 'adapterkit-io-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+/** Every file under `dir`, recursively, relative to it. */
+function listAll(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort();
+}
+const temps = (dir: string) => listAll(dir).filter((f) => f.includes('.tmp-'));
+
+async function expectFileError(p: Promise<unknown>, message?: RegExp): Promise<FileError> {
+  let caught: unknown;
+  try {
+    await p;
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught, 'expected a rejection').toBeInstanceOf(FileError);
+  const err = caught as FileError;
+  expect(err.code).toBe('FILE_ERROR');
+  if (message) expect(err.message).toMatch(message);
+  return err;
+}
+
+describe('writeFilesAtomic', () => {
+  it('writes every file (bytes and strings), creating the directory, and leaves no temp files', async () => {
+    const dir = join(root, 'out', 'nested');
+    await writeFilesAtomic(dir, { 'a.json': '{"x":1}', 'b.bin': Uint8Array.from([1, 2, 3, 255]) });
+    expect(listAll(dir)).toEqual(['a.json', 'b.bin']);
+    expect(readFileSync(join(dir, 'a.json'), 'utf8')).toBe('{"x":1}');
+    expect([...readFileSync(join(dir, 'b.bin'))]).toEqual([1, 2, 3, 255]);
+  });
+
+  it('replaces existing files', async () => {
+    const dir = join(root, 'replace');
+    await writeFilesAtomic(dir, { 'a.txt': 'old' });
+    await writeFilesAtomic(dir, { 'a.txt': 'new' });
+    expect(readFileSync(join(dir, 'a.txt'), 'utf8')).toBe('new');
+    expect(temps(dir)).toEqual([]);
+  });
+
+  it('a target directory that is a file → FileError naming it, no temp files', async () => {
+    const parent = join(root, 'dir-is-file');
+    mkdirSync(parent);
+    const target = join(parent, 'adapter');
+    writeFileSync(target, 'I am a file');
+    const err = await expectFileError(writeFilesAtomic(target, { 'a.json': '{}' }), /cannot write into/);
+    expect(err.path).toBe(target);
+    expect(err.message).toContain(target);
+    expect(temps(parent)).toEqual([]);
+    expect(readFileSync(target, 'utf8')).toBe('I am a file');
+  });
+
+  it('a directory below a file → FileError', async () => {
+    const parent = join(root, 'below-file');
+    mkdirSync(parent);
+    writeFileSync(join(parent, 'f'), 'x');
+    await expectFileError(writeFilesAtomic(join(parent, 'f', 'sub'), { 'a.json': '{}' }));
+    expect(temps(parent)).toEqual([]);
+  });
+
+  it('a rename that fails (target is a directory) → FileError, every temp file removed', async () => {
+    const dir = join(root, 'rename-fails');
+    mkdirSync(join(dir, 'b.bin'), { recursive: true });
+    await expectFileError(writeFilesAtomic(dir, { 'a.json': '{}', 'b.bin': new Uint8Array(4), 'c.json': '{}' }));
+    expect(temps(dir)).toEqual([]);
+  });
+
+  it('a write that fails midway → FileError, its temp file and the earlier ones removed', async () => {
+    const dir = join(root, 'write-fails');
+    await expectFileError(writeFilesAtomic(dir, { 'a.json': '{}', 'b.bin': 42 as unknown as Uint8Array }));
+    expect(temps(dir)).toEqual([]);
+    expect(listAll(dir)).toEqual([]);
+  });
+
+  it('a file in a missing subdirectory → FileError, no temp files', async () => {
+    const dir = join(root, 'missing-sub');
+    await expectFileError(writeFilesAtomic(dir, { 'a.json': '{}', 'no/such/b.json': '{}' }));
+    expect(temps(dir)).toEqual([]);
+  });
+});
+
+describe('reading', () => {
+  it('readBytes / readText / readJson read what was written', async () => {
+    const dir = join(root, 'read');
+    await writeFilesAtomic(dir, { 'c.json': '{"a":[1,2]}', 'd.bin': Uint8Array.from([7, 8]) });
+    expect([...(await readBytes(join(dir, 'd.bin')))]).toEqual([7, 8]);
+    expect(await readText(join(dir, 'c.json'))).toBe('{"a":[1,2]}');
+    expect(await readJson(join(dir, 'c.json'))).toEqual({ a: [1, 2] });
+    expect(await exists(join(dir, 'c.json'))).toBe(true);
+    expect(await exists(join(dir, 'nope.json'))).toBe(false);
+  });
+
+  it('readBytes of a missing file → FileError naming the path', async () => {
+    const missing = join(root, 'does', 'not', 'exist.safetensors');
+    const err = await expectFileError(readBytes(missing), /file not found/);
+    expect(err.message).toContain(missing);
+    expect(err.path).toBe(missing);
+  });
+
+  it('readBytes of a directory → FileError naming the path', async () => {
+    const err = await expectFileError(readBytes(root), /cannot read/);
+    expect(err.path).toBe(root);
+  });
+
+  it('parseJson / readJson errors name the file', async () => {
+    const err = (() => {
+      try {
+        parseJson('{"a":', '/models/x/config.json');
+      } catch (e) {
+        return e as FileError;
+      }
+    })();
+    expect(err).toBeInstanceOf(FileError);
+    expect(err!.message).toContain('/models/x/config.json');
+    expect(err!.message).toMatch(/not valid JSON/);
+    expect(err!.path).toBe('/models/x/config.json');
+    const bad = join(root, 'bad.json');
+    writeFileSync(bad, 'not json');
+    const err2 = await expectFileError(readJson(bad), /not valid JSON/);
+    expect(err2.message).toContain(bad);
+  });
+});
+
+describe('path helpers', () => {
+  it('joinPath and isUrl', () => {
+    expect(joinPath('a/b', 'c.json')).toBe('a/b/c.json');
+    expect(joinPath('https://h/x/', 'c.json')).toBe('https://h/x/c.json');
+    expect(isUrl('https://huggingface.co/x')).toBe(true);
+    expect(isUrl('file:///tmp/x')).toBe(true);
+    expect(isUrl('/tmp/x')).toBe(false);
+    expect(isUrl('relative/path')).toBe(false); // Node: a relative path, not a URL
+  });
+});

@@ -1,0 +1,66 @@
+import { exists, joinPath, parseJson, readText } from '@adapterkit/core';
+import { parseT5Config, type T5Config } from './config.js';
+import { T5Model } from './model.js';
+import { T5Tokenizer } from './tokenizer.js';
+import { expectedWeights, readCheckpoint, validateWeights } from './weights.js';
+import { generate, generateText, type GenerateOptions } from './generation.js';
+
+export interface GenerationDefaults {
+  decoderStartTokenId: number;
+  eosTokenId: number | number[];
+  padTokenId: number;
+  maxNewTokens?: number;
+  numBeams?: number;
+}
+
+/**
+ * T5ForConditionalGeneration: `fromPretrained(dirOrUrl)` loads config.json, model.safetensors (or a sharded
+ * index), generation_config.json and tokenizer.json from a Hugging Face model directory.
+ */
+export class T5ForConditionalGeneration extends T5Model {
+  tokenizer?: T5Tokenizer;
+  generationConfig: GenerationDefaults;
+
+  constructor(config: T5Config, weights: Parameters<typeof validateWeights>[1], tokenizer?: T5Tokenizer, generationConfig?: Partial<GenerationDefaults>) {
+    super(config, validateWeights(config, weights));
+    this.tokenizer = tokenizer;
+    this.generationConfig = { decoderStartTokenId: config.decoderStartTokenId, eosTokenId: config.eosTokenId, padTokenId: config.padTokenId, ...generationConfig };
+  }
+
+  static async fromPretrained(source: string): Promise<T5ForConditionalGeneration> {
+    const config = parseT5Config(parseJson(await readText(joinPath(source, 'config.json')), 'config.json'));
+    const weights = await readCheckpoint(source);
+    let tokenizer: T5Tokenizer | undefined;
+    if (await exists(joinPath(source, 'tokenizer.json'))) {
+      const tokCfgPath = joinPath(source, 'tokenizer_config.json');
+      const tokCfg = (await exists(tokCfgPath)) ? parseJson(await readText(tokCfgPath), 'tokenizer_config.json') : {};
+      tokenizer = new T5Tokenizer(parseJson(await readText(joinPath(source, 'tokenizer.json')), 'tokenizer.json'), tokCfg, config.padTokenId);
+    }
+    let gen: Partial<GenerationDefaults> = {};
+    if (await exists(joinPath(source, 'generation_config.json'))) {
+      const g = parseJson(await readText(joinPath(source, 'generation_config.json')), 'generation_config.json');
+      gen = {
+        ...(typeof g.decoder_start_token_id === 'number' ? { decoderStartTokenId: g.decoder_start_token_id } : {}),
+        ...(g.eos_token_id !== undefined ? { eosTokenId: g.eos_token_id } : {}),
+        ...(typeof g.pad_token_id === 'number' ? { padTokenId: g.pad_token_id } : {}),
+        ...(typeof g.max_new_tokens === 'number' ? { maxNewTokens: g.max_new_tokens } : {}),
+        ...(typeof g.num_beams === 'number' ? { numBeams: g.num_beams } : {}),
+      };
+    }
+    return new T5ForConditionalGeneration(config, weights, tokenizer, gen);
+  }
+
+  /** A model of the given config.json contents with seeded random weights (benchmarks, tests). */
+  static random(rawConfig: Record<string, unknown>, seed = 0): T5ForConditionalGeneration {
+    const config = parseT5Config(rawConfig);
+    return new T5ForConditionalGeneration(config, T5Model.randomWeights(config, expectedWeights(config), seed));
+  }
+
+  generate(options: GenerateOptions): Promise<number[][]> {
+    return generate(this, options);
+  }
+
+  generateText(texts: string[], options: Omit<GenerateOptions, 'inputIds' | 'attentionMask'> = {}): Promise<string[]> {
+    return generateText(this, texts, options);
+  }
+}

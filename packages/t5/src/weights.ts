@@ -1,0 +1,85 @@
+import { FileError, WeightError, joinPath, readBytes, exists, parseJson, readText, readSafetensors, type SafeTensor } from '@adapterkit/core';
+import type { T5Config } from './config.js';
+
+/** Reads model.safetensors, or every shard listed in model.safetensors.index.json. */
+export async function readCheckpoint(source: string): Promise<Map<string, SafeTensor>> {
+  const single = joinPath(source, 'model.safetensors');
+  const index = joinPath(source, 'model.safetensors.index.json');
+  if (await exists(single)) return readSafetensors(await readBytes(single), 'model.safetensors').tensors;
+  if (await exists(index)) {
+    const idx = parseJson(await readText(index), 'model.safetensors.index.json');
+    if (!idx || typeof idx.weight_map !== 'object') throw new FileError("model.safetensors.index.json has no 'weight_map'", index);
+    const shards = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
+    const out = new Map<string, SafeTensor>();
+    for (const shard of shards) {
+      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/')) throw new FileError(`model.safetensors.index.json names an invalid shard ${JSON.stringify(shard)}`, index);
+      for (const [k, v] of readSafetensors(await readBytes(joinPath(source, shard)), shard).tensors) out.set(k, v);
+    }
+    for (const name of Object.keys(idx.weight_map)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);
+    return out;
+  }
+  throw new FileError(`${source} has neither model.safetensors nor model.safetensors.index.json`, source);
+}
+
+/** The weight names and shapes (HF layout, [out, in] for linears) a T5 of this config must have. */
+export function expectedWeights(c: T5Config): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  const inner = c.numHeads * c.dKv;
+  m.set('shared.weight', [c.vocabSize, c.dModel]);
+  if (!c.tieWordEmbeddings) m.set('lm_head.weight', [c.vocabSize, c.dModel]);
+  const ff = (prefix: string) => {
+    if (c.isGatedAct) {
+      m.set(`${prefix}.DenseReluDense.wi_0.weight`, [c.dFf, c.dModel]);
+      m.set(`${prefix}.DenseReluDense.wi_1.weight`, [c.dFf, c.dModel]);
+    } else m.set(`${prefix}.DenseReluDense.wi.weight`, [c.dFf, c.dModel]);
+    m.set(`${prefix}.DenseReluDense.wo.weight`, [c.dModel, c.dFf]);
+    m.set(`${prefix}.layer_norm.weight`, [c.dModel]);
+  };
+  const attn = (prefix: string, name: string, bias: boolean) => {
+    for (const p of ['q', 'k', 'v']) m.set(`${prefix}.${name}.${p}.weight`, [inner, c.dModel]);
+    m.set(`${prefix}.${name}.o.weight`, [c.dModel, inner]);
+    if (bias) m.set(`${prefix}.${name}.relative_attention_bias.weight`, [c.relativeAttentionNumBuckets, c.numHeads]);
+    m.set(`${prefix}.layer_norm.weight`, [c.dModel]);
+  };
+  for (let i = 0; i < c.numLayers; i++) {
+    attn(`encoder.block.${i}.layer.0`, 'SelfAttention', i === 0);
+    ff(`encoder.block.${i}.layer.1`);
+  }
+  m.set('encoder.final_layer_norm.weight', [c.dModel]);
+  for (let i = 0; i < c.numDecoderLayers; i++) {
+    attn(`decoder.block.${i}.layer.0`, 'SelfAttention', i === 0);
+    attn(`decoder.block.${i}.layer.1`, 'EncDecAttention', false);
+    ff(`decoder.block.${i}.layer.2`);
+  }
+  m.set('decoder.final_layer_norm.weight', [c.dModel]);
+  return m;
+}
+
+/** Names some checkpoints carry as copies of shared.weight (tied embeddings). */
+const TIED_COPIES = new Set(['encoder.embed_tokens.weight', 'decoder.embed_tokens.weight']);
+
+/** Checks names and shapes against the config; returns the weights with the `transformer.`/`model.` prefix stripped. */
+export function validateWeights(c: T5Config, tensors: Map<string, SafeTensor>): Map<string, SafeTensor> {
+  const expected = expectedWeights(c);
+  const out = new Map<string, SafeTensor>();
+  for (const [rawName, t] of tensors) {
+    const name = rawName.replace(/^(transformer|model)\./, '');
+    if (TIED_COPIES.has(name)) continue;
+    if (name === 'lm_head.weight' && c.tieWordEmbeddings) continue; // tied: the head is shared.weight
+    const shape = expected.get(name);
+    if (!shape) throw new WeightError(`model.safetensors has unexpected weight '${rawName}' for this config`, rawName);
+    if (shape.join(',') !== t.shape.join(',')) throw new WeightError(`weight '${rawName}' has shape [${t.shape}] but config.json implies [${shape}]`, rawName);
+    if (!(t.data instanceof Float32Array)) throw new WeightError(`weight '${rawName}' has integer dtype ${t.dtype}; a float dtype is required`, rawName);
+    out.set(name, t);
+  }
+  for (const name of expected.keys()) {
+    if (!out.has(name)) {
+      if (name === 'shared.weight' && tensors.has('encoder.embed_tokens.weight')) {
+        out.set(name, tensors.get('encoder.embed_tokens.weight')!);
+        continue;
+      }
+      throw new WeightError(`model.safetensors lacks weight '${name}'`, name);
+    }
+  }
+  return out;
+}
