@@ -50,6 +50,12 @@ export interface PrefixKV {
   values: Tensor;
   /** [batch, prefix]: 1 where a prefix position is real, 0 where it pads a shorter prefix (BatchSplit). */
   mask: Tensor;
+  /**
+   * How T5's relative position bias treats the prefix. 'zero' (adapterkit's own prefix tuning): prefix
+   * columns get zero bias and real↔real bias is unchanged. 'past' (PEFT): the prefix acts as past keys at
+   * positions 0..P-1, queries and real keys sit after it. Default 'zero'.
+   */
+  positionRule?: 'zero' | 'past';
 }
 
 export interface ModelDims {

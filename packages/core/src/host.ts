@@ -128,10 +128,16 @@ export class AdapterHost {
     return this.skipLayers;
   }
 
-  /** Only these adapters' variables train; everything else (the base model included) is frozen. */
+  /**
+   * Only these adapters' variables train; everything else (the base model included) is frozen. As in
+   * `adapters`' train_adapter, the adapters are activated (as a Stack) unless the active composition
+   * already contains them all.
+   */
   trainAdapter(names: string | string[]): void {
     const list = typeof names === 'string' ? [names] : names;
     for (const n of list) this.get(n);
+    const activeNames = new Set(this.active ? leavesWithAncestors(this.active).map((l) => l.name) : []);
+    if (!list.every((n) => activeNames.has(n))) this.setActiveAdapters({ type: 'Stack', children: [...list] }, { skipLayers: this.skipLayers });
     this.trainable = new Set(list);
     for (const rec of this.adapters.values()) {
       const on = this.trainable.has(rec.name);

@@ -390,7 +390,7 @@ export class T5Model implements ModelAccess {
     const base = mask ?? tf.zeros([rows, 1, 1, kLen]);
     const qDim = base.shape[2] as number;
     const fullMask = tf.concat([qDim === 1 ? pm : tf.tile(pm, [1, 1, qDim, 1]), base.shape[0] === rows ? base : tf.tile(base, [rows, 1, 1, 1])], 3);
-    const rule = (prefix as PrefixKV & { positionRule?: 'zero' | 'past' }).positionRule ?? 'zero';
+    const rule = prefix.positionRule ?? 'zero';
     return {
       k: tf.concat([prefix.keys, k], 2),
       v: tf.concat([prefix.values, v], 2),
@@ -608,7 +608,7 @@ export class T5Model implements ModelAccess {
           assertRank(prefix.keys, 4, 'prefix keys');
           self.push({ k: prefix.keys, v: prefix.values });
           selfMask.push(tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([rows, 1, 1, prefix.keys.shape[2] as number]));
-          selfPrefix.push({ length: prefix.keys.shape[2] as number, rule: (prefix as PrefixKV & { positionRule?: 'zero' | 'past' }).positionRule ?? 'zero' });
+          selfPrefix.push({ length: prefix.keys.shape[2] as number, rule: prefix.positionRule ?? 'zero' });
         } else {
           self.push({ k: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]), v: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]) });
           selfMask.push(tf.zeros([rows, 1, 1, 0]));
