@@ -404,7 +404,10 @@ export class T5Model implements ModelAccess {
     const q = this.splitHeads(this.linear(a.q, x, ctx));
     const k0 = this.splitHeads(this.linear(a.k, x, ctx));
     const v0 = this.splitHeads(this.linear(a.v, x, ctx));
-    const prefix = ctx.composition ? this.adapters.attentionPrefix(a.site, x, ctx) : undefined;
+    // The decoder's self-attention prefix sees only position 0 (the decoder start token): cached generation
+    // requests it once, at step 0, so a gate reading the hidden states gives the same value on both paths.
+    const gateInput = a.site.stack === 'decoder' ? x.slice([0, 0, 0], [x.shape[0] as number, 1, x.shape[2] as number]) : x;
+    const prefix = ctx.composition ? this.adapters.attentionPrefix(a.site, gateInput, ctx) : undefined;
     const L = x.shape[1] as number;
     const { k, v, mask: m, bias } = this.withPrefix(prefix, k0, v0, mask, biasTable.forward(ctx), 0, L);
     const out = this.linear(a.o, this.mergeHeads(this.attend(q, k, v, bias, m, ctx, a.o.layer * 13 + 3)), ctx);
@@ -602,18 +605,10 @@ export class T5Model implements ModelAccess {
         const c = this.crossKV(block.cross!, enc, encAdd, ctx);
         cross.push(c.kv);
         crossMask.push(c.mask);
-        // The decoder self-attention prefix enters the cache once, here, in the [B, H, T, d] layout.
-        const prefix = ctx.composition ? this.adapters.attentionPrefix(block.self.site, tf.zeros([rows, 1, this.config.dModel]), ctx) : undefined;
-        if (prefix) {
-          assertRank(prefix.keys, 4, 'prefix keys');
-          self.push({ k: prefix.keys, v: prefix.values });
-          selfMask.push(tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([rows, 1, 1, prefix.keys.shape[2] as number]));
-          selfPrefix.push({ length: prefix.keys.shape[2] as number, rule: prefix.positionRule ?? 'zero' });
-        } else {
-          self.push({ k: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]), v: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]) });
-          selfMask.push(tf.zeros([rows, 1, 1, 0]));
-          selfPrefix.push({ length: 0, rule: 'zero' });
-        }
+        // Empty self caches; a decoder self-attention prefix enters them at step 0 (see decodeStep).
+        self.push({ k: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]), v: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]) });
+        selfMask.push(tf.zeros([rows, 1, 1, 0]));
+        selfPrefix.push({ length: 0, rule: 'zero' });
       }
       return { cross, crossMask, self, selfMask, selfPrefix };
     }) as any) as unknown as Omit<DecoderState, 'ctx' | 'step' | 'rows'>;
@@ -643,11 +638,24 @@ export class T5Model implements ModelAccess {
         const q = this.splitHeads(this.linear(a.q, x, ctx));
         const k1 = this.splitHeads(this.linear(a.k, x, ctx));
         const v1 = this.splitHeads(this.linear(a.v, x, ctx));
-        const cache = state.self[i];
+        let cache = state.self[i];
+        let cacheMask = state.selfMask[i];
+        if (t === 0 && ctx.composition) {
+          // The prefix enters the self-attention cache once, at the first step, in the [B, H, T, d] layout.
+          const prefix = this.adapters.attentionPrefix(a.site, x, ctx);
+          if (prefix) {
+            assertRank(prefix.keys, 4, 'prefix keys');
+            assertRank(prefix.values, 4, 'prefix values');
+            const p = prefix.keys.shape[2] as number;
+            cache = { k: tf.concat([cache.k, prefix.keys], 2), v: tf.concat([cache.v, prefix.values], 2) };
+            cacheMask = tf.concat([cacheMask, tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([state.rows, 1, 1, p])], 3);
+            state.selfPrefix[i] = { length: p, rule: prefix.positionRule ?? 'zero' };
+          }
+        }
         assertRank(cache.k, 4, 'cached keys');
         const k = tf.concat([cache.k, k1], 2);
         const v = tf.concat([cache.v, v1], 2);
-        const mask = tf.concat([state.selfMask[i], tf.zeros([state.rows, 1, 1, 1])], 3);
+        const mask = tf.concat([cacheMask, tf.zeros([state.rows, 1, 1, 1])], 3);
         newSelf.push({ k, v });
         newMask.push(mask);
         const { length: p, rule } = state.selfPrefix[i];
