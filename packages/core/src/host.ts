@@ -215,7 +215,21 @@ export class AdapterHost {
   }
 
   // ---------------------------------------------------------------- save / load
+  /** Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU). */
+  async serializeAdapterAsync(name: string): Promise<AdapterFiles> {
+    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: (await v.data()) as Float32Array });
+    return this.adapterFiles(name, tensors);
+  }
+
+  /** Synchronous variant for cpu/wasm (WebGPU cannot read tensors synchronously). */
   serializeAdapter(name: string): AdapterFiles {
+    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: v.dataSync() as Float32Array });
+    return this.adapterFiles(name, tensors);
+  }
+
+  private adapterFiles(name: string, tensors: Map<string, { shape: number[]; data: Float32Array }>): AdapterFiles {
     const rec = this.get(name);
     const d = this.model.dims;
     const config = {
@@ -226,19 +240,10 @@ export class AdapterHost {
       model_type: d.modelType,
       dims: { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers, vocab_size: d.vocabSize, feed_forward_proj: d.feedForwardProj },
     };
-    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: v.dataSync() as Float32Array });
     return {
       'adapter_config.json': new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n'),
       'adapter_model.safetensors': writeSafetensors(tensors, { format: 'adapterkit' }),
     };
-  }
-
-  async serializeAdapterAsync(name: string): Promise<AdapterFiles> {
-    // Read variables asynchronously first (WebGPU cannot read synchronously), then serialise.
-    const vars = this.adapterVariables(name);
-    await Promise.all([...vars.values()].map((v) => v.data()));
-    return this.serializeAdapter(name);
   }
 
   async saveAdapter(dir: string, name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<void> {
