@@ -71,7 +71,7 @@ function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { co
   return {
     next: (seqs) =>
       tf.tidy(() => {
-        const out = model.forward({ inputIds: ids, attentionMask: mask, decoderInputIds: seqs, composition: ctx.composition });
+        const out = model.forward({ inputIds: ids, attentionMask: mask, decoderInputIds: seqs, composition: ctx.composition, expandedRows: { rowMultiplier: ctxOptions.rowMultiplier } });
         const [rows, T, V] = out.logits.shape as number[];
         const last = out.logits.slice([0, T - 1, 0], [rows, 1, V]).reshape([rows, V]);
         return last;

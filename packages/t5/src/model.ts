@@ -35,6 +35,8 @@ export interface ForwardInput {
   /** Override the active composition for this call. */
   composition?: AdapterComposition | null;
   seed?: number;
+  /** Rows are already replicated for Parallel and expanded by this factor (beams): generation's uncached path. */
+  expandedRows?: { rowMultiplier: number };
 }
 
 export interface ForwardOutput {
@@ -111,6 +113,12 @@ export class T5Model implements ModelAccess {
   readonly encoderBias: PositionBias;
   readonly decoderBias: PositionBias;
   private disposed = false;
+  /**
+   * Tied models: shared.weight transposed to [d_model, vocab] for the LM head. On wasm a matMul with
+   * transposeB is ~8× slower than a plain one (and the head is the largest matMul of a step), so the
+   * head keeps its own [in, out] copy; untied heads are stored transposed as kernel 'lm_head' instead.
+   */
+  private tiedHeadKernel: Tensor | null = null;
 
   constructor(
     readonly config: T5Config,
@@ -130,12 +138,13 @@ export class T5Model implements ModelAccess {
     };
     for (const [name, t] of weights) {
       const tensor = tf.tensor(t.data as Float32Array, t.shape, 'float32');
-      if (name.endsWith('.weight') && t.shape.length === 2 && /\.(q|k|v|o|wi|wi_0|wi_1|wo)\.weight$/.test(name)) {
+      if (name === 'lm_head.weight' || (name.endsWith('.weight') && t.shape.length === 2 && /\.(q|k|v|o|wi|wi_0|wi_1|wo)\.weight$/.test(name))) {
         // HF Linear weights are [out, in]; tfjs matMul wants [in, out]. Transposed once, at load.
         this.kernels.set(name.slice(0, -'.weight'.length), tf.tidy(() => tensor.transpose()));
         tensor.dispose();
       } else this.weights.set(name, tensor);
     }
+    if (c.tieWordEmbeddings) this.tiedHeadKernel = tf.tidy(() => this.weights.get('shared.weight')!.transpose());
     this.buildSites();
     this.encoderBias = new PositionBias(this.weights.get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, true, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
     this.decoderBias = new PositionBias(this.weights.get('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, false, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
@@ -263,12 +272,22 @@ export class T5Model implements ModelAccess {
   }
 
   // ------------------------------------------------------------------ inputs
-  /** Validates ids (rectangular, non-empty, integers in [0, vocab)) and returns an int32 tensor. */
+  /** Validates ids (rectangular, non-empty, integers in [0, vocab); -100 too with allowNegative, for labels) and returns an int32 tensor. */
   toIds(input: IdsInput, argument: string, options: { allowNegative?: boolean } = {}): Tensor {
     if (input instanceof tf.Tensor) {
       if (input.rank !== 2) throw new InputError(`${argument} must be 2-D [batch, length], got shape [${input.shape}]`, argument);
       if (input.shape[0] === 0 || input.shape[1] === 0) throw new InputError(`${argument} is empty (shape [${input.shape}])`, argument);
       if (input.dtype !== 'int32') throw new InputError(`${argument} must be an int32 tensor, got ${input.dtype}`, argument);
+      // Out-of-range ids make gather read garbage (wasm) or throw deep inside tfjs (cpu): check them here.
+      // webgpu cannot read synchronously; there, tensor ids are trusted (number[][] inputs are always checked).
+      if (tf.getBackend() !== 'webgpu') {
+        const d = input.dataSync();
+        for (let i = 0; i < d.length; i++) {
+          if ((d[i] < 0 && !(options.allowNegative && d[i] === -100)) || d[i] >= this.config.vocabSize) {
+            throw new InputError(`${argument}[${Math.floor(i / input.shape[1]!)}][${i % input.shape[1]!}] = ${d[i]} is not a token id in [0, ${this.config.vocabSize})`, argument);
+          }
+        }
+      }
       return input.clone();
     }
     if (!Array.isArray(input) || input.length === 0) throw new InputError(`${argument} is an empty batch`, argument);
@@ -278,7 +297,7 @@ export class T5Model implements ModelAccess {
     input.forEach((row, r) => {
       if (!Array.isArray(row) || row.length !== len) throw new InputError(`${argument} row ${r} has length ${Array.isArray(row) ? row.length : 'n/a'}, expected ${len} (pad rows to one length)`, argument);
       row.forEach((id, j) => {
-        const ok = Number.isInteger(id) && (options.allowNegative ? id >= -100 : id >= 0) && id < this.config.vocabSize;
+        const ok = Number.isInteger(id) && (id >= 0 || (options.allowNegative === true && id === -100)) && id < this.config.vocabSize;
         if (!ok) throw new InputError(`${argument}[${r}][${j}] = ${id} is not a token id in [0, ${this.config.vocabSize})`, argument);
         flat[r * len + j] = id;
       });
@@ -326,7 +345,8 @@ export class T5Model implements ModelAccess {
       case 'gelu':
         return x.mul(0.5).mul(tf.erf(x.mul(Math.SQRT1_2)).add(1));
       case 'gelu_new': {
-        const inner = x.add(x.pow(3).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
+        // x·x·x rather than pow(x, 3): tfjs-wasm's Pow is a slow generic kernel (~20× a Mul here).
+        const inner = x.add(x.square().mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
         return x.mul(0.5).mul(tf.tanh(inner).add(1));
       }
     }
@@ -468,8 +488,8 @@ export class T5Model implements ModelAccess {
     let x = this.dropout(this.rmsNorm(h, 'decoder.final_layer_norm.weight'), ctx, 103);
     if (this.config.scaleDecoderOutputs) x = x.mul(this.config.dModel ** -0.5);
     if (ctx.composition) x = this.adapters.embeddings('decoder', x, ctx, true);
-    const head = this.weights.get(this.config.tieWordEmbeddings ? 'shared.weight' : 'lm_head.weight')!;
-    return tf.matMul(x.reshape([-1, this.config.dModel]), head, false, true);
+    const head = this.tiedHeadKernel ?? this.kernels.get('lm_head')!; // [d_model, vocab]
+    return tf.matMul(x.reshape([-1, this.config.dModel]), head);
   }
 
   /** Full (uncached) decoder over target ids. */
@@ -520,13 +540,14 @@ export class T5Model implements ModelAccess {
       tf.dispose([ids, dec, mask!]);
       throw e;
     }
-    const ctx = this.adapters.createContext({ training: input.training, originalBatchSize: ids.shape[0], seed: input.seed, composition: input.composition });
+    const ctx = this.adapters.createContext({ training: input.training, originalBatchSize: ids.shape[0], seed: input.seed, composition: input.composition, rowMultiplier: input.expandedRows?.rowMultiplier });
+    const rep = (t: Tensor) => (input.expandedRows ? t : this.replicate(t, ctx));
     try {
       return tf.tidy(() => {
-        const rIds = this.replicate(ids, ctx);
-        const rMask = this.replicate(mask!, ctx);
+        const rIds = rep(ids);
+        const rMask = rep(mask!);
         const enc = this.encodeIds(rIds, rMask, ctx);
-        const logits = this.decodeFull(this.replicate(dec, ctx), decMask ? this.replicate(decMask, ctx) : null, enc, rMask, ctx);
+        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, rMask, ctx);
         return { logits, encoderLastHiddenState: enc };
       });
     } finally {
@@ -542,10 +563,23 @@ export class T5Model implements ModelAccess {
   loss(input: { inputIds: IdsInput; attentionMask?: IdsInput; labels: IdsInput; decoderInputIds?: IdsInput; training?: boolean; labelSmoothing?: number; seed?: number; ctx?: ForwardContext; baseDropout?: boolean }): Tensor {
     this.checkAlive();
     const labelsArr = input.labels instanceof tf.Tensor ? (input.labels.arraySync() as number[][]) : input.labels;
-    const ids = this.toIds(input.inputIds, 'inputIds');
-    const labels = this.toIds(labelsArr, 'labels', { allowNegative: true });
-    const decIds = input.decoderInputIds !== undefined ? this.toIds(input.decoderInputIds, 'decoderInputIds') : this.toIds(this.shiftRight(labelsArr), 'labels');
-    const mask = this.toMask(input.attentionMask, ids, 'attentionMask');
+    // Validate every input before anything else (a bad one must not leak the tensors made before it).
+    const made: Tensor[] = [];
+    const keep = (t: Tensor) => (made.push(t), t);
+    let ids: Tensor, labels: Tensor, decIds: Tensor, mask: Tensor;
+    try {
+      ids = keep(this.toIds(input.inputIds, 'inputIds'));
+      labels = keep(this.toIds(labelsArr, 'labels', { allowNegative: true }));
+      decIds = keep(input.decoderInputIds !== undefined ? this.toIds(input.decoderInputIds, 'decoderInputIds') : this.toIds(this.shiftRight(labelsArr), 'labels'));
+      mask = keep(this.toMask(input.attentionMask, ids, 'attentionMask'));
+      if (labels.shape[0] !== ids.shape[0] || decIds.shape[0] !== ids.shape[0]) throw new InputError(`labels has ${labels.shape[0]} rows but inputIds has ${ids.shape[0]}`, 'labels');
+      const ls = input.labelSmoothing ?? 0;
+      if (!(ls >= 0 && ls < 1)) throw new InputError(`labelSmoothing must be in [0, 1), got ${input.labelSmoothing}`, 'labelSmoothing');
+      if (decIds.shape[1] !== labels.shape[1]) throw new InputError(`decoderInputIds has length ${decIds.shape[1]} but labels has ${labels.shape[1]}`, 'decoderInputIds');
+    } catch (e) {
+      tf.dispose(made);
+      throw e;
+    }
     const ctx = input.ctx ?? this.adapters.createContext({ training: input.training, originalBatchSize: ids.shape[0], seed: input.seed });
     if (input.baseDropout) ctx.memo.set('baseDropout', true);
     try {
@@ -704,6 +738,7 @@ export class T5Model implements ModelAccess {
     if (this.disposed) return;
     this.adapters.dispose();
     tf.dispose([...this.weights.values(), ...this.kernels.values()]);
+    this.tiedHeadKernel?.dispose();
     this.encoderBias.dispose();
     this.decoderBias.dispose();
     this.disposed = true;
