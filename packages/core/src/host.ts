@@ -191,7 +191,9 @@ export class AdapterHost {
     const target = this.adapterVariables(newName);
     const sources = names.map((n) => this.adapterVariables(n));
     for (const [k, v] of target) {
-      v.assign(tf.tidy(() => sources.map((s, i) => s.get(k)!.mul(w[i])).reduce((a, b) => a.add(b))));
+      const averaged = tf.tidy(() => sources.map((s, i) => s.get(k)!.mul(w[i])).reduce((a, b) => a.add(b)));
+      v.assign(averaged);
+      averaged.dispose(); // the variable keeps its own reference to the data
     }
   }
 
@@ -318,7 +320,9 @@ export class AdapterHost {
         if (!t) throw new WeightError(`adapter file lacks tensor '${key}'`, key);
         if (t.shape.join(',') !== v.shape.join(',')) throw new WeightError(`tensor '${key}' has shape [${t.shape}] but the adapter expects [${v.shape}]`, key);
         if (!t.data.every(Number.isFinite)) throw new WeightError(`tensor '${key}' contains NaN or Infinity`, key);
-        v.assign(tf.tensor(t.data, t.shape));
+        const value = tf.tensor(t.data, t.shape);
+        v.assign(value);
+        value.dispose(); // the variable keeps its own reference to the data
       }
     } catch (e) {
       this.deleteAdapter(name);

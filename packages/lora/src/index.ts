@@ -1,1 +1,24 @@
-export {};
+import { registerMethod, type AdapterMethod, type BlockType, type ModelAccess } from '@adapterkit/core';
+import { normalizeLoraConfig, PRESETS } from './config.js';
+import { LoraRuntime } from './runtime.js';
+
+/**
+ * LoRA and IA3 as one method (as `adapters`: IA3 is LoRA with composition_mode 'scale'). Importing this
+ * package registers it with core, so configs 'lora', 'ia3' and "lora[r=4,alpha=8]" resolve and PEFT
+ * LORA / IA3 directories load.
+ */
+export const loraMethod: AdapterMethod = {
+  name: 'lora',
+  configMethods: ['lora', 'ia3'],
+  presets: PRESETS,
+  supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average']),
+  peftTypes: ['LORA', 'IA3'],
+  normalizeConfig: normalizeLoraConfig,
+  attach: (model: ModelAccess) => new LoraRuntime(model),
+};
+
+registerMethod(loraMethod);
+
+export { LoraRuntime, moduleMatches } from './runtime.js';
+export { normalizeLoraConfig, scalingOf, LORA_DEFAULTS, IA3_DEFAULTS, PRESETS, type LoraConfig, type LoraOptions } from './config.js';
+export { importPeft, exportPeft } from './peft.js';

@@ -1,0 +1,196 @@
+import { tf } from '@adapterkit/backend';
+import { ConfigError, UnsupportedError, WeightError, type AdapterConfig } from '@adapterkit/core';
+import { IA3_DEFAULTS, LORA_DEFAULTS, normalizeLoraConfig, type LoraConfig } from './config.js';
+import { moduleMatches, type LoraRuntime } from './runtime.js';
+
+type FloatTensor = { shape: number[]; data: Float32Array };
+
+/** PEFT's prefix for a seq2seq model's modules in adapter_model.safetensors. */
+const PREFIX = 'base_model.model.';
+
+/** PEFT defaults for T5 when target_modules is null (utils/constants.py). */
+const T5_DEFAULT_TARGETS: Record<string, string[]> = { LORA: ['q', 'v'], IA3: ['k', 'v', 'wo'] };
+const T5_DEFAULT_FEEDFORWARD = ['wo'];
+
+const isEmpty = (v: unknown) => v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);
+
+/**
+ * Options that change what a PEFT adapter computes and that adapterkit does not implement: refused, never
+ * ignored. (`check` gets the value; a non-empty / true value is refused.) Unknown keys are ignored.
+ */
+const REFUSED: Record<string, (v: unknown) => boolean> = {
+  use_dora: (v) => v === true,
+  rank_pattern: (v) => !isEmpty(v),
+  alpha_pattern: (v) => !isEmpty(v),
+  layers_to_transform: (v) => !isEmpty(v),
+  bias: (v) => v !== undefined && v !== null && v !== 'none',
+  modules_to_save: (v) => !isEmpty(v),
+  fan_in_fan_out: (v) => v === true,
+  lora_bias: (v) => v === true,
+  layer_replication: (v) => !isEmpty(v),
+  target_parameters: (v) => !isEmpty(v),
+  trainable_token_indices: (v) => !isEmpty(v),
+  alora_invocation_tokens: (v) => !isEmpty(v),
+  use_qalora: (v) => v === true,
+};
+
+function checkUnsupported(cfg: Record<string, unknown>): void {
+  for (const [key, refused] of Object.entries(REFUSED)) {
+    if (key in cfg && refused(cfg[key])) {
+      throw new UnsupportedError(`PEFT option ${key} = ${JSON.stringify(cfg[key])} is not supported by @adapterkit/lora`, key);
+    }
+  }
+}
+
+function targetSpec(cfg: Record<string, unknown>, field: string, fallback: string[]): string | string[] {
+  const v = cfg[field];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v === 'string' || (Array.isArray(v) && v.every((s) => typeof s === 'string'))) return v as string | string[];
+  throw new ConfigError(`PEFT ${field} must be a list of module names or a regex string, got ${JSON.stringify(v)}`, field);
+}
+
+function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j];
+  return out;
+}
+
+/**
+ * Imports a PEFT LORA or IA3 adapter (adapter_config.json + adapter_model.safetensors contents) as adapter
+ * `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match regex,
+ * exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
+ */
+export function importPeft(rt: LoraRuntime, name: string, cfg: Record<string, unknown>, tensors: Map<string, FloatTensor>): AdapterConfig {
+  const type = cfg.peft_type;
+  if (type !== 'LORA' && type !== 'IA3') throw new UnsupportedError(`PEFT peft_type '${String(type)}' is not LoRA or IA3`, 'peft_type');
+  checkUnsupported(cfg);
+  const targets = targetSpec(cfg, 'target_modules', T5_DEFAULT_TARGETS[type]);
+  const exclude = cfg.exclude_modules === undefined || cfg.exclude_modules === null ? null : targetSpec(cfg, 'exclude_modules', []);
+  const all = rt.model.linearSites();
+  const sites = all.filter((s) => (targets === 'all-linear' || moduleMatches(targets, s.key)) && !moduleMatches(exclude, s.key));
+  if (sites.length === 0) throw new ConfigError(`PEFT target_modules ${JSON.stringify(targets)} match no linear layer of this model`, 'target_modules');
+  const keys = sites.map((s) => s.key);
+
+  let config: LoraConfig;
+  const expected = new Map<string, { key: string; param: string; shape: number[]; transposeTo?: [number, number] }>();
+  if (type === 'LORA') {
+    const r = cfg.r;
+    if (!Number.isInteger(r) || (r as number) < 1) throw new ConfigError(`PEFT r must be a positive integer, got ${JSON.stringify(r)}`, 'r');
+    const alpha = cfg.lora_alpha ?? r;
+    if (typeof alpha !== 'number') throw new ConfigError(`PEFT lora_alpha must be a number, got ${JSON.stringify(alpha)}`, 'lora_alpha');
+    const dropout = typeof cfg.lora_dropout === 'number' ? cfg.lora_dropout : 0;
+    config = { method: 'lora', ...structuredClone(LORA_DEFAULTS), r: r as number, alpha, dropout, use_rslora: cfg.use_rslora === true, target_modules: keys, peft: structuredClone(cfg) };
+    for (const s of sites) {
+      expected.set(`${PREFIX}${s.key}.lora_A.weight`, { key: s.key, param: 'lora_A', shape: [r as number, s.inFeatures], transposeTo: [r as number, s.inFeatures] });
+      expected.set(`${PREFIX}${s.key}.lora_B.weight`, { key: s.key, param: 'lora_B', shape: [s.outFeatures, r as number], transposeTo: [s.outFeatures, r as number] });
+    }
+  } else {
+    const ff = targetSpec(cfg, 'feedforward_modules', T5_DEFAULT_FEEDFORWARD);
+    const inputSide = keys.filter((k) => moduleMatches(ff, k));
+    config = { method: 'ia3', ...structuredClone(IA3_DEFAULTS), target_modules: keys, input_scale_modules: inputSide, peft: structuredClone(cfg) };
+    for (const s of sites) {
+      const isInput = inputSide.includes(s.key);
+      // PEFT stores ia3_l as [out, 1] (output side) or [1, in] (feed-forward, input side): same flat order as ours.
+      expected.set(`${PREFIX}${s.key}.ia3_l.weight`, { key: s.key, param: isInput ? 'ia3_in' : 'lora_B', shape: isInput ? [1, s.inFeatures] : [s.outFeatures, 1] });
+    }
+  }
+
+  for (const k of tensors.keys()) {
+    if (!expected.has(k)) throw new WeightError(`PEFT adapter has tensor '${k}', which maps to no adapted linear of this model (target_modules ${JSON.stringify(targets)})`, k);
+  }
+  for (const [k, e] of expected) {
+    const t = tensors.get(k);
+    if (!t) throw new WeightError(`PEFT adapter lacks tensor '${k}'`, k);
+    if (t.shape.join(',') !== e.shape.join(',')) throw new WeightError(`PEFT tensor '${k}' has shape [${t.shape}], expected [${e.shape}]`, k);
+    if (!t.data.every(Number.isFinite)) throw new WeightError(`PEFT tensor '${k}' contains NaN or Infinity`, k);
+  }
+
+  config = normalizeLoraConfig(config);
+  rt.add(name, config, 0);
+  const vars = rt.variables(name);
+  for (const [k, e] of expected) {
+    const t = tensors.get(k)!;
+    const v = vars.get(`${e.key}.${e.param}`)!;
+    const data = e.transposeTo ? transpose(t.data, e.transposeTo[0], e.transposeTo[1]) : t.data;
+    const value = tf.tensor(data, v.shape, 'float32');
+    v.assign(value);
+    value.dispose();
+  }
+  return config;
+}
+
+/** Short module names when they select exactly the adapter's sites, else the full module paths. */
+function targetNames(rt: LoraRuntime, keys: string[]): string[] {
+  const short = [...new Set(keys.map((k) => k.split('.').pop()!))].sort();
+  const matched = rt.model.linearSites().filter((s) => moduleMatches(short, s.key)).map((s) => s.key);
+  const same = matched.length === keys.length && matched.every((k) => keys.includes(k));
+  return same ? short : [...keys];
+}
+
+/**
+ * Exports a LoRA (or IA3) adapter in PEFT's format: adapter_config.json contents (only keys PEFT has known
+ * for many releases, so older PEFT versions load it too; PEFT fills the rest with defaults) and tensors named
+ * `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (IA3: `ia3_l.weight`).
+ * Gated adapters have no PEFT equivalent and are refused.
+ */
+export function exportPeft(rt: LoraRuntime, name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
+  const c = rt.config(name);
+  if (c.use_gating) throw new UnsupportedError(`adapter '${name}' uses gating (use_gating), which PEFT cannot represent`, 'use_gating');
+  const vars = rt.variables(name);
+  const adapter = rt.adapters.get(name)!;
+  const keys = [...adapter.sites.keys()];
+  const read = (k: string) => Float32Array.from(vars.get(k)!.dataSync() as Float32Array);
+  const tensors = new Map<string, FloatTensor>();
+  const origin = c.peft ?? {};
+  const common = {
+    base_model_name_or_path: origin.base_model_name_or_path ?? null,
+    revision: origin.revision ?? null,
+    task_type: 'SEQ_2_SEQ_LM',
+    inference_mode: true,
+    fan_in_fan_out: false,
+    modules_to_save: null,
+    layers_to_transform: null,
+    layers_pattern: null,
+  };
+  if (c.composition_mode === 'add') {
+    for (const [key, p] of adapter.sites) {
+      const [inF, r] = p.A!.shape as [number, number];
+      const outF = p.B!.shape[1] as number;
+      tensors.set(`${PREFIX}${key}.lora_A.weight`, { shape: [r, inF], data: transpose(read(`${key}.lora_A`), inF, r) });
+      tensors.set(`${PREFIX}${key}.lora_B.weight`, { shape: [outF, r], data: transpose(read(`${key}.lora_B`), r, outF) });
+    }
+    const config = {
+      ...common,
+      peft_type: 'LORA',
+      r: c.r,
+      lora_alpha: c.alpha,
+      lora_dropout: c.dropout,
+      target_modules: targetNames(rt, keys),
+      bias: 'none',
+      use_rslora: c.use_rslora,
+      use_dora: false,
+      init_lora_weights: true,
+      rank_pattern: {},
+      alpha_pattern: {},
+    };
+    return { config, tensors };
+  }
+  // IA3: fold adapters' scaling (alpha) into the vectors; PEFT has none.
+  const inputKeys: string[] = [];
+  for (const [key, p] of adapter.sites) {
+    const data = read(p.inVec ? `${key}.ia3_in` : `${key}.lora_B`).map((x) => x * adapter.scale);
+    if (p.inVec) inputKeys.push(key);
+    tensors.set(`${PREFIX}${key}.ia3_l.weight`, { shape: p.inVec ? [1, data.length] : [data.length, 1], data });
+  }
+  const targets = targetNames(rt, keys);
+  const ffShort = [...new Set(inputKeys.map((k) => k.split('.').pop()!))];
+  const ffExact = ffShort.every((n) => keys.filter((k) => moduleMatches([n], k)).every((k) => inputKeys.includes(k)));
+  const config = {
+    ...common,
+    peft_type: 'IA3',
+    target_modules: targets,
+    feedforward_modules: ffExact && targets.every((t) => !t.includes('.')) ? ffShort : inputKeys,
+    init_ia3_weights: true,
+  };
+  return { config, tensors };
+}

@@ -1,0 +1,286 @@
+import { tf, type Tensor, type Variable } from '@adapterkit/backend';
+import { AdapterError, CompositionError, SeededRandom, UnsupportedError, type AdapterConfig, type ForwardContext, type LinearSite, type MethodRuntime, type ModelAccess } from '@adapterkit/core';
+import { dispatch, type LayerPrimitives } from '@adapterkit/compose';
+import { initParam } from '@adapterkit/init';
+import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
+import { exportPeft, importPeft } from './peft.js';
+
+/**
+ * Parameters of one adapter at one linear, in tfjs layout (kernels [in, out]):
+ *   `${key}.lora_A` [in, r], `${key}.lora_B` [r, out]        (add mode: Δ = scale · x·A·B)
+ *   `${key}.lora_B` [1, out]                                  (scale mode, output side: y = base(x) · l)
+ *   `${key}.ia3_in` [1, in]                                   (scale mode, input side:  y = base(x · l))
+ *   `${key}.gate` [in, 1], `${key}.gate_bias` [1]             (use_gating)
+ * `adapters` stores lora_A [r, in] and lora_B [out, r] (PyTorch layout): the transposes of these.
+ */
+interface SiteParams {
+  site: LinearSite;
+  A?: Variable;
+  B?: Variable;
+  inVec?: Variable;
+  gate?: Variable;
+  gateBias?: Variable;
+}
+
+interface LoraAdapter {
+  name: string;
+  config: LoraConfig;
+  scale: number;
+  sites: Map<string, SiteParams>;
+  vars: Map<string, Variable>;
+}
+
+/**
+ * The state LoRA passes through a composition at one linear: the layer input `x` and three optional parts
+ * of the update — `add` (the LoRA delta, chained by Stack), `scale` (IA3 output vector) and `inScale` (IA3
+ * input vector). Null means "nothing yet" (identity). The result is base(x · inScale) · scale + add.
+ */
+interface LoraState {
+  x: Tensor;
+  add: Tensor | null;
+  scale: Tensor | null;
+  inScale: Tensor | null;
+}
+
+type Part = 'add' | 'scale' | 'inScale';
+const PARTS: Part[] = ['add', 'scale', 'inScale'];
+
+let variableCounter = 0;
+
+/** x [..., in] · W [in, out] → [..., out]. */
+function mm(x: Tensor, w: Tensor): Tensor {
+  const shape = x.shape;
+  const y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), w);
+  return y.reshape([...shape.slice(0, -1), w.shape[1] as number]);
+}
+
+function hashString(s: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+  return (h >>> 0) % 1_000_000;
+}
+
+/** PEFT-style module matching: a list matches a path exactly or as a '.'-suffix; a string is a full-match regex. */
+export function moduleMatches(spec: string | string[] | null | undefined, key: string): boolean {
+  if (spec === null || spec === undefined) return false;
+  if (typeof spec === 'string') return new RegExp(`^(?:${spec})$`).test(key);
+  return spec.some((t) => key === t || key.endsWith(`.${t}`));
+}
+
+export class LoraRuntime implements MethodRuntime {
+  readonly adapters = new Map<string, LoraAdapter>();
+  /** Linears whose kernel holds a merged adapter, with the kernel to restore. */
+  private readonly merged = new Map<string, { name: string; original: Tensor }>();
+
+  constructor(readonly model: ModelAccess) {}
+
+  /** The linear sites an adapter covers (adapters' LoRA placement for T5, or an explicit module list). */
+  selectSites(c: LoraConfig): LinearSite[] {
+    const leaveOut = new Set(c.leave_out);
+    const gated = this.model.linearSites().some((s) => s.linear === 'wi_1');
+    return this.model.linearSites().filter((s) => {
+      if (leaveOut.has(s.layer)) return false;
+      if (c.target_modules) return c.target_modules.includes(s.key);
+      if (s.block === 'selfattn' || s.block === 'crossattn') return c.selfattn_lora && (c.attn_matrices as string[]).includes(s.linear);
+      // Gated feed-forwards (t5 v1.1 / flan): adapters wraps wi_1 only, never wi_0.
+      if (s.linear === 'wi' || s.linear === 'wi_1') return c.intermediate_lora && (s.linear === 'wi_1' || !gated);
+      if (s.linear === 'wo') return c.output_lora;
+      return false;
+    });
+  }
+
+  add(name: string, config: AdapterConfig, seed: number): void {
+    if (this.adapters.has(name)) throw new AdapterError(`LoRA adapter '${name}' already exists`, name);
+    const c = normalizeLoraConfig(config);
+    const rng = new SeededRandom(c.init_weights_seed ?? seed);
+    const sites = new Map<string, SiteParams>();
+    const vars = new Map<string, Variable>();
+    const inputSide = new Set(c.input_scale_modules);
+    const make = (key: string, role: 'lora_A' | 'lora_B' | 'gate', shape: number[], extra: { fanIn?: number; bias?: boolean } = {}) => {
+      const values = initParam(c.init_weights, { role, shape, ...extra }, rng);
+      const initial = tf.tensor(values, shape, 'float32');
+      const v = tf.variable(initial, false, `lora/${name}/${key}#${variableCounter++}`);
+      initial.dispose(); // the variable holds its own reference to the data
+      vars.set(key, v);
+      return v;
+    };
+    try {
+      for (const site of this.selectSites(c)) {
+        const p: SiteParams = { site };
+        const k = site.key;
+        if (c.composition_mode === 'add') {
+          p.A = make(`${k}.lora_A`, 'lora_A', [site.inFeatures, c.r]);
+          p.B = make(`${k}.lora_B`, 'lora_B', [c.r, site.outFeatures]);
+        } else if (inputSide.has(k)) {
+          p.inVec = make(`${k}.ia3_in`, 'lora_B', [1, site.inFeatures]);
+        } else {
+          p.B = make(`${k}.lora_B`, 'lora_B', [1, site.outFeatures]);
+        }
+        if (c.use_gating) {
+          p.gate = make(`${k}.gate`, 'gate', [site.inFeatures, 1]);
+          p.gateBias = make(`${k}.gate_bias`, 'gate', [1], { fanIn: site.inFeatures, bias: true });
+        }
+        sites.set(k, p);
+      }
+    } catch (e) {
+      for (const v of vars.values()) v.dispose();
+      throw e;
+    }
+    this.adapters.set(name, { name, config: c, scale: scalingOf(c), sites, vars });
+  }
+
+  remove(name: string): void {
+    const a = this.adapters.get(name);
+    if (!a) return;
+    if ([...this.merged.values()].some((m) => m.name === name)) this.unmerge(name);
+    for (const v of a.vars.values()) v.dispose();
+    this.adapters.delete(name);
+  }
+
+  has(name: string): boolean {
+    return this.adapters.has(name);
+  }
+
+  variables(name: string): Map<string, Variable> {
+    return this.get(name).vars;
+  }
+
+  config(name: string): LoraConfig {
+    return this.get(name).config;
+  }
+
+  // ------------------------------------------------------------------ forward
+  linear(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor | undefined {
+    const out = dispatch<LoraState>(site.layer, { x, add: null, scale: null, inScale: null }, this.primitives(site, ctx), ctx);
+    if (!out || (!out.add && !out.scale && !out.inScale)) return undefined;
+    let y = base(out.inScale ? x.mul(out.inScale) : x);
+    if (out.scale) y = y.mul(out.scale);
+    if (out.add) y = y.add(out.add);
+    return y;
+  }
+
+  private primitives(site: LinearSite, ctx: ForwardContext): LayerPrimitives<LoraState> {
+    const merged = this.merged.get(site.key)?.name;
+    const identityOf = (s: LoraState, part: Part): Tensor => {
+      const [rows, ...rest] = s.x.shape;
+      if (part === 'add') return tf.zeros([rows, ...rest.slice(0, -1), site.outFeatures]);
+      const ones = rest.slice(0, -1).map(() => 1);
+      return tf.ones([rows, ...ones, part === 'scale' ? site.outFeatures : site.inFeatures]);
+    };
+    return {
+      // A merged adapter is part of the kernel now: the hook skips it.
+      has: (n) => n !== merged && (this.adapters.get(n)?.sites.has(site.key) ?? false),
+      single: (n, s) => this.single(this.adapters.get(n)!, site, s, ctx),
+      rows: (s) => s.x.shape[0],
+      sliceRows: (s, start, end) => {
+        const cut = (t: Tensor | null) => (t ? t.slice([start], [end - start]) : null);
+        return { x: cut(s.x)!, add: cut(s.add), scale: cut(s.scale), inScale: cut(s.inScale) };
+      },
+      concatRows: (parts) => {
+        if (parts.length === 1) return parts[0];
+        const out: LoraState = { x: tf.concat(parts.map((p) => p.x), 0), add: null, scale: null, inScale: null };
+        for (const part of PARTS) {
+          // A row part that no adapter touched gets the identity (zero delta, unit vector) of that part.
+          if (parts.some((p) => p[part])) out[part] = tf.concat(parts.map((p) => p[part] ?? identityOf(p, part)), 0);
+        }
+        return out;
+      },
+      average: (results, weights, input) => {
+        if (results.some((r) => r.inScale) && results.some((r) => r.scale)) {
+          throw new CompositionError(`Average cannot mix input-side and output-side IA3 scaling at '${site.key}'`, 'Average');
+        }
+        const out: LoraState = { x: input.x, add: null, scale: null, inScale: null };
+        for (const part of PARTS) {
+          if (results.some((r) => r[part])) out[part] = results.map((r, i) => (r[part] ?? identityOf(r, part)).mul(weights[i])).reduce((a, b) => a.add(b));
+        }
+        return out;
+      },
+    };
+  }
+
+  /** One adapter at one linear. LoRA chains on the update path (Stack: h_b = f_b(f_a(x))); IA3 multiplies vectors. */
+  private single(a: LoraAdapter, site: LinearSite, s: LoraState, ctx: ForwardContext): LoraState {
+    const p = a.sites.get(site.key)!;
+    const c = a.config;
+    // adapters: with gating, Δ *= mean_seq(sigmoid(gate(x))) and alpha/r is not applied.
+    const factor = (t: Tensor): Tensor => {
+      if (!p.gate) return t.mul(a.scale);
+      const g = tf.sigmoid(mm(s.x, p.gate).add(p.gateBias!));
+      const mean = g.rank > 2 ? g.mean(Array.from({ length: g.rank - 2 }, (_, i) => i + 1), true) : g;
+      if (ctx.options.recordGates) ctx.gates.set(`${a.name}/${site.key}`, tf.keep(mean.clone()));
+      return t.mul(mean);
+    };
+    if (c.composition_mode === 'add') {
+      let input = s.add ?? s.x;
+      if (input.shape[input.rank - 1] !== site.inFeatures) {
+        throw new CompositionError(
+          `cannot Stack LoRA '${a.name}' on another LoRA at '${site.key}': the previous update has ${input.shape[input.rank - 1]} features, this linear takes ${site.inFeatures}`,
+          'Stack',
+          a.name,
+          'lora',
+        );
+      }
+      if (ctx.training && c.dropout > 0) input = tf.dropout(input, c.dropout, undefined, ctx.dropoutSeed(hashString(`${a.name}/${site.key}`)));
+      return { ...s, add: factor(mm(mm(input, p.A!), p.B!)) };
+    }
+    const vec = (p.inVec ?? p.B)!;
+    const [rows, ...rest] = s.x.shape;
+    const shape = [1, ...rest.slice(0, -1).map(() => 1), vec.shape[1] as number];
+    // One vector per row (so composition blocks can slice and concatenate it like the delta).
+    const v = factor(tf.ones([rows, ...shape.slice(1, -1), 1]).mul(vec.reshape(shape)));
+    if (p.inVec) return { ...s, inScale: s.inScale ? s.inScale.mul(v) : v };
+    return { ...s, scale: s.scale ? s.scale.mul(v) : v };
+  }
+
+  // ------------------------------------------------------------------ merging
+  /** Folds the adapter into the base kernels: W + scale·A·B (LoRA), W·l on columns (IA3 output) or rows (IA3 input). */
+  merge(name: string): void {
+    const a = this.get(name);
+    if (a.config.use_gating) throw new UnsupportedError(`cannot merge adapter '${name}': it uses gating (use_gating), which depends on the input`, 'use_gating');
+    for (const key of a.sites.keys()) {
+      const m = this.merged.get(key);
+      if (m) throw new AdapterError(`cannot merge '${name}': '${key}' already holds merged adapter '${m.name}' (unmerge it first)`, name);
+    }
+    for (const [key, p] of a.sites) {
+      const kernel = this.model.getLinearWeight(key);
+      const original = tf.keep(kernel.clone());
+      const updated = tf.tidy(() => {
+        if (p.A) return kernel.add(tf.matMul(p.A, p.B!).mul(a.scale));
+        if (p.inVec) return kernel.mul(p.inVec.reshape([-1, 1]).mul(a.scale));
+        return kernel.mul(p.B!.mul(a.scale));
+      });
+      this.model.setLinearWeight(key, updated);
+      this.merged.set(key, { name, original });
+    }
+  }
+
+  /** Restores the kernels saved at merge time (exactly). */
+  unmerge(name: string): void {
+    this.get(name);
+    const keys = [...this.merged].filter(([, m]) => m.name === name).map(([k]) => k);
+    if (keys.length === 0) throw new AdapterError(`adapter '${name}' is not merged`, name);
+    for (const key of keys) {
+      this.model.setLinearWeight(key, this.merged.get(key)!.original);
+      this.merged.delete(key);
+    }
+  }
+
+  isMerged(name: string): boolean {
+    return [...this.merged.values()].some((m) => m.name === name);
+  }
+
+  // ------------------------------------------------------------------ PEFT
+  importPeft(name: string, peftConfig: Record<string, unknown>, tensors: Map<string, { shape: number[]; data: Float32Array }>): AdapterConfig {
+    return importPeft(this, name, peftConfig, tensors);
+  }
+
+  exportPeft(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> } {
+    return exportPeft(this, name);
+  }
+
+  private get(name: string): LoraAdapter {
+    const a = this.adapters.get(name);
+    if (!a) throw new AdapterError(`no LoRA adapter named '${name}'`, name);
+    return a;
+  }
+}

@@ -1,0 +1,263 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { tf, initBackend, expectNoLeaks } from '@adapterkit/backend';
+import { backendsUnderTest } from '@adapterkit/backend/test';
+import { UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
+import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import '../src/index.js';
+import { FIXTURE_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
+
+const ref = readJson(`${PEFT_LORA_DIR}/reference.json`);
+const peftConfig = readJson(`${PEFT_LORA_DIR}/adapter_config.json`);
+const tmp = mkdtempSync(join(tmpdir(), 'adapterkit-lora-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
+  describe(`PEFT LoRA fixture on ${backend}`, () => {
+    let model: T5ForConditionalGeneration;
+    beforeAll(async () => {
+      await initBackend(backend);
+      model = await T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
+      const name = await model.loadAdapter(PEFT_LORA_DIR);
+      expect(name).toBe('peft-lora');
+      model.setActiveAdapters('peft-lora');
+    });
+    afterAll(() => model.dispose());
+
+    it('logits within 1e-4 of PEFT', async () => {
+      const out = await logitsOf(model);
+      expect(out.shape).toEqual(ref.logits.shape);
+      expect(maxDiff(out.data, ref.logits.data)).toBeLessThan(1e-4);
+    });
+
+    it('greedy and 3-beam ids identical to PEFT', async () => {
+      expect(await model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 8 })).toEqual(to2d(ref.greedy_ids));
+      const beam = await model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 8, numBeams: 3, earlyStopping: true, lengthPenalty: 1.0 });
+      expect(beam).toEqual(to2d(ref.beam3_ids));
+      const expected = to2d(ref.task_greedy_ids);
+      expect(await model.generate({ inputIds: to2d(ref.task_inputs), maxNewTokens: expected[0].length - 1 })).toEqual(expected);
+    });
+
+    it('loss and LoRA gradients match PEFT (1e-4 relative to max magnitude)', async () => {
+      model.trainAdapter('peft-lora');
+      const vars = model.adapters.adapterVariables('peft-lora');
+      const { value, grads } = tf.variableGrads(() => model.loss({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, labels }) as tf.Scalar, [...vars.values()]);
+      const loss = (await value.data())[0];
+      expect(Math.abs(loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
+      const names = Object.keys(ref.grads);
+      expect(names.length).toBe(vars.size);
+      for (const peftName of names) {
+        const m = /^base_model\.model\.(.+)\.(lora_A|lora_B)\.default\.weight$/.exec(peftName)!;
+        const v = vars.get(`${m[1]}.${m[2]}`)!;
+        const g = grads[v.name];
+        // Ours is tfjs layout ([in, r] / [r, out]); PEFT's is its transpose.
+        const gt = g.transpose();
+        const ours = (await gt.data()) as Float32Array;
+        const expected = ref.grads[peftName];
+        expect(gt.shape).toEqual(expected.shape);
+        gt.dispose();
+        const scale = Math.max(...expected.data.map(Math.abs));
+        expect(maxDiff(ours, expected.data) / scale, peftName).toBeLessThan(1e-4);
+      }
+      tf.dispose([value, ...Object.values(grads)]);
+    });
+
+    it('merged logits equal unmerged and PEFT merged; unmerge restores kernels exactly', async () => {
+      const before = new Map<string, Float32Array>();
+      for (const [k, t] of model.baseTensors()) before.set(k, (await t.data()) as Float32Array);
+      const unmerged = await logitsOf(model);
+      model.mergeAdapter('peft-lora');
+      const merged = await logitsOf(model);
+      expect(maxDiff(merged.data, unmerged.data)).toBeLessThan(1e-5);
+      expect(maxDiff(merged.data, ref.merged_logits.data)).toBeLessThan(1e-4);
+      model.unmergeAdapter('peft-lora');
+      for (const [k, t] of model.baseTensors()) expect(maxDiff((await t.data()) as Float32Array, before.get(k)!), k).toBeLessThanOrEqual(1e-6);
+      expect(maxDiff((await logitsOf(model)).data, unmerged.data)).toBe(0);
+    });
+
+    it('export to PEFT and re-import gives identical logits', async () => {
+      const dir = join(tmp, `exported-${backend}`);
+      await model.saveAdapter(dir, 'peft-lora', { format: 'peft' });
+      const cfg = readJson(join(dir, 'adapter_config.json'));
+      expect(cfg).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 8, task_type: 'SEQ_2_SEQ_LM', bias: 'none', target_modules: ['q', 'v'] });
+      // Same tensor names, shapes and values as the file PEFT wrote.
+      const mine = readSafetensors(new Uint8Array(readFileSync(join(dir, 'adapter_model.safetensors')))).tensors;
+      const theirs = readSafetensors(new Uint8Array(readFileSync(join(PEFT_LORA_DIR, 'adapter_model.safetensors')))).tensors;
+      expect([...mine.keys()].sort()).toEqual([...theirs.keys()].sort());
+      for (const [k, t] of theirs) expect(maxDiff(mine.get(k)!.data as Float32Array, t.data as Float32Array), k).toBe(0);
+      const name = await model.loadAdapter(dir, { name: 'reimported' });
+      const a = await logitsOf(model);
+      model.setActiveAdapters(name);
+      const b = await logitsOf(model);
+      expect(maxDiff(a.data, b.data)).toBe(0);
+      model.deleteAdapter(name);
+      model.setActiveAdapters('peft-lora');
+    });
+
+    it('adapterkit save/load round trip keeps the PEFT origin and the logits', async () => {
+      const dir = join(tmp, `saved-${backend}`);
+      await model.saveAdapter(dir, 'peft-lora');
+      const name = await model.loadAdapter(dir, { name: 'roundtrip' });
+      expect((model.adapters.adapterConfig(name) as any).peft?.peft_type).toBe('LORA');
+      const a = await logitsOf(model);
+      model.setActiveAdapters(name);
+      expect(maxDiff((await logitsOf(model)).data, a.data)).toBe(0);
+      // ...and it still exports to the same PEFT config.
+      const dir2 = join(tmp, `saved-peft-${backend}`);
+      await model.saveAdapter(dir2, name, { format: 'peft' });
+      expect(readJson(join(dir2, 'adapter_config.json')).target_modules).toEqual(['q', 'v']);
+      model.deleteAdapter(name);
+      model.setActiveAdapters('peft-lora');
+    });
+
+    it('loading, saving, averaging, merging and deleting adapters leak no tensors', async () => {
+      const dir = join(tmp, `leak-${backend}`);
+      await expectNoLeaks(async () => {
+        const a = await model.loadAdapter(PEFT_LORA_DIR, { name: 'leak-a' });
+        await model.saveAdapter(dir, a);
+        const b = await model.loadAdapter(dir, { name: 'leak-b' });
+        model.averageAdapter('leak-avg', [a, b], [0.5, 0.5]);
+        model.mergeAdapter('leak-avg');
+        model.unmergeAdapter('leak-avg');
+        model.mergeAdapter(a);
+        for (const n of [a, b, 'leak-avg']) model.deleteAdapter(n); // deleting a merged adapter unmerges it
+      }, 'adapter life cycle');
+      model.setActiveAdapters('peft-lora');
+      expect(maxDiff((await logitsOf(model)).data, ref.logits.data)).toBeLessThan(1e-4);
+    });
+
+    it('refuses unsupported PEFT options, naming the option', () => {
+      const files = {
+        'adapter_config.json': new TextEncoder().encode(JSON.stringify(peftConfig)),
+        'adapter_model.safetensors': new Uint8Array(readFileSync(`${PEFT_LORA_DIR}/adapter_model.safetensors`)),
+      };
+      const cases: [string, unknown][] = [
+        ['use_dora', true],
+        ['rank_pattern', { q: 8 }],
+        ['alpha_pattern', { q: 8 }],
+        ['layers_to_transform', [0]],
+        ['bias', 'all'],
+        ['modules_to_save', ['lm_head']],
+        ['fan_in_fan_out', true],
+        ['lora_bias', true],
+      ];
+      for (const [option, value] of cases) {
+        const cfg = { ...peftConfig, [option]: value };
+        const f = { ...files, 'adapter_config.json': new TextEncoder().encode(JSON.stringify(cfg)) };
+        let err: unknown;
+        try {
+          model.adapters.loadAdapterFiles(f, { name: `bad-${option}` });
+        } catch (e) {
+          err = e;
+        }
+        expect(err, option).toBeInstanceOf(UnsupportedError);
+        expect((err as UnsupportedError).option).toBe(option);
+        expect((err as Error).message).toContain(option);
+        expect(model.adapters.hasAdapter(`bad-${option}`)).toBe(false);
+      }
+      // Unknown keys are ignored; a regex target_modules is a full match (here: decoder only).
+      const regex = { ...peftConfig, some_future_option: 1, target_modules: '.*decoder.*(SelfAttention|EncDecAttention)\\.(q|v)' };
+      expect(() => model.adapters.loadAdapterFiles({ ...files, 'adapter_config.json': new TextEncoder().encode(JSON.stringify(regex)) }, { name: 'dec-only' })).toThrow(WeightError);
+    });
+  });
+}
+
+describe('PEFT target_modules semantics', () => {
+  it('a regex target_modules is a full match; exclude_modules removes sites', async () => {
+    await initBackend('cpu');
+    const model = await T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
+    const { tensors } = readSafetensors(new Uint8Array(readFileSync(`${PEFT_LORA_DIR}/adapter_model.safetensors`)));
+    /** Loads the fixture's tensors whose names pass `keep`, under a modified config; returns the config built. */
+    const load = (name: string, cfg: Record<string, unknown>, keep: (k: string) => boolean) => {
+      const kept = new Map([...tensors].filter(([k]) => keep(k)).map(([k, t]) => [k, { shape: t.shape, data: t.data as Float32Array }]));
+      const files = { 'adapter_config.json': new TextEncoder().encode(JSON.stringify({ ...peftConfig, ...cfg })), 'adapter_model.safetensors': writeSafetensors(kept) };
+      model.adapters.loadAdapterFiles(files, { name });
+      return { config: model.adapters.adapterConfig(name) as any, count: kept.size };
+    };
+    const dec = load('dec', { target_modules: '.*decoder.*(SelfAttention|EncDecAttention)\\.(q|v)' }, (k) => k.includes('.decoder.'));
+    expect(dec.config.target_modules.every((k: string) => k.startsWith('decoder.'))).toBe(true);
+    expect(dec.config.target_modules).toHaveLength(dec.count / 2);
+    // exclude_modules as a list: exact or '.'-suffix match, as PEFT.
+    const noCross = load('no-cross', { exclude_modules: ['layer.1.EncDecAttention.q', 'layer.1.EncDecAttention.v'] }, (k) => !k.includes('EncDecAttention'));
+    expect(noCross.config.target_modules).toHaveLength(noCross.count / 2);
+    expect(noCross.config.target_modules.some((k: string) => k.includes('EncDecAttention'))).toBe(false);
+    model.dispose();
+  });
+});
+
+for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
+  describe(`PEFT IA3 and rsLoRA imports on ${backend}`, () => {
+    let model: T5ForConditionalGeneration;
+    beforeAll(async () => {
+      await initBackend(backend);
+      model = await T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
+    });
+    afterAll(() => model.dispose());
+
+    /** A PEFT IA3 adapter as PEFT's T5 defaults make it: k, v scaled on the output side, wo on its input. */
+    function ia3Files(): AdapterFiles {
+      const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+      let seed = 1;
+      const rand = (n: number) => Float32Array.from({ length: n }, () => 1 + 0.5 * Math.sin(seed++ * 12.9898));
+      for (const s of model.linearSites()) {
+        if (s.linear === 'k' || s.linear === 'v') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [s.outFeatures, 1], data: rand(s.outFeatures) });
+        if (s.linear === 'wo') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [1, s.inFeatures], data: rand(s.inFeatures) });
+      }
+      const config = { peft_type: 'IA3', task_type: 'SEQ_2_SEQ_LM', target_modules: ['k', 'v', 'wo'], feedforward_modules: ['wo'], fan_in_fan_out: false, modules_to_save: null, init_ia3_weights: true };
+      return { 'adapter_config.json': new TextEncoder().encode(JSON.stringify(config)), 'adapter_model.safetensors': writeSafetensors(tensors) };
+    }
+
+    it('IA3: output vectors scale k/v outputs, feed-forward vectors scale the input of wo (as PEFT)', async () => {
+      const files = ia3Files();
+      const name = model.adapters.loadAdapterFiles(files, { name: 'ia3' });
+      model.setActiveAdapters(name);
+      const hooked = await logitsOf(model);
+      model.setActiveAdapters(null);
+      // Independent check: fold each vector into its kernel by hand (columns for output side, rows for input side).
+      const { tensors } = readSafetensors(files['adapter_model.safetensors']);
+      const saved = new Map<string, tf.Tensor>();
+      for (const [k, t] of tensors) {
+        const key = k.slice('base_model.model.'.length, -'.ia3_l.weight'.length);
+        const W = model.getLinearWeight(key);
+        saved.set(key, W.clone());
+        const l = tf.tensor(t.data as Float32Array, t.shape[0] === 1 ? [t.shape[1], 1] : [1, t.shape[0]]);
+        model.setLinearWeight(key, tf.tidy(() => W.mul(l)));
+        l.dispose();
+      }
+      const manual = await logitsOf(model);
+      for (const [key, W] of saved) model.setLinearWeight(key, W);
+      expect(maxDiff(hooked.data, manual.data)).toBeLessThan(1e-4);
+      // Merge does the same; export → import round-trips.
+      model.setActiveAdapters(name);
+      model.mergeAdapter(name);
+      expect(maxDiff((await logitsOf(model)).data, hooked.data)).toBeLessThan(1e-4);
+      model.unmergeAdapter(name);
+      // Read the variables asynchronously first (as saveAdapter does): WebGPU cannot read synchronously.
+      await Promise.all([...model.adapters.adapterVariables(name).values()].map((v) => v.data()));
+      const exported = model.adapters.runtimeFor('lora')!.exportPeft!(name);
+      expect(exported.config).toMatchObject({ peft_type: 'IA3', target_modules: ['k', 'v', 'wo'], feedforward_modules: ['wo'] });
+      const again = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(exported.config)), 'adapter_model.safetensors': writeSafetensors(exported.tensors) }, { name: 'ia3-again' });
+      model.setActiveAdapters(again);
+      expect(maxDiff((await logitsOf(model)).data, hooked.data)).toBe(0);
+      model.deleteAdapter(again);
+      model.deleteAdapter(name);
+    });
+
+    it('rsLoRA scaling is lora_alpha / sqrt(r)', async () => {
+      const weights = new Uint8Array(readFileSync(`${PEFT_LORA_DIR}/adapter_model.safetensors`));
+      const plain = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(peftConfig)), 'adapter_model.safetensors': weights }, { name: 'plain' });
+      // alpha / r = 8 / 4 = 2 = 4 / sqrt(4)
+      const rs = { ...peftConfig, use_rslora: true, lora_alpha: 4 };
+      const rsName = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(rs)), 'adapter_model.safetensors': weights }, { name: 'rs' });
+      model.setActiveAdapters(plain);
+      const a = await logitsOf(model);
+      model.setActiveAdapters(rsName);
+      expect(maxDiff((await logitsOf(model)).data, a.data)).toBeLessThanOrEqual(1e-6);
+      expect(maxDiff(a.data, ref.logits.data)).toBeLessThan(1e-4);
+      model.deleteAdapter(plain);
+      model.deleteAdapter(rsName);
+    });
+  });
+}
