@@ -1,1 +1,34 @@
-export {};
+import { registerMethod, type AdapterMethod, type BlockType, type ModelAccess } from '@adapterkit/core';
+import { normalizeBottleneckConfig, PRESETS } from './config.js';
+import { BottleneckRuntime } from './runtime.js';
+
+/**
+ * Bottleneck adapters (AdapterHub `adapters`' BnConfig): seq_bn (Pfeiffer), double_seq_bn (Houlsby), par_bn
+ * (He et al.), scaled_par_bn and the general `bn` config. Importing this package registers the method.
+ */
+export const bottleneckMethod: AdapterMethod = {
+  name: 'bottleneck',
+  configMethods: ['bottleneck'],
+  presets: PRESETS,
+  // Fuse needs its fusion layers first: addAdapterFusion(model, Fuse('a', 'b')).
+  supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average', 'Split', 'Fuse']),
+  normalizeConfig: normalizeBottleneckConfig,
+  attach: (model: ModelAccess) => new BottleneckRuntime(model),
+};
+
+registerMethod(bottleneckMethod);
+
+export { normalizeBottleneckConfig, reductionFactorAt, PRESETS, NON_LINEARITIES, BN_INITS, type BottleneckConfig } from './config.js';
+export { BottleneckRuntime } from './runtime.js';
+export {
+  addAdapterFusion,
+  deleteAdapterFusion,
+  adapterFusionVariables,
+  trainAdapterFusion,
+  fusionRegularizationLoss,
+  saveAdapterFusion,
+  loadAdapterFusion,
+  normalizeFusionConfig,
+  FUSION_PRESETS,
+  type AdapterFusionConfig,
+} from './fusion.js';
