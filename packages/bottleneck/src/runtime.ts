@@ -1,5 +1,5 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { ConfigError, AdapterError, InputError, SeededRandom, type AdapterComposition, type AdapterConfig, type CompositionBlock, type ForwardContext, type MethodRuntime, type ModelAccess, type SublayerLocation, type SublayerSite } from '@adapterkit/core';
+import { ConfigError, AdapterError, InputError, SeededRandom, sequenceMeanGate, type AdapterComposition, type AdapterConfig, type CompositionBlock, type ForwardContext, type MethodRuntime, type ModelAccess, type SublayerLocation, type SublayerSite } from '@adapterkit/core';
 import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam, type ParamRole } from '@adapterkit/init';
 import { normalizeBottleneckConfig, reductionFactorAt, type BottleneckConfig } from './config.js';
@@ -471,8 +471,9 @@ export class BottleneckRuntime implements MethodRuntime {
     up = typeof cfg.scaling === 'number' ? (cfg.scaling === 1 ? up : up.mul(cfg.scaling)) : up.mul(v('scaling'));
     let out = ctx.training && cfg.dropout > 0 ? tf.dropout(up, cfg.dropout, undefined, ctx.dropoutSeed(m.salt * 31 + 17)) : up;
     if (cfg.use_gating) {
-      // mean over the sequence of sigmoid(gate(x)) → [B, 1, 1]
-      const gate = tf.sigmoid(dense(x, v('gate.weight'), v('gate.bias'))).mean(1, true);
+      // mean over the sequence of sigmoid(gate(x)): [B, 1, 1] in the encoder; causal [B, L, 1] in the decoder
+      // (so cached decoding matches the full pass; see sequenceMeanGate)
+      const gate = sequenceMeanGate(tf.sigmoid(dense(x, v('gate.weight'), v('gate.bias'))), { causal: m.site.stack === 'decoder', key: `bottleneck:${name}:${m.site.key}` }, ctx);
       out = out.mul(gate);
     }
     if (cfg.is_parallel) {

@@ -260,12 +260,14 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const eSplit = tf.concat([eSeq.slice([0, 0, 0], [-1, 2, -1]), r.add(f).add(A('seq2', f.add(r), tf.relu)).slice([0, 2, 0], [-1, 3, -1])], 1);
       expect(maxDiff(await ySplit.data(), await eSplit.data())).toBeLessThan(1e-5);
 
-      // Gating: output scaled by mean over the sequence of sigmoid(gate(x)), [B, 1, 1].
+      // Gating: output scaled by the mean of sigmoid(gate(x)) — at this decoder site a causal mean (position t
+      // averages positions 0..t, so cached decoding can reproduce it), [B, L, 1].
       model.addAdapter('gated', { ...resolveConfig('seq_bn'), use_gating: true, scaling: 'channel' });
       setVariables(model, 'gated', /./, 'random', 15);
       const yG = hook('gated');
       const x = f.add(r);
-      const g = tf.sigmoid(tf.matMul(x.reshape([-1, H]), W('gated', site.key, 'gate.weight')).add(W('gated', site.key, 'gate.bias')).reshape([2, 5, 1])).mean(1, true);
+      const sg = tf.sigmoid(tf.matMul(x.reshape([-1, H]), W('gated', site.key, 'gate.weight')).add(W('gated', site.key, 'gate.bias')).reshape([2, 5, 1]));
+      const g = tf.concat(Array.from({ length: 5 }, (_, t) => sg.slice([0, 0, 0], [-1, t + 1, -1]).mean(1, true)), 1);
       const eG = r.add(f).add(A('gated', x, tf.relu).mul(W('gated', site.key, 'scaling')).mul(g));
       expect(maxDiff(await yG.data(), await eG.data())).toBeLessThan(1e-5);
 

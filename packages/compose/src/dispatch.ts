@@ -47,7 +47,7 @@ export function composeLayer<S>(node: AdapterComposition, state: S, prims: Layer
       const n = node.children.length;
       if (rows % n !== 0) throw new CompositionError(`Parallel over ${n} adapters needs a replicated batch, got ${rows} rows`, 'Parallel');
       const b = rows / n;
-      return prims.concatRows(node.children.map((child, i) => run(child, prims.sliceRows(state, i * b, (i + 1) * b))));
+      return prims.concatRows(node.children.map((child, i) => ctx.withRowOffset(i * b, () => run(child, prims.sliceRows(state, i * b, (i + 1) * b)))));
     }
     case 'BatchSplit': {
       const rows = prims.rows(state);
@@ -59,7 +59,10 @@ export function composeLayer<S>(node: AdapterComposition, state: S, prims: Layer
       node.children.forEach((child, i) => {
         const size = sizes[i];
         // Empty parts are skipped entirely: never sliced, never concatenated (seed failure: [2, 0]).
-        if (size > 0) parts.push(run(child, prims.sliceRows(state, start, start + size)));
+        if (size > 0) {
+          const from = start;
+          parts.push(ctx.withRowOffset(from, () => run(child, prims.sliceRows(state, from, from + size))));
+        }
         start += size;
       });
       return parts.length === 1 ? parts[0] : prims.concatRows(parts);

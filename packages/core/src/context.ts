@@ -61,7 +61,57 @@ export class ForwardContext {
     return value;
   }
 
+  /**
+   * Position of the token being decoded in a cached generation step (undefined in full passes). Methods
+   * whose decoder-side computation spans positions (sequence gates) use it to continue running statistics.
+   */
+  decodingPosition: number | undefined = undefined;
+
+  private readonly offsets: number[] = [0];
+  private readonly rowStates = new Map<string, { offset: number; value: Tensor }>();
+
+  /** Absolute index of the first row the current dispatch branch sees (Parallel/BatchSplit slice rows). */
+  get rowOffset(): number {
+    return this.offsets[this.offsets.length - 1];
+  }
+
+  /** Runs `fn` for a row slice starting `start` rows into the current one. */
+  withRowOffset<T>(start: number, fn: () => T): T {
+    this.offsets.push(this.rowOffset + start);
+    try {
+      return fn();
+    } finally {
+      this.offsets.pop();
+    }
+  }
+
+  /**
+   * Adds `values` ([rows, …]) to the running sum kept under `key` for the current rows and returns the new
+   * sum. The sums live for the whole generation and follow beam reordering (reorderRows).
+   */
+  runningSum(key: string, values: Tensor): Tensor {
+    const prev = this.rowStates.get(key);
+    const sum = prev ? prev.value.add(values) : values.clone();
+    tf.keep(sum);
+    if (prev && !prev.value.isDisposed) prev.value.dispose();
+    this.rowStates.set(key, { offset: this.rowOffset, value: sum });
+    return sum;
+  }
+
+  /** Reorders every running statistic by a row permutation (beam search): row r takes row index[r]. */
+  reorderRows(index: number[]): void {
+    for (const [key, st] of this.rowStates) {
+      const rows = st.value.shape[0] as number;
+      const local = index.slice(st.offset, st.offset + rows).map((i) => i - st.offset);
+      const next = tf.tidy(() => tf.gather(st.value, tf.tensor1d(local, 'int32')));
+      st.value.dispose();
+      this.rowStates.set(key, { offset: st.offset, value: tf.keep(next) });
+    }
+  }
+
   dispose(): void {
+    for (const st of this.rowStates.values()) if (!st.value.isDisposed) st.value.dispose();
+    this.rowStates.clear();
     for (const t of this.owned) if (!t.isDisposed) t.dispose();
     this.owned.length = 0;
     this.memo.clear();

@@ -7,3 +7,4 @@ export * from './registry.js';
 export * from './io.js';
 export * from './host.js';
 export * from './rng.js';
+export * from './gating.js';

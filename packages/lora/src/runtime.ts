@@ -1,5 +1,5 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { AdapterError, CompositionError, SeededRandom, UnsupportedError, type AdapterConfig, type ForwardContext, type LinearSite, type MethodRuntime, type ModelAccess } from '@adapterkit/core';
+import { AdapterError, CompositionError, SeededRandom, sequenceMeanGate, UnsupportedError, type AdapterConfig, type ForwardContext, type LinearSite, type MethodRuntime, type ModelAccess } from '@adapterkit/core';
 import { dispatch, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam } from '@adapterkit/init';
 import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
@@ -206,7 +206,10 @@ export class LoraRuntime implements MethodRuntime {
     const factor = (t: Tensor): Tensor => {
       if (!p.gate) return t.mul(a.scale);
       const g = tf.sigmoid(mm(s.x, p.gate).add(p.gateBias!));
-      const mean = g.rank > 2 ? g.mean(Array.from({ length: g.rank - 2 }, (_, i) => i + 1), true) : g;
+      // Cross-attention k/v read encoder states (a plain mean); everything else in the decoder reads the
+      // decoder's own sequence (a causal mean, so cached decoding matches the full pass).
+      const readsEncoder = site.stack === 'encoder' || (site.block === 'crossattn' && (site.linear === 'k' || site.linear === 'v'));
+      const mean = g.rank === 3 ? sequenceMeanGate(g, { causal: !readsEncoder, key: `lora:${a.name}:${site.key}` }, ctx) : g;
       if (ctx.options.recordGates) ctx.gates.set(`${a.name}/${site.key}`, tf.keep(mean.clone()));
       return t.mul(mean);
     };

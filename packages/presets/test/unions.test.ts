@@ -63,13 +63,12 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 
           const cached = await model.generate({ inputIds, attentionMask, maxNewTokens: 5 });
           expect(cached.every((row) => row.length === cached[0].length && row.every((t) => Number.isInteger(t) && t >= 0 && t < 128))).toBe(true);
-          // UniPELT's LoRA and bottleneck gates average sigmoid(gate(x)) over the *current* sequence, as
-          // `adapters` does; a cached decoding step sees one token, so only the ungated MAM must match the
-          // uncached recomputation exactly (gated prefixes are step-consistent, see @adapterkit/prefix).
-          if (preset === 'mam') {
-            const uncached = await model.generate({ inputIds, attentionMask, maxNewTokens: 5, useCache: false });
-            expect(cached).toEqual(uncached);
-          }
+          // Gated adapters (UniPELT) too: decoder-side gates are causal means, continued step by step in the cache.
+          const uncached = await model.generate({ inputIds, attentionMask, maxNewTokens: 5, useCache: false });
+          expect(cached).toEqual(uncached);
+          const beams = await model.generate({ inputIds, attentionMask, maxNewTokens: 5, numBeams: 2 });
+          const beamsUncached = await model.generate({ inputIds, attentionMask, maxNewTokens: 5, numBeams: 2, useCache: false });
+          expect(beams).toEqual(beamsUncached);
         }
         model.setActiveAdapters(null);
       });

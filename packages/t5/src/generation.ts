@@ -59,11 +59,7 @@ function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { co
           tokens.dispose();
         }
       },
-      reorder: (index) => {
-        const t = tf.tensor1d(index, 'int32');
-        model.reorderDecoderState(state, t);
-        t.dispose();
-      },
+      reorder: (index) => model.reorderDecoderState(state, index),
       dispose: () => model.disposeDecoderState(state),
     };
   }

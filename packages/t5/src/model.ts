@@ -497,13 +497,16 @@ export class T5Model implements ModelAccess {
     const [rows, T] = decIds.shape;
     let h = this.dropout(this.embed(decIds), ctx, 104);
     if (ctx.composition) h = this.adapters.embeddings('decoder', h, ctx);
-    // Causal mask [1, 1, T, T] plus the decoder padding mask.
-    const causal = tf.linalg.bandPart(tf.ones([T, T]), -1, 0);
-    let selfMask = tf.sub(1, causal).mul(MASK_VALUE).reshape([1, 1, T, T]);
+    // Causal mask [1, 1, T, T] (built in JS: bandPart costs ~10 kernels) plus the decoder padding mask,
+    // tiled to the rows once for all layers.
+    const causal = new Float32Array(T * T);
+    for (let i = 0; i < T; i++) causal.fill(MASK_VALUE, i * T + i + 1, (i + 1) * T);
+    let selfMask = tf.tensor4d(causal, [1, 1, T, T]);
     if (decMask) selfMask = selfMask.add(this.paddingMask(decMask));
+    if (selfMask.shape[0] !== rows) selfMask = tf.tile(selfMask, [rows, 1, 1, 1]);
     const encAdd = this.paddingMask(encMask);
     for (const block of this.decoderBlocks) {
-      h = this.selfAttentionFull(block.self, h, selfMask.shape[0] === rows ? selfMask : tf.tile(selfMask, [rows, 1, 1, 1]), this.decoderBias, ctx);
+      h = this.selfAttentionFull(block.self, h, selfMask, this.decoderBias, ctx);
       const { kv, mask } = this.crossKV(block.cross!, enc, encAdd, ctx);
       h = this.crossAttention(block.cross!, h, kv, mask, ctx);
       h = this.feedForward(block.ffn, h, ctx);
@@ -661,6 +664,7 @@ export class T5Model implements ModelAccess {
   decodeStep(state: DecoderState, tokens: Tensor): Tensor {
     const ctx = state.ctx;
     const t = state.step;
+    ctx.decodingPosition = t;
     const result = tf.tidy((() => {
       let h = this.embed(tokens.reshape([state.rows, 1]));
       if (ctx.composition) h = this.adapters.embeddings('decoder', h, ctx);
@@ -701,6 +705,7 @@ export class T5Model implements ModelAccess {
       });
       return { logits: this.lmHead(h, ctx), newSelf, newMask };
     }) as any) as unknown as { logits: Tensor; newSelf: KV[]; newMask: Tensor[] };
+    ctx.decodingPosition = undefined;
     state.self.forEach((kv) => tf.dispose([kv.k, kv.v]));
     state.selfMask.forEach((m) => m.dispose());
     state.self = result.newSelf;
@@ -709,15 +714,18 @@ export class T5Model implements ModelAccess {
     return result.logits;
   }
 
-  /** Reorders every row of the state (beam search). `index` is int32 [rows]. */
-  reorderDecoderState(state: DecoderState, index: Tensor): void {
+  /** Reorders every row of the state (beam search): row r takes row index[r]. */
+  reorderDecoderState(state: DecoderState, index: number[]): void {
+    const idx = tf.tensor1d(index, 'int32');
     const pick = (t: Tensor) => {
-      const out = tf.gather(t, index);
+      const out = tf.gather(t, idx);
       t.dispose();
       return out;
     };
     state.self = state.self.map((kv) => ({ k: pick(kv.k), v: pick(kv.v) }));
     state.selfMask = state.selfMask.map(pick);
+    idx.dispose();
+    state.ctx.reorderRows(index);
   }
 
   disposeDecoderState(state: DecoderState): void {
