@@ -70,18 +70,31 @@ export function parseT5Config(raw: unknown): T5Config {
   const scale = c.scale_decoder_outputs ?? tie;
   if (typeof scale !== 'boolean') throw new ConfigError("config.json: 'scale_decoder_outputs' must be a boolean", 'scale_decoder_outputs');
   const numLayers = int(c, 'num_layers', 6);
+  const vocabSize = int(c, 'vocab_size', 32128);
+  // Buckets: at least 4 (so both directions have an exact range), and a max distance beyond the exact
+  // range — otherwise transformers' log-bucket formula yields negative or NaN bucket indices.
+  const numBuckets = int(c, 'relative_attention_num_buckets', 32, 4);
+  const maxDistance = int(c, 'relative_attention_max_distance', 128);
+  if (maxDistance <= Math.floor(numBuckets / 2)) {
+    throw new ConfigError(`config.json: 'relative_attention_max_distance' (${maxDistance}) must exceed relative_attention_num_buckets / 2 (${Math.floor(numBuckets / 2)})`, 'relative_attention_max_distance');
+  }
+  const padTokenId = int(c, 'pad_token_id', 0, 0);
+  const decoderStartTokenId = int(c, 'decoder_start_token_id', padTokenId, 0);
+  for (const [key, id] of [['pad_token_id', padTokenId], ['decoder_start_token_id', decoderStartTokenId]] as const) {
+    if (id >= vocabSize) throw new ConfigError(`config.json: '${key}' (${id}) must be below vocab_size (${vocabSize})`, key);
+  }
   const eos = c.eos_token_id ?? 1;
   if (!(typeof eos === 'number' || (Array.isArray(eos) && eos.every((e) => typeof e === 'number')))) throw new ConfigError("config.json: 'eos_token_id' must be an integer or a list", 'eos_token_id');
   return {
-    vocabSize: int(c, 'vocab_size', 32128),
+    vocabSize,
     dModel: int(c, 'd_model', 512),
     dKv: int(c, 'd_kv', 64),
     dFf: int(c, 'd_ff', 2048),
     numLayers,
     numDecoderLayers: c.num_decoder_layers == null ? numLayers : int(c, 'num_decoder_layers'),
     numHeads: int(c, 'num_heads', 8),
-    relativeAttentionNumBuckets: int(c, 'relative_attention_num_buckets', 32),
-    relativeAttentionMaxDistance: int(c, 'relative_attention_max_distance', 128),
+    relativeAttentionNumBuckets: numBuckets,
+    relativeAttentionMaxDistance: maxDistance,
     dropoutRate: num(c, 'dropout_rate', 0.1),
     layerNormEpsilon: num(c, 'layer_norm_epsilon', 1e-6),
     feedForwardProj: ffp,
@@ -89,9 +102,9 @@ export function parseT5Config(raw: unknown): T5Config {
     isGatedAct: isGated,
     tieWordEmbeddings: tie,
     scaleDecoderOutputs: scale,
-    padTokenId: int(c, 'pad_token_id', 0, 0),
+    padTokenId,
     eosTokenId: eos as number | number[],
-    decoderStartTokenId: int(c, 'decoder_start_token_id', c.pad_token_id as number ?? 0, 0),
+    decoderStartTokenId,
     modelType: modelType as string,
   };
 }

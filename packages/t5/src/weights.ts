@@ -58,28 +58,44 @@ export function expectedWeights(c: T5Config): Map<string, number[]> {
 /** Names some checkpoints carry as copies of shared.weight (tied embeddings). */
 const TIED_COPIES = new Set(['encoder.embed_tokens.weight', 'decoder.embed_tokens.weight']);
 
-/** Checks names and shapes against the config; returns the weights with the `transformer.`/`model.` prefix stripped. */
+function firstNonFinite(data: Float32Array): number {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return i;
+  return -1;
+}
+
+/** Checks names, shapes, dtypes and finiteness against the config; returns the weights with the `transformer.`/`model.` prefix stripped. */
 export function validateWeights(c: T5Config, tensors: Map<string, SafeTensor>): Map<string, SafeTensor> {
   const expected = expectedWeights(c);
   const out = new Map<string, SafeTensor>();
+  const copies = new Map<string, [string, SafeTensor]>();
+  const check = (rawName: string, t: SafeTensor, shape: number[]) => {
+    if (shape.join(',') !== t.shape.join(',')) throw new WeightError(`weight '${rawName}' has shape [${t.shape}] but config.json implies [${shape}]`, rawName);
+    if (!(t.data instanceof Float32Array)) throw new WeightError(`weight '${rawName}' has integer dtype ${t.dtype}; a float dtype is required`, rawName);
+    // A NaN/Inf weight is a valid file but a broken model: every forward through it would produce NaN.
+    const bad = firstNonFinite(t.data);
+    if (bad >= 0) throw new WeightError(`weight '${rawName}' has a non-finite value (${t.data[bad]}) at flat index ${bad}`, rawName);
+  };
   for (const [rawName, t] of tensors) {
     const name = rawName.replace(/^(transformer|model)\./, '');
-    if (TIED_COPIES.has(name)) continue;
+    if (TIED_COPIES.has(name)) {
+      copies.set(name, [rawName, t]);
+      continue;
+    }
     if (name === 'lm_head.weight' && c.tieWordEmbeddings) continue; // tied: the head is shared.weight
     const shape = expected.get(name);
     if (!shape) throw new WeightError(`model.safetensors has unexpected weight '${rawName}' for this config`, rawName);
-    if (shape.join(',') !== t.shape.join(',')) throw new WeightError(`weight '${rawName}' has shape [${t.shape}] but config.json implies [${shape}]`, rawName);
-    if (!(t.data instanceof Float32Array)) throw new WeightError(`weight '${rawName}' has integer dtype ${t.dtype}; a float dtype is required`, rawName);
+    if (out.has(name)) throw new WeightError(`model.safetensors has weight '${name}' twice (with and without a prefix)`, rawName);
+    check(rawName, t, shape);
     out.set(name, t);
   }
+  // Some files store the embedding only under a tied copy's name.
+  const copy = copies.get('encoder.embed_tokens.weight') ?? copies.get('decoder.embed_tokens.weight');
+  if (!out.has('shared.weight') && copy) {
+    check(copy[0], copy[1], expected.get('shared.weight')!);
+    out.set('shared.weight', copy[1]);
+  }
   for (const name of expected.keys()) {
-    if (!out.has(name)) {
-      if (name === 'shared.weight' && tensors.has('encoder.embed_tokens.weight')) {
-        out.set(name, tensors.get('encoder.embed_tokens.weight')!);
-        continue;
-      }
-      throw new WeightError(`model.safetensors lacks weight '${name}'`, name);
-    }
+    if (!out.has(name)) throw new WeightError(`model.safetensors lacks weight '${name}'`, name);
   }
   return out;
 }
