@@ -46,10 +46,10 @@ interface Stepper {
   dispose(): void;
 }
 
-function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { composition?: AdapterComposition | null; rowMultiplier: number; batch: number }, useCache: boolean): Stepper {
+function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { composition?: AdapterComposition | null; rowMultiplier: number; batch: number; maxNewTokens: number }, useCache: boolean): Stepper {
   const ctx = model.adapters.createContext({ originalBatchSize: ctxOptions.batch, rowMultiplier: ctxOptions.rowMultiplier, composition: ctxOptions.composition });
   if (useCache) {
-    const state = model.startDecoding(ids, mask, ctx);
+    const state = model.startDecoding(ids, mask, ctx, Math.max(1, ctxOptions.maxNewTokens));
     return {
       next: (_seqs, last) => {
         const tokens = tf.tensor1d(last, 'int32');
@@ -128,7 +128,7 @@ export async function generate(model: T5Model, options: GenerateOptions): Promis
   const ids = expand(ids0);
   const mask = expand(mask0);
   tf.dispose([ids0, mask0]);
-  const stepper = makeStepper(model, ids, mask, { composition: options.composition, rowMultiplier: v.numBeams, batch }, options.useCache ?? true);
+  const stepper = makeStepper(model, ids, mask, { composition: options.composition, rowMultiplier: v.numBeams, batch, maxNewTokens: v.maxNewTokens }, options.useCache ?? true);
   try {
     if (v.numBeams > 1) return await beamSearch(stepper, batch * channels, v, options);
     return await sampleOrGreedy(stepper, batch * channels, v, options);

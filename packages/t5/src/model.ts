@@ -83,12 +83,18 @@ export interface DecoderState {
   cross: KV[];
   /** Additive cross-attention mask per layer [rows, 1, 1, Lsrc (+ prefix)]. */
   crossMask: Tensor[];
-  /** Self-attention cache per layer, [rows, heads, P + t, d_kv] — a prefix enters it once, at the start. */
+  /**
+   * Self-attention cache per layer, [rows, heads, P + capacity, d_kv]: a prefix (P slots, entered once at
+   * step 0) then `capacity` token slots written in place. Fixed shapes across steps let WebGPU reuse its
+   * compiled shaders (a cache grown by concatenation changes shape every step).
+   */
   self: KV[];
-  /** Additive mask over the self cache per layer [rows, 1, 1, P + t] (0 visible, MASK_VALUE padded prefix). */
+  /** Additive mask per layer [rows, 1, 1, P + capacity]: MASK_VALUE on padded prefix positions, else 0. */
   selfMask: Tensor[];
   /** Prefix length and bias rule in each layer's self cache. */
   selfPrefix: { length: number; rule: 'zero' | 'past' }[];
+  /** Token slots in the self cache (doubles when a generation runs past it). */
+  capacity: number;
   /** Tokens decoded so far (the query position of the next step). */
   step: number;
   rows: number;
@@ -628,8 +634,10 @@ export class T5Model implements ModelAccess {
    * `ids`/`mask` are already replicated/expanded to the decoding rows. Tensors in the state are kept alive
    * until disposeDecoderState().
    */
-  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext): DecoderState {
-    const rows = ids.shape[0];
+  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity = 32): DecoderState {
+    const rows = ids.shape[0] as number;
+    const cap = Math.max(1, Math.floor(capacity));
+    const { numHeads: H, dKv: D } = this.config;
     const state = tf.tidy((() => {
       const enc = this.encodeIds(ids, mask, ctx);
       const encAdd = this.paddingMask(mask);
@@ -642,34 +650,64 @@ export class T5Model implements ModelAccess {
         const c = this.crossKV(block.cross!, enc, encAdd, ctx);
         cross.push(c.kv);
         crossMask.push(c.mask);
-        // Empty self caches; a decoder self-attention prefix enters them at step 0 (see decodeStep).
-        self.push({ k: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]), v: tf.zeros([rows, this.config.numHeads, 0, this.config.dKv]) });
-        selfMask.push(tf.zeros([rows, 1, 1, 0]));
+        // Empty token slots; a decoder self-attention prefix enters in front of them at step 0 (decodeStep).
+        self.push({ k: tf.zeros([rows, H, cap, D]), v: tf.zeros([rows, H, cap, D]) });
+        selfMask.push(tf.zeros([rows, 1, 1, cap]));
         selfPrefix.push({ length: 0, rule: 'zero' });
       }
       return { cross, crossMask, self, selfMask, selfPrefix };
-    }) as any) as unknown as Omit<DecoderState, 'ctx' | 'step' | 'rows'>;
+    }) as any) as unknown as Pick<DecoderState, 'cross' | 'crossMask' | 'self' | 'selfMask' | 'selfPrefix'>;
     const keepAll = (kvs: KV[]) => kvs.forEach((kv) => (tf.keep(kv.k), tf.keep(kv.v)));
     keepAll(state.cross);
     keepAll(state.self);
     state.crossMask.forEach((t) => tf.keep(t));
     state.selfMask.forEach((t) => tf.keep(t));
-    return { ctx, ...state, step: 0, rows };
+    return { ctx, ...state, capacity: cap, step: 0, rows };
+  }
+
+  /** Doubles the token slots of every self cache (a generation ran past the capacity it started with). */
+  private growDecoderState(state: DecoderState): void {
+    const { numHeads: H, dKv: D } = this.config;
+    const extra = state.capacity;
+    const grow = (t: Tensor, shape: number[], axis: number) => {
+      const out = tf.tidy(() => tf.concat([t, tf.zeros(shape)], axis));
+      t.dispose();
+      return out;
+    };
+    state.self = state.self.map((kv) => ({ k: grow(kv.k, [state.rows, H, extra, D], 2), v: grow(kv.v, [state.rows, H, extra, D], 2) }));
+    state.selfMask = state.selfMask.map((m) => grow(m, [state.rows, 1, 1, extra], 3));
+    state.capacity += extra;
   }
 
   /**
-   * One decoder step for every row: appends this step's keys/values to the cache and returns logits
+   * One decoder step for every row: writes this step's keys/values into the cache and returns logits
    * [rows, vocab]. The caller owns the logits; the state is updated in place.
    */
   decodeStep(state: DecoderState, tokens: Tensor): Tensor {
     const ctx = state.ctx;
     const t = state.step;
+    if (t >= state.capacity) this.growDecoderState(state);
     ctx.decodingPosition = t;
     const result = tf.tidy((() => {
       let h = this.embed(tokens.reshape([state.rows, 1]));
       if (ctx.composition) h = this.adapters.embeddings('decoder', h, ctx);
       const newSelf: KV[] = [];
       const newMask: Tensor[] = [];
+      // Per prefix length: the one-hot of this step's slot and the mask hiding slots not yet written.
+      const slotTensors = new Map<number, { write: Tensor; visible: Tensor }>();
+      const slotsFor = (p: number) => {
+        let hit = slotTensors.get(p);
+        if (!hit) {
+          const n = p + state.capacity;
+          const write = new Int32Array(n);
+          write[p + t] = 1;
+          const visible = new Float32Array(n);
+          for (let j = p + t + 1; j < n; j++) visible[j] = MASK_VALUE;
+          hit = { write: tf.tensor4d(write, [1, 1, n, 1], 'bool'), visible: tf.tensor4d(visible, [1, 1, 1, n]) };
+          slotTensors.set(p, hit);
+        }
+        return hit;
+      };
       this.decoderBlocks.forEach((block, i) => {
         const a = block.self;
         const x = this.rmsNorm(h, a.norm);
@@ -685,19 +723,22 @@ export class T5Model implements ModelAccess {
             assertRank(prefix.keys, 4, 'prefix keys');
             assertRank(prefix.values, 4, 'prefix values');
             const p = prefix.keys.shape[2] as number;
-            cache = { k: tf.concat([cache.k, prefix.keys], 2), v: tf.concat([cache.v, prefix.values], 2) };
-            cacheMask = tf.concat([cacheMask, tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([state.rows, 1, 1, p])], 3);
+            cache = { k: tf.concat([prefix.keys, cache.k], 2), v: tf.concat([prefix.values, cache.v], 2) };
+            cacheMask = tf.concat([tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([state.rows, 1, 1, p]), cacheMask], 3);
             state.selfPrefix[i] = { length: p, rule: prefix.positionRule ?? 'zero' };
           }
         }
         assertRank(cache.k, 4, 'cached keys');
-        const k = tf.concat([cache.k, k1], 2);
-        const v = tf.concat([cache.v, v1], 2);
-        const mask = tf.concat([cacheMask, tf.zeros([state.rows, 1, 1, 1])], 3);
-        newSelf.push({ k, v });
-        newMask.push(mask);
         const { length: p, rule } = state.selfPrefix[i];
-        const bias = this.decoderBias.forStep(t, p, rule, ctx);
+        const slot = slotsFor(p);
+        // write slot p + t in place: one broadcasting select per tensor, constant shapes from step to step
+        const k = tf.where(slot.write, k1, cache.k);
+        const v = tf.where(slot.write, v1, cache.v);
+        newSelf.push({ k, v });
+        newMask.push(cacheMask);
+        const bias = this.decoderBias.forCachedStep(t, p, state.capacity, rule, ctx);
+        // without a prefix the cache mask is all zeros: the step's visibility mask alone will do
+        const mask = p === 0 ? slot.visible : cacheMask.add(slot.visible);
         const attnOut = this.linear(a.o, this.mergeHeads(this.attend(q, k, v, bias, mask, ctx, 0)), ctx);
         h = ctx.composition ? this.adapters.sublayer(a.sublayer, attnOut, h, ctx) : attnOut.add(h);
         h = this.crossAttention(block.cross!, h, state.cross[i], state.crossMask[i], ctx);
@@ -707,7 +748,9 @@ export class T5Model implements ModelAccess {
     }) as any) as unknown as { logits: Tensor; newSelf: KV[]; newMask: Tensor[] };
     ctx.decodingPosition = undefined;
     state.self.forEach((kv) => tf.dispose([kv.k, kv.v]));
-    state.selfMask.forEach((m) => m.dispose());
+    state.selfMask.forEach((m, i) => {
+      if (m !== result.newMask[i]) m.dispose();
+    });
     state.self = result.newSelf;
     state.selfMask = result.newMask;
     state.step += 1;

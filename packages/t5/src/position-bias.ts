@@ -82,6 +82,15 @@ export class PositionBias {
     };
   }
 
+  /**
+   * Bias for one step over a fixed-capacity cache: the query at position t over `prefixLen` prefix slots and
+   * `capacity` token slots (slots after t are masked by the caller; their bias is irrelevant). Its shape
+   * does not change from step to step.
+   */
+  forCachedStep(t: number, prefixLen: number, capacity: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
+    return this.forward(ctx).get(t, 1, capacity, prefixLen, rule);
+  }
+
   /** Bias for one cached decoding step: the query at position t over prefix + keys 0..t. */
   forStep(t: number, prefixLen: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
     return this.forward(ctx).get(t, 1, t + 1, prefixLen, rule);
