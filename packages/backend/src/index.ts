@@ -11,6 +11,8 @@ import { registerWasmFallbackKernels } from './wasm-kernels.js';
 export { tf };
 export type { Tensor, Variable, Rank } from '@tensorflow/tfjs';
 export { expectNoLeaks, withLeakCheck, countTensors } from './leaks.js';
+/** Where the wasm backend fetches its .wasm files in a browser bundle; call before initBackend('wasm'). */
+export { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 
 export type BackendName = 'cpu' | 'wasm' | 'webgpu' | 'tensorflow';
 export type BackendRequest = BackendName | 'auto';

@@ -13,5 +13,9 @@ import './backend-ops.js';
 // { "path": "../../packages/<pkg>" } to tsconfig.json's references. Keep shapes tiny: webgpu runs on
 // SwiftShader in CI (~0.3 GFLOP/s).
 // import './core.js';
-// import './t5.js';
-// import './lora.js';
+import './prefix.js';
+import './t5.js';
+import './bottleneck.js';
+import './lora.js';
+import './compose.js';
+import './train.js';

@@ -1,0 +1,111 @@
+/**
+ * @adapterkit/lora on every backend: a tiny random-weight T5 (gated-gelu, d_model 16, 2 heads, 1+1 layers)
+ * with LoRA (random nonzero A and B from a seed), IA3 (random vectors around 1), a merged LoRA, and the
+ * gradient of the loss w.r.t. one LoRA's parameters. Weights and adapter values come from seeded JS
+ * generators, so every backend computes the same thing.
+ */
+import '@adapterkit/lora';
+import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { defineScenario, seededValues, type TF } from '../harness.js';
+
+const TINY = {
+  model_type: 't5', vocab_size: 32, d_model: 16, d_kv: 8, d_ff: 24, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
+  relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
+  decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false,
+};
+const inputIds = [
+  [5, 9, 13, 22, 30, 7, 1],
+  [8, 2, 31, 4, 1, 0, 0],
+];
+const attentionMask = [
+  [1, 1, 1, 1, 1, 1, 1],
+  [1, 1, 1, 1, 1, 0, 0],
+];
+const decoderInputIds = [
+  [0, 4, 9, 17, 12],
+  [0, 21, 3, 5, 26],
+];
+const labels = decoderInputIds.map((r) => [...r.slice(1), 1]);
+/** LoRA on q/k/v of every attention, wi_1 and wo. */
+const LORA = { method: 'lora', r: 2, alpha: 4, attn_matrices: ['q', 'k', 'v'], intermediate_lora: true, output_lora: true };
+
+/** A tiny model with adapter `name` (config) whose variables hold seeded values (offset + U(-scale, scale)). */
+function withAdapter(tf: TF, config: Record<string, unknown>, seed: number, offset = 0, scale = 0.3): T5ForConditionalGeneration {
+  const model = T5ForConditionalGeneration.random(TINY, 21);
+  model.addAdapter('x', config as { method: string });
+  let s = seed;
+  for (const v of model.adapters.adapterVariables('x').values()) {
+    const values = seededValues(v.size, s++, scale).map((u) => u + offset);
+    const t = tf.tensor(values, v.shape, 'float32');
+    v.assign(t);
+    t.dispose();
+  }
+  model.setActiveAdapters('x');
+  return model;
+}
+
+defineScenario({
+  name: 'lora forward: LoRA on attention q/k/v, wi_1, wo (random nonzero B)',
+  run: (tf) => {
+    const model = withAdapter(tf, LORA, 100);
+    try {
+      const out = model.forward({ inputIds, attentionMask, decoderInputIds });
+      out.encoderLastHiddenState.dispose();
+      return { logits: out.logits };
+    } finally {
+      model.dispose();
+    }
+  },
+});
+
+defineScenario({
+  name: 'lora forward: IA3 (k, v, wi_1 and wo vectors)',
+  run: (tf) => {
+    const model = withAdapter(tf, { method: 'ia3', output_lora: true }, 200, 1, 0.5);
+    try {
+      const out = model.forward({ inputIds, attentionMask, decoderInputIds });
+      out.encoderLastHiddenState.dispose();
+      return { logits: out.logits };
+    } finally {
+      model.dispose();
+    }
+  },
+});
+
+defineScenario({
+  name: 'lora forward: merged LoRA (folded into the kernels) and unmerged',
+  run: (tf) => {
+    const model = withAdapter(tf, LORA, 300);
+    try {
+      const unmerged = model.forward({ inputIds, attentionMask, decoderInputIds });
+      model.mergeAdapter('x');
+      const merged = model.forward({ inputIds, attentionMask, decoderInputIds });
+      model.unmergeAdapter('x');
+      tf.dispose([unmerged.encoderLastHiddenState, merged.encoderLastHiddenState]);
+      return { unmerged: unmerged.logits, merged: merged.logits, difference: tf.tidy(() => merged.logits.sub(unmerged.logits).abs().max()) };
+    } finally {
+      model.dispose();
+    }
+  },
+  checkReference: (ref) => {
+    const d = ref.difference!.values[0]!;
+    if (!(d < 1e-4)) throw new Error(`merged and unmerged logits differ by ${d}`);
+  },
+});
+
+defineScenario({
+  name: 'lora gradient: loss gradient w.r.t. one LoRA adapter',
+  run: (tf) => {
+    const model = withAdapter(tf, { ...LORA, attn_matrices: ['q', 'v'] }, 400);
+    try {
+      model.trainAdapter('x');
+      const vars = model.adapters.adapterVariables('x');
+      const { value, grads } = tf.variableGrads(() => model.loss({ inputIds, attentionMask, labels }) as ReturnType<TF['scalar']>, [...vars.values()]);
+      const out: Record<string, ReturnType<TF['scalar']> | InstanceType<TF['Tensor']>> = { loss: value };
+      for (const [name, v] of vars) out[name] = grads[v.name]!;
+      return out;
+    } finally {
+      model.dispose();
+    }
+  },
+});
