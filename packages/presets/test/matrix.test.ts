@@ -1,24 +1,10 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import { fileURLToPath } from 'node:url';
 import { tf, initBackend } from '@adapterkit/backend';
 import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
-import { Average, BatchSplit, CompositionError, Fuse, Parallel, SeededRandom, Split, Stack, type AdapterComposition } from '@adapterkit/core';
+import { Average, BatchSplit, CompositionError, Fuse, Parallel, Split, Stack, type AdapterComposition } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-
-const FIXTURE = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
-const inputIds = [
-  [28, 49, 59, 118, 69, 67, 60, 3, 1],
-  [32, 96, 94, 82, 85, 16, 1, 0, 0],
-];
-const attentionMask = [
-  [1, 1, 1, 1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 1, 1, 1, 0, 0],
-];
-const decoderInputIds = [
-  [0, 60, 126, 60, 58, 102],
-  [0, 60, 9, 97, 30, 115],
-];
+import { FIXTURE, inputIds, attentionMask, decoderInputIds, perturb } from './fixture.js';
 
 /** Method configs and the blocks `adapters` supports for each (DESIGN.md §3). */
 const METHODS: { config: string; blocks: string[] }[] = [
@@ -29,15 +15,6 @@ const METHODS: { config: string; blocks: string[] }[] = [
   { config: 'ia3', blocks: ['Stack', 'Parallel', 'BatchSplit', 'Average'] },
   { config: 'prefix_tuning[prefix_length=4,bottleneck_size=16]', blocks: ['Stack', 'Parallel', 'BatchSplit'] },
 ];
-
-/** Gives every variable of an adapter seeded, non-trivial values (fresh LoRA/mam adapters are no-ops). */
-function perturb(model: T5ForConditionalGeneration, name: string, seed: number) {
-  const rng = new SeededRandom(seed);
-  for (const v of model.adapters.adapterVariables(name).values()) {
-    const vals = Float32Array.from({ length: v.size }, () => rng.normal(0, 0.2));
-    tf.tidy(() => v.assign(v.add(tf.tensor(vals, v.shape))));
-  }
-}
 
 function logitsFor(model: T5ForConditionalGeneration, comp: AdapterComposition | null, rows?: number[]) {
   const pick = <T,>(a: T[]) => (rows ? rows.map((r) => a[r]) : a);

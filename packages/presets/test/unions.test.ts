@@ -1,35 +1,12 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import { fileURLToPath } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tf, initBackend } from '@adapterkit/backend';
 import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
-import { SeededRandom } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-
-const FIXTURE = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
-const inputIds = [
-  [28, 49, 59, 118, 69, 67, 60, 3, 1],
-  [32, 96, 94, 82, 85, 16, 1, 0, 0],
-];
-const attentionMask = [
-  [1, 1, 1, 1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 1, 1, 1, 0, 0],
-];
-const labels = [
-  [60, 126, 60, 58, 102, 1],
-  [60, 9, 97, 30, 115, 1],
-];
-
-function perturb(model: T5ForConditionalGeneration, name: string, seed: number) {
-  const rng = new SeededRandom(seed);
-  for (const v of model.adapters.adapterVariables(name).values()) {
-    const vals = Float32Array.from({ length: v.size }, () => rng.normal(0, 0.1));
-    tf.tidy(() => v.assign(v.add(tf.tensor(vals, v.shape))));
-  }
-}
+import { FIXTURE, inputIds, attentionMask, labels, perturb } from './fixture.js';
 
 for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
   describe(`MAM and UniPELT on ${backend}`, () => {
@@ -45,7 +22,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       it(`T5 + AdapterDrop + ${preset} (adapters #669): forward, training step and generation with layers dropped`, async () => {
         const name = `${preset}_x`;
         model.addAdapter(name, preset, { seed: 5 });
-        perturb(model, name, 9);
+        perturb(model, name, 9, 0.1);
         for (const skip of [[0], [2], [0, 2], [1, 3]]) {
           model.setActiveAdapters(name, { skipLayers: skip });
           const out = model.forward({ inputIds, attentionMask, decoderInputIds: labels.map((r) => [0, ...r.slice(0, -1)]) });

@@ -694,16 +694,17 @@ export class T5Model implements ModelAccess {
       const newSelf: KV[] = [];
       const newMask: Tensor[] = [];
       // Per prefix length: the one-hot of this step's slot and the mask hiding slots not yet written.
-      const slotTensors = new Map<number, { write: Tensor; visible: Tensor }>();
+      const slotTensors = new Map<number, { write: Tensor; keep: Tensor; visible: Tensor }>();
       const slotsFor = (p: number) => {
         let hit = slotTensors.get(p);
         if (!hit) {
           const n = p + state.capacity;
-          const write = new Int32Array(n);
+          const write = new Float32Array(n);
           write[p + t] = 1;
+          const keep = write.map((w) => 1 - w);
           const visible = new Float32Array(n);
           for (let j = p + t + 1; j < n; j++) visible[j] = MASK_VALUE;
-          hit = { write: tf.tensor4d(write, [1, 1, n, 1], 'bool'), visible: tf.tensor4d(visible, [1, 1, 1, n]) };
+          hit = { write: tf.tensor4d(write, [1, 1, n, 1]), keep: tf.tensor4d(keep, [1, 1, n, 1]), visible: tf.tensor4d(visible, [1, 1, 1, n]) };
           slotTensors.set(p, hit);
         }
         return hit;
@@ -731,9 +732,10 @@ export class T5Model implements ModelAccess {
         assertRank(cache.k, 4, 'cached keys');
         const { length: p, rule } = state.selfPrefix[i];
         const slot = slotsFor(p);
-        // write slot p + t in place: one broadcasting select per tensor, constant shapes from step to step
-        const k = tf.where(slot.write, k1, cache.k);
-        const v = tf.where(slot.write, v1, cache.v);
+        // write slot p + t in place with a one-hot multiply-add: constant shapes from step to step, and
+        // native broadcasting (tf.where would tile its inputs, which is slow on wasm)
+        const k = cache.k.mul(slot.keep).add(k1.mul(slot.write));
+        const v = cache.v.mul(slot.keep).add(v1.mul(slot.write));
         newSelf.push({ k, v });
         newMask.push(cacheMask);
         const bias = this.decoderBias.forCachedStep(t, p, state.capacity, rule, ctx);

@@ -9,25 +9,7 @@ import '@adapterkit/presets';
 import { Average, BatchSplit, Parallel, Stack, type AdapterComposition } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { defineScenario, seededValues, type TF } from '../harness.js';
-
-const TINY = {
-  model_type: 't5', vocab_size: 32, d_model: 16, d_kv: 8, d_ff: 24, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
-  decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false,
-};
-const inputIds = [
-  [5, 9, 13, 22, 30, 7, 1],
-  [8, 2, 31, 4, 1, 0, 0],
-];
-const attentionMask = [
-  [1, 1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 1, 0, 0],
-];
-const decoderInputIds = [
-  [0, 4, 9, 17, 12],
-  [0, 21, 3, 5, 26],
-];
-const labels = decoderInputIds.map((r) => [...r.slice(1), 1]);
+import { TINY_GATED as TINY, attentionMask, decoderInputIds, inputIds, labels } from './tiny.js';
 
 const ADAPTERS: Record<string, Record<string, unknown>> = {
   la: { method: 'lora', r: 2, alpha: 4, attn_matrices: ['q', 'k', 'v'] },

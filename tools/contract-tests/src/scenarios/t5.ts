@@ -6,28 +6,11 @@
 import type { Tensor } from '@adapterkit/backend';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { defineScenario } from '../harness.js';
+import { TINY_T5 as TINY, attentionMask, decoderInputIds, inputIds } from './tiny.js';
 
-const TINY = {
-  model_type: 't5', vocab_size: 32, d_model: 16, d_kv: 8, d_ff: 24, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
-  decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
-};
 // v4-style relu with the tied, rescaled head; and flan-style gated-gelu with its own lm_head.
 const RELU_TIED = { ...TINY, feed_forward_proj: 'relu' };
 const GATED_UNTIED = { ...TINY, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false };
-
-const inputIds = [
-  [5, 9, 13, 22, 30, 7, 1],
-  [8, 2, 31, 4, 1, 0, 0],
-];
-const attentionMask = [
-  [1, 1, 1, 1, 1, 1, 1],
-  [1, 1, 1, 1, 1, 0, 0],
-];
-const decoderInputIds = [
-  [0, 4, 9, 17, 12],
-  [0, 21, 3, 5, 26],
-];
 
 defineScenario({
   name: 't5 forward: encoder states, logits, loss (relu, tied + rescaled head)',

@@ -7,6 +7,7 @@ import '@adapterkit/lora';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { AdamW, Adafactor, Trainer, type Optimizer } from '@adapterkit/train';
 import { defineScenario, seededValues, type TF } from '../harness.js';
+import { TINY_GATED as TINY } from './tiny.js';
 
 function optimizerRun(tf: TF, opt: Optimizer, lr: number): Record<string, ReturnType<TF['tensor']>> {
   const shapes: Record<string, number[]> = { matrix: [4, 3], vector: [5] };
@@ -38,12 +39,6 @@ defineScenario({
     return { adamwMatrix: a.matrix, adamwVector: a.vector, adafactorMatrix: f.matrix, adafactorVector: f.vector };
   },
 });
-
-const TINY = {
-  model_type: 't5', vocab_size: 32, d_model: 16, d_kv: 8, d_ff: 24, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
-  decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false,
-};
 
 defineScenario({
   name: 'train: 3 Trainer steps (SGD) of a LoRA on a tiny T5',
