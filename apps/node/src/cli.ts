@@ -325,7 +325,7 @@ export function buildProgram(): Command {
   common(program.command('demo'), { model: false })
     .description('the main job on the bundled tiny model: train a LoRA on the shift-2 task, compare accuracy, save, generate, reload')
     .option('-o, --out <dir>', 'where to save the trained adapter (default: a new temp directory)')
-    .option('--steps <n>', 'training steps', int('--steps', 1), 300)
+    .option('--steps <n>', 'training steps', int('--steps', 1), 600)
     .option('--lr <lr>', 'peak AdamW learning rate (cosine decay)', float('--lr'), 1e-2)
     .option('--batch-size <n>', 'examples per step', int('--batch-size', 1), 32)
     .option('--rank <r>', 'LoRA rank', int('--rank', 1), 16)
