@@ -17,6 +17,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { initBackend, tf, type BackendName } from '@adapterkit/backend';
 import { SeededRandom } from '@adapterkit/core';
 import { FLAN_T5_SMALL_SHAPE, T5ForConditionalGeneration } from '@adapterkit/t5';
+import { randomIds, time } from './common.js';
 
 interface Options {
   backends: BackendName[];
@@ -84,28 +85,6 @@ export function parseArgs(argv: string[]): Options {
   }
   for (const m of o.models ?? []) if (m !== 'tiny' && m !== 'flan') throw new Error(`unknown model '${m}' (tiny, flan)`);
   return o;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-async function time(runs: number, warmup: number, fn: () => Promise<void>): Promise<number> {
-  for (let i = 0; i < warmup; i++) await fn();
-  const ms: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    await fn();
-    ms.push(performance.now() - t0);
-  }
-  return median(ms);
-}
-
-function randomIds(rng: SeededRandom, length: number, vocab: number): number[] {
-  // ids in [3, vocab): no pad/eos/unk, like real text; the source ends with </s> as the tokenizer adds.
-  return [...Array.from({ length: length - 1 }, () => 3 + Math.floor(rng.next() * (vocab - 3))), 1];
 }
 
 async function loadModel(name: string): Promise<T5ForConditionalGeneration> {
