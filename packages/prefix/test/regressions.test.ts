@@ -4,7 +4,7 @@ import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
 import { BatchSplit, Parallel, Stack, type AdapterComposition } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-import { FIXTURE_DIR, inputs, labels, rowsOf } from './helpers.js';
+import { FIXTURE_DIR, inputs, labels, rowsOf, cleanup as cleanupAdapters, copyFlatWithout as copyFlat } from './helpers.js';
 
 /** Four rows: the fixture's two plus two variations (different lengths through the mask). */
 const batch4 = {
@@ -44,28 +44,9 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       base.dispose();
       model.dispose();
     });
-    const cleanup = (...names: string[]) => {
-      model.setActiveAdapters(null);
-      for (const n of names) if (model.adapters.hasAdapter(n)) model.deleteAdapter(n);
-    };
+    const cleanup = (...names: string[]) => cleanupAdapters(model, ...names);
 
-    /** Copies a flat adapter's prefixes into an adapter that leaves `leaveOut` out (same weights for the other layers). */
-    const copyFlatWithout = (from: string, to: string, leaveOut: number[]) => {
-      const src = model.adapters.adapterVariables(from);
-      const dst = model.adapters.adapterVariables(to);
-      const P = model.adapters.adapterConfig(from).prefix_length as number;
-      const d = model.dims;
-      const layersOf = { encoder_prefix: [0, 1], self_prefix: [2, 3], cross_prefix: [2, 3] } as Record<string, number[]>;
-      for (const [loc, layers] of Object.entries(layersOf)) {
-        const kept = layers.map((l, j) => [l, j]).filter(([l]) => !leaveOut.includes(l)).map(([, j]) => j);
-        const s = src.get(`${loc}.control_trans`)!;
-        const t = dst.get(`${loc}.control_trans`);
-        if (!t) continue;
-        const value = tf.tidy(() => tf.gather(s.reshape([P, layers.length, 2 * d.numHeads * d.dKv]), kept, 1).reshape([-1]));
-        t.assign(value);
-        value.dispose();
-      }
-    };
+    const copyFlatWithout = (from: string, to: string, leaveOut: number[]) => copyFlat(model, from, to, leaveOut);
 
     describe('regression: prefix tuning + KV cache (peft #2192)', () => {
       for (const flat of [false, true]) {
