@@ -20,8 +20,12 @@ export function sequenceMeanGate(gates: Tensor, options: { causal: boolean; key:
   }
   // full pass: cumulative mean along the sequence, as a matmul with a lower-triangular averaging matrix
   // (differentiable on every backend, unlike cumsum on some).
-  const avg = new Float32Array(len * len);
-  for (let i = 0; i < len; i++) for (let j = 0; j <= i; j++) avg[j * len + i] = 1 / (i + 1);
+  // one averaging matrix per length per forward, shared by every gated site
+  const averaging = ctx.remember(`causal-mean:${len}`, () => {
+    const avg = new Float32Array(len * len);
+    for (let i = 0; i < len; i++) for (let j = 0; j <= i; j++) avg[j * len + i] = 1 / (i + 1);
+    return tf.tensor2d(avg, [len, len]);
+  });
   const flat = gates.transpose([0, 2, 1]).reshape([rows * k, len]);
-  return tf.matMul(flat, tf.tensor2d(avg, [len, len])).reshape([rows, k, len]).transpose([0, 2, 1]);
+  return tf.matMul(flat, averaging).reshape([rows, k, len]).transpose([0, 2, 1]);
 }

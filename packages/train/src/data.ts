@@ -43,6 +43,11 @@ export interface DataSource {
 
 export function arraySource(rows: readonly unknown[], name = 'dataset'): DataSource {
   if (!Array.isArray(rows)) throw new DatasetError(`${name} must be an array of {input, target} or {inputIds, targetIds} rows`, undefined, name);
+  return inMemorySource(name, rows.length, (i) => ({ row: rows[i], where: `row ${i} of ${name}` }));
+}
+
+/** An in-memory source of `count` rows, row i made on demand by `at(i)` (so JSONL text parses lazily). */
+function inMemorySource(name: string, count: number, at: (i: number) => { row: unknown; where: string }): DataSource {
   return {
     name,
     inMemory: true,
@@ -50,8 +55,8 @@ export function arraySource(rows: readonly unknown[], name = 'dataset'): DataSou
       let i = skip;
       return {
         next: async () => {
-          if (i >= rows.length) return { done: true, value: undefined };
-          const value = { row: rows[i], index: i, where: `row ${i} of ${name}` };
+          if (i >= count) return { done: true, value: undefined };
+          const value = { ...at(i), index: i };
           i++;
           return { done: false, value };
         },
@@ -75,22 +80,7 @@ export function jsonlSource(text: string, name = 'dataset.jsonl'): DataSource {
   lines.forEach((line, i) => {
     if (line.trim()) rows.push({ line, lineNo: i + 1 });
   });
-  return {
-    name,
-    inMemory: true,
-    rows(skip = 0) {
-      let i = skip;
-      return {
-        next: async () => {
-          if (i >= rows.length) return { done: true, value: undefined };
-          const { line, lineNo } = rows[i];
-          const value = { row: parseLine(line, lineNo, name), index: i, where: `line ${lineNo} of ${name}` };
-          i++;
-          return { done: false, value };
-        },
-      };
-    },
-  };
+  return inMemorySource(name, rows.length, (i) => ({ row: parseLine(rows[i].line, rows[i].lineNo, name), where: `line ${rows[i].lineNo} of ${name}` }));
 }
 
 /**
