@@ -44,16 +44,8 @@ export const COMMON_FLAGS: FlagSpec[] = [
  * Parses the common flags; `extra` handles a suite's own flags (returns false for an unknown one).
  * --quick means the tiny model (unless --model names one), 1 run and no warm-up: a smoke check, not figures.
  */
-export function parseCommon(
-  argv: string[],
-  defaults: Partial<CommonOptions>,
-  usage: string,
-  extra: (flag: string, value: () => string, int: () => number) => boolean = () => false,
-): CommonOptions {
-  const o: CommonOptions = { backends: ['wasm'], model: 'flan', runs: 3, warmup: 2, source: 64, target: 16, newTokens: 16, quick: false, json: false, ...defaults };
-  let modelGiven = false;
-  let runsGiven = false;
-  let warmupGiven = false;
+/** Walks command-line flags, giving each handler readers for the flag's value (`value`, positive `int`). */
+export function eachFlag(argv: string[], handle: (flag: string, value: () => string, int: () => number) => void): void {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -66,6 +58,21 @@ export function parseCommon(
       if (!Number.isInteger(n) || n < 1) throw new Error(`${a} needs a positive integer`);
       return n;
     };
+    handle(a, value, int);
+  }
+}
+
+export function parseCommon(
+  argv: string[],
+  defaults: Partial<CommonOptions>,
+  usage: string,
+  extra: (flag: string, value: () => string, int: () => number) => boolean = () => false,
+): CommonOptions {
+  const o: CommonOptions = { backends: ['wasm'], model: 'flan', runs: 3, warmup: 2, source: 64, target: 16, newTokens: 16, quick: false, json: false, ...defaults };
+  let modelGiven = false;
+  let runsGiven = false;
+  let warmupGiven = false;
+  eachFlag(argv, (a, value, int) => {
     if (a === '--backends') o.backends = value().split(',').map((s) => s.trim()) as BackendName[];
     else if (a === '--model') {
       const m = value().trim();
@@ -87,7 +94,7 @@ export function parseCommon(
       console.log(usage);
       process.exit(0);
     } else if (!extra(a, value, int)) throw new Error(`unknown argument ${a}\n${usage}`);
-  }
+  });
   if (o.quick) {
     if (!modelGiven) o.model = 'tiny';
     if (!runsGiven) o.runs = 1;

@@ -17,7 +17,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { initBackend, tf, type BackendName } from '@adapterkit/backend';
 import { SeededRandom } from '@adapterkit/core';
 import { FLAN_T5_SMALL_SHAPE, T5ForConditionalGeneration } from '@adapterkit/t5';
-import { randomIds, time } from './common.js';
+import { eachFlag, randomIds, time } from './common.js';
 
 interface Options {
   backends: BackendName[];
@@ -56,18 +56,7 @@ const TINY_SHAPE = {
 
 export function parseArgs(argv: string[]): Options {
   const o: Options = { backends: ['wasm', 'cpu'], models: null, runs: 3, warmup: 2, source: 128, target: 32, newTokens: 32, uncached: true, json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    const int = () => {
-      const n = Number(value());
-      if (!Number.isInteger(n) || n < 1) throw new Error(`${a} needs a positive integer`);
-      return n;
-    };
+  eachFlag(argv, (a, value, int) => {
     if (a === '--backends') o.backends = value().split(',').map((s) => s.trim()) as BackendName[];
     else if (a === '--models') o.models = value().split(',').map((s) => s.trim());
     else if (a === '--runs') o.runs = int();
@@ -82,7 +71,7 @@ export function parseArgs(argv: string[]): Options {
       console.log('usage: node tools/bench/dist/t5.js [--backends cpu,wasm,webgpu] [--models tiny,flan] [--runs N] [--warmup N] [--source N] [--target N] [--new-tokens N] [--quick] [--no-uncached] [--json]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
-  }
+  });
   for (const m of o.models ?? []) if (m !== 'tiny' && m !== 'flan') throw new Error(`unknown model '${m}' (tiny, flan)`);
   return o;
 }
