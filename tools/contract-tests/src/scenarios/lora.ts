@@ -27,33 +27,25 @@ function withAdapter(tf: TF, config: Record<string, unknown>, seed: number, offs
   return model;
 }
 
-defineScenario({
-  name: 'lora forward: LoRA on attention q/k/v, wi_1, wo (random nonzero B)',
-  run: (tf) => {
-    const model = withAdapter(tf, LORA, 100);
-    try {
-      const out = model.forward({ inputIds, attentionMask, decoderInputIds });
-      out.encoderLastHiddenState.dispose();
-      return { logits: out.logits };
-    } finally {
-      model.dispose();
-    }
-  },
-});
+/** Logits of the tiny model with one adapter active. */
+function forwardScenario(name: string, config: Record<string, unknown>, seed: number, offset = 0, scale = 0.3) {
+  defineScenario({
+    name,
+    run: (tf) => {
+      const model = withAdapter(tf, config, seed, offset, scale);
+      try {
+        const out = model.forward({ inputIds, attentionMask, decoderInputIds });
+        out.encoderLastHiddenState.dispose();
+        return { logits: out.logits };
+      } finally {
+        model.dispose();
+      }
+    },
+  });
+}
 
-defineScenario({
-  name: 'lora forward: IA3 (k, v, wi_1 and wo vectors)',
-  run: (tf) => {
-    const model = withAdapter(tf, { method: 'ia3', output_lora: true }, 200, 1, 0.5);
-    try {
-      const out = model.forward({ inputIds, attentionMask, decoderInputIds });
-      out.encoderLastHiddenState.dispose();
-      return { logits: out.logits };
-    } finally {
-      model.dispose();
-    }
-  },
-});
+forwardScenario('lora forward: LoRA on attention q/k/v, wi_1, wo (random nonzero B)', LORA, 100);
+forwardScenario('lora forward: IA3 (k, v, wi_1 and wo vectors)', { method: 'ia3', output_lora: true }, 200, 1, 0.5);
 
 defineScenario({
   name: 'lora forward: merged LoRA (folded into the kernels) and unmerged',
