@@ -216,3 +216,11 @@ async function initTensorflow(): Promise<BackendInfo> {
 export async function readFloat32(t: tf.Tensor): Promise<Float32Array> {
   return (await t.data()) as Float32Array;
 }
+
+/**
+ * tf.tidy for a function returning a structure of tensors (objects and arrays of any depth, with other
+ * values beside them): tensors inside the result survive the scope, every other tensor made in it is freed.
+ */
+export function tidyResult<T>(fn: () => T): T {
+  return tf.tidy(fn as () => tf.TensorContainer) as T;
+}

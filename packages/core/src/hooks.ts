@@ -28,6 +28,39 @@ export interface LinearSite extends LayerRef {
   key: string;
 }
 
+/**
+ * Linears a model computes as one projection — q|k|v of a self-attention, k|v of a cross-attention,
+ * wi_0|wi_1 of a gated feed-forward — each member owning a column range [start, end) of the group's
+ * kernel. Adapter terms of every member enter the one fused kernel (see AdapterHost.linearInputs).
+ */
+export interface LinearGroup {
+  key: string;
+  inFeatures: number;
+  outFeatures: number;
+  members: { site: LinearSite; start: number; end: number }[];
+}
+
+/** Rows [start, end) of a forward's batch (after Parallel replication and beam expansion). */
+export interface RowRange {
+  start: number;
+  end: number;
+}
+
+/**
+ * One adapter's effect at one linear, declared rather than computed, so that the model's fused linear
+ * kernel applies it (Δ = scale · x·a·b on the rows it covers; IA3 vectors, times their scale, multiply
+ * the base projection's output or input on theirs).
+ */
+export type LinearTerm =
+  | { kind: 'lora'; a: Tensor; b: Tensor; rows: (RowRange & { scale: number })[] }
+  | { kind: 'outScale' | 'inScale'; vector: Tensor; scale: number; rows: RowRange[] };
+
+/** The kinds of hook a method implements; `MethodRuntime.actsAt` answers per hook and site. */
+export type HookKind = 'linear' | 'sublayer' | 'attentionPrefix' | 'embeddings';
+
+/** A site of any hook: the embeddings hook's site is its stack. */
+export type AnySite = LinearSite | SublayerSite | AttentionSite | StackName;
+
 /** The output of a sub-layer, where bottleneck adapters sit: after self-attention, cross-attention, FFN. */
 export type SublayerLocation = 'mh' | 'cross' | 'output';
 export interface SublayerSite extends LayerRef {
@@ -76,10 +109,10 @@ export interface ModelAccess {
   linearSites(): LinearSite[];
   sublayerSites(): SublayerSite[];
   attentionSites(): AttentionSite[];
-  /** Kernel of a linear in tfjs layout [in, out]. */
-  getLinearWeight(key: string): Tensor;
-  /** Replaces a linear's kernel (the model disposes the old one). */
-  setLinearWeight(key: string, kernel: Tensor): void;
+  /** A copy of a linear's kernel in tfjs layout [in, out]; the caller owns (and disposes) it. */
+  readLinearWeight(key: string): Tensor;
+  /** Replaces a linear's kernel [in, out] (the model keeps its own copy; the caller still owns `kernel`). */
+  writeLinearWeight(key: string, kernel: Tensor): void;
 }
 
 /** A method's config: plain JSON with a `method` field plus the method's options. */
@@ -119,6 +152,18 @@ export interface MethodRuntime {
    * `base` is the frozen projection (already including any earlier method's change).
    */
   linear?(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor | undefined;
+  /**
+   * The fast path of the linear hook: this method's active adapters at a linear as declared terms for the
+   * fused kernel, for a forward of `rows` rows; undefined when none acts here; 'hooks' when one cannot be
+   * declared (gating, chained updates, dropout…) — then the model calls `linear` instead.
+   */
+  linearTerms?(site: LinearSite, rows: number, ctx: ForwardContext): LinearTerm[] | 'hooks' | undefined;
+  /**
+   * Whether an active adapter of this method acts at this site in this forward (lets the model keep a
+   * fused path — a residual inside the projection kernel, no normalised copy of the input — where no
+   * method needs the hook). A method with the hook but without `actsAt` is assumed to act.
+   */
+  actsAt?(hook: HookKind, site: AnySite, ctx: ForwardContext): boolean;
   /** Sub-layer hook: given sub-layer output and its residual input, return the new hidden state (incl. residual), or undefined. */
   sublayer?(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor | undefined;
   /** Prefix hook: keys/values to prepend at this attention, or undefined. `hidden` is the attention input (for gating). */

@@ -2,7 +2,7 @@ import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import { type AdapterComposition, type CompositionBlock, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
 import { ForwardContext } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
-import type { AdapterConfig, AdapterMethod, AttentionSite, LinearSite, MethodRuntime, ModelAccess, PrefixKV, StackName, SublayerSite } from './hooks.js';
+import type { AdapterConfig, AdapterMethod, AnySite, AttentionSite, HookKind, LinearGroup, LinearSite, LinearTerm, MethodRuntime, ModelAccess, PrefixKV, RowRange, StackName, SublayerSite } from './hooks.js';
 import { exists, joinPath, readBytes, readJson, writeFilesAtomic } from './io.js';
 import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
@@ -16,6 +16,20 @@ interface AdapterRecord {
   /** Where it came from ('adapterkit' | 'peft'), for export defaults. */
   source: string;
 }
+
+/**
+ * The active adapters' terms at one linear group as inputs of the fused linear kernel
+ * (@adapterkit/kernels' LinearAdapterInputs): y = ((x̂ ⊙ inScale)·W) ⊙ outScale + ((x̂·loraA) ⊙ loraScale)·loraB.
+ */
+export interface LinearInputs {
+  loraA?: Tensor;
+  loraB?: Tensor;
+  loraScale?: Tensor;
+  inScale?: Tensor;
+  outScale?: Tensor;
+}
+
+const HOOK_METHOD: Record<HookKind, keyof MethodRuntime> = { linear: 'linear', sublayer: 'sublayer', attentionPrefix: 'attentionPrefix', embeddings: 'embeddings' };
 
 export interface AdapterSummaryRow {
   name: string;
@@ -376,6 +390,47 @@ export class AdapterHost {
     return fn(x);
   }
 
+  /** Whether any method acts at this site in this forward (see MethodRuntime.actsAt). */
+  actsAt(hook: HookKind, site: AnySite, ctx: ForwardContext): boolean {
+    if (!ctx.composition) return false;
+    for (const rt of this.runtimes.values()) {
+      if (!rt[HOOK_METHOD[hook]]) continue;
+      if (rt.actsAt ? rt.actsAt(hook, site, ctx) : true) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Every method's terms at a linear group, assembled once per forward (or generation) into the fused
+   * kernel's inputs: undefined when no adapter acts there, 'hooks' when some term cannot be declared
+   * (the model then runs the linear hook per member). `rows` is the batch the group sees.
+   */
+  linearInputs(group: LinearGroup, rows: number, ctx: ForwardContext): LinearInputs | 'hooks' | undefined {
+    if (!ctx.composition) return undefined;
+    const key = `linear-inputs:${group.key}:${rows}`;
+    const decided = ctx.memo.get(`${key}:decision`) as 'none' | 'hooks' | 'terms' | undefined;
+    if (decided === 'none') return undefined;
+    if (decided === 'hooks') return 'hooks';
+    if (decided === 'terms') return ctx.memo.get(key) as LinearInputs;
+    const perMember: { member: LinearGroup['members'][number]; terms: LinearTerm[] }[] = [];
+    let verdict: 'none' | 'hooks' | 'terms' = 'none';
+    for (const member of group.members) {
+      const terms: LinearTerm[] = [];
+      for (const rt of this.runtimes.values()) {
+        if (!rt.linear && !rt.linearTerms) continue;
+        const t = rt.linearTerms ? rt.linearTerms(member.site, rows, ctx) : rt.actsAt?.('linear', member.site, ctx) === false ? undefined : 'hooks';
+        if (t === 'hooks') verdict = 'hooks';
+        else if (t) terms.push(...t);
+      }
+      if (terms.some((t) => t.kind === 'inScale') && group.members.length > 1) verdict = 'hooks'; // one input for all members
+      if (terms.length) perMember.push({ member, terms });
+    }
+    if (verdict !== 'hooks' && perMember.length > 0) verdict = 'terms';
+    ctx.memo.set(`${key}:decision`, verdict);
+    if (verdict !== 'terms') return verdict === 'hooks' ? 'hooks' : undefined;
+    return ctx.remember(key, () => assembleLinearInputs(group, rows, perMember));
+  }
+
   sublayer(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor {
     for (const rt of this.runtimes.values()) {
       const y = rt.sublayer?.(site, output, residual, ctx);
@@ -422,4 +477,64 @@ export class AdapterHost {
     }
     return rt;
   }
+}
+
+/** Per-row 0/1 column [rows, 1] marking the row ranges, or null when they cover every row. */
+function rowMask(ranges: RowRange[], rows: number): Float32Array | null {
+  const m = new Float32Array(rows);
+  for (const r of ranges) m.fill(1, r.start, r.end);
+  return m.every((v) => v === 1) ? null : m;
+}
+
+/** Builds the fused kernel's adapter inputs from the members' declared terms (differentiable in the adapters' variables). */
+function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { member: LinearGroup['members'][number]; terms: LinearTerm[] }[]): Record<string, Tensor> {
+  return tf.tidy(() => {
+    const out: Record<string, Tensor> = {};
+    const total = group.outFeatures;
+    const downs: Tensor[] = [];
+    const ups: Tensor[] = [];
+    const scaleColumns: (RowRange & { scale: number })[][] = [];
+    let outScale: Tensor | null = null;
+    let inScale: Tensor | null = null;
+    // a vector per row range: 1 + mask·(v − 1), so rows outside the ranges keep 1
+    const onRows = (v: Tensor, ranges: RowRange[]) => {
+      const m = rowMask(ranges, rows);
+      return m ? tf.tensor2d(m, [rows, 1]).mul(v.sub(1)).add(1) : v;
+    };
+    for (const { member, terms } of perMember) {
+      for (const t of terms) {
+        if (t.kind === 'lora') {
+          const r = t.a.shape[1] as number;
+          downs.push(t.a);
+          ups.push(member.start === 0 && member.end === total ? t.b : tf.pad(t.b, [[0, 0], [member.start, total - member.end]]));
+          for (let i = 0; i < r; i++) scaleColumns.push(t.rows);
+        } else if (t.kind === 'outScale') {
+          const vector = t.scale === 1 ? t.vector : t.vector.mul(t.scale);
+          const wide = member.start === 0 && member.end === total ? vector : tf.pad(vector, [[0, 0], [member.start, total - member.end]], 1);
+          const v = onRows(wide, t.rows);
+          outScale = outScale ? outScale.mul(v) : v;
+        } else {
+          const v = onRows(t.scale === 1 ? t.vector : t.vector.mul(t.scale), t.rows);
+          inScale = inScale ? inScale.mul(v) : v;
+        }
+      }
+    }
+    if (downs.length) {
+      out.loraA = downs.length === 1 ? downs[0] : tf.concat(downs, 1);
+      out.loraB = ups.length === 1 ? ups[0] : tf.concat(ups, 0);
+      const R = scaleColumns.length;
+      const s = new Float32Array(rows * R);
+      scaleColumns.forEach((ranges, j) => {
+        for (const r of ranges) for (let i = r.start; i < r.end; i++) s[i * R + j] = r.scale;
+      });
+      let uniform = true;
+      for (let i = 1; i < rows && uniform; i++) for (let j = 0; j < R; j++) if (s[i * R + j] !== s[j]) { uniform = false; break; }
+      out.loraScale = uniform ? tf.tensor2d(s.subarray(0, R), [1, R]) : tf.tensor2d(s, [rows, R]);
+    }
+    if (outScale) out.outScale = outScale;
+    if (inScale) out.inScale = inScale;
+    // The context owns (and disposes) what it remembers: never hand it an adapter's variable itself.
+    for (const [k, t] of Object.entries(out)) if (t instanceof tf.Variable) out[k] = t.clone();
+    return out;
+  });
 }

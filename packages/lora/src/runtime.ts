@@ -1,6 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { AdapterError, CompositionError, SeededRandom, sequenceMeanGate, UnsupportedError, type AdapterConfig, type ForwardContext, type LinearSite, type MethodRuntime, type ModelAccess } from '@adapterkit/core';
-import { dispatch, type LayerPrimitives } from '@adapterkit/compose';
+import { AdapterError, CompositionError, SeededRandom, sequenceMeanGate, UnsupportedError, type AdapterConfig, type ForwardContext, type HookKind, type LinearSite, type LinearTerm, type MethodRuntime, type ModelAccess, type RowRange } from '@adapterkit/core';
+import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam } from '@adapterkit/init';
 import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
 import { exportPeft, importPeft } from './peft.js';
@@ -44,6 +44,27 @@ interface LoraState {
 
 type Part = 'add' | 'scale' | 'inScale';
 const PARTS: Part[] = ['add', 'scale', 'inScale'];
+
+/**
+ * The symbolic state LoRA walks a composition with to declare its terms (LinearTerm) instead of computing
+ * them: the row range the dispatcher is on, the terms so far (each over absolute row ranges), and whether
+ * something cannot be declared (then the linear hook runs instead).
+ */
+interface TermPlan {
+  start: number;
+  end: number;
+  terms: PlannedTerm[];
+  undeclarable: boolean;
+}
+/** A term and its identity: slices of one term keep its id, so concatenated parts merge back into one. */
+type PlannedTerm = LinearTerm & { id: number };
+
+let termIds = 0;
+
+function restrict(terms: PlannedTerm[], start: number, end: number): PlannedTerm[] {
+  const cut = <R extends RowRange>(rows: R[]) => rows.map((r) => ({ ...r, start: Math.max(r.start, start), end: Math.min(r.end, end) })).filter((r) => r.end > r.start);
+  return terms.map((t) => ({ ...t, rows: cut(t.rows as RowRange[]) }) as PlannedTerm).filter((t) => t.rows.length > 0);
+}
 
 let variableCounter = 0;
 
@@ -150,6 +171,73 @@ export class LoraRuntime implements MethodRuntime {
   }
 
   // ------------------------------------------------------------------ forward
+  actsAt(_hook: HookKind, site: LinearSite, ctx: ForwardContext): boolean {
+    const comp = ctx.composition;
+    return !!comp && !ctx.isSkipped(site.layer) && touches(comp, { has: (n: string) => this.holds(n, site) } as LayerPrimitives<unknown>);
+  }
+
+  /** Whether adapter `n` acts at this linear (a merged adapter is part of the kernel: it does not). */
+  private holds(n: string, site: LinearSite): boolean {
+    return n !== this.merged.get(site.key)?.name && (this.adapters.get(n)?.sites.has(site.key) ?? false);
+  }
+
+  /**
+   * The fast path: the active composition at this linear as declared terms (LoRA deltas and IA3 vectors
+   * per row range) for the model's fused kernel. Gating, dropout in training and LoRA stacked on LoRA
+   * (a chained update) cannot be declared: 'hooks' then.
+   */
+  linearTerms(site: LinearSite, rows: number, ctx: ForwardContext): LinearTerm[] | 'hooks' | undefined {
+    const prims: LayerPrimitives<TermPlan> = {
+      has: (n) => this.holds(n, site),
+      single: (n, s) => this.declare(this.adapters.get(n)!, site, s, ctx),
+      rows: (s) => s.end - s.start,
+      sliceRows: (s, start, end) => ({ start: s.start + start, end: s.start + end, terms: restrict(s.terms, s.start + start, s.start + end), undeclarable: s.undeclarable }),
+      concatRows: (parts) => {
+        const byId = new Map<number, PlannedTerm>();
+        for (const p of parts) {
+          for (const t of p.terms) {
+            const seen = byId.get(t.id);
+            if (seen) (seen.rows as RowRange[]).push(...(t.rows as RowRange[]));
+            else byId.set(t.id, { ...t, rows: [...t.rows] } as PlannedTerm);
+          }
+        }
+        return { start: parts[0].start, end: parts[parts.length - 1].end, terms: [...byId.values()], undeclarable: parts.some((p) => p.undeclarable) };
+      },
+      average: (results, weights, input) => {
+        const terms = [...input.terms];
+        let undeclarable = results.some((r) => r.undeclarable);
+        results.forEach((r, i) => {
+          for (const t of r.terms) {
+            if (input.terms.includes(t)) continue;
+            // Σ wᵢ·vᵢ of IA3 vectors is not a product of vectors: not declarable
+            if (t.kind !== 'lora') undeclarable = true;
+            else terms.push({ ...t, id: termIds++, rows: t.rows.map((row) => ({ ...row, scale: row.scale * weights[i] })) });
+          }
+        });
+        return { start: input.start, end: input.end, terms, undeclarable };
+      },
+    };
+    const out = dispatch(site.layer, { start: 0, end: rows, terms: [], undeclarable: false }, prims, ctx);
+    if (!out) return undefined;
+    if (out.undeclarable) return 'hooks';
+    return out.terms.length ? out.terms.map(({ id: _id, ...t }) => t as LinearTerm) : undefined;
+  }
+
+  /** One adapter's term over the plan's rows. */
+  private declare(a: LoraAdapter, site: LinearSite, s: TermPlan, ctx: ForwardContext): TermPlan {
+    const p = a.sites.get(site.key)!;
+    const c = a.config;
+    const undeclarable = () => ({ ...s, undeclarable: true });
+    if (p.gate || (ctx.training && c.dropout > 0)) return undeclarable();
+    const rows = { start: s.start, end: s.end };
+    if (c.composition_mode === 'add') {
+      // LoRA on LoRA (Stack) chains on the update path, h_b = f_b(f_a(x)): a product, not a sum of terms
+      if (s.terms.some((t) => t.kind === 'lora')) return undeclarable();
+      return { ...s, terms: [...s.terms, { id: termIds++, kind: 'lora', a: p.A!, b: p.B!, rows: [{ ...rows, scale: a.scale }] }] };
+    }
+    return { ...s, terms: [...s.terms, { id: termIds++, kind: p.inVec ? 'inScale' : 'outScale', vector: (p.inVec ?? p.B)!, scale: a.scale, rows: [rows] }] };
+  }
+
   linear(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor | undefined {
     const out = dispatch<LoraState>(site.layer, { x, add: null, scale: null, inScale: null }, this.primitives(site, ctx), ctx);
     if (!out || (!out.add && !out.scale && !out.inScale)) return undefined;
@@ -160,7 +248,6 @@ export class LoraRuntime implements MethodRuntime {
   }
 
   private primitives(site: LinearSite, ctx: ForwardContext): LayerPrimitives<LoraState> {
-    const merged = this.merged.get(site.key)?.name;
     const identityOf = (s: LoraState, part: Part): Tensor => {
       const [rows, ...rest] = s.x.shape;
       if (part === 'add') return tf.zeros([rows, ...rest.slice(0, -1), site.outFeatures]);
@@ -168,8 +255,7 @@ export class LoraRuntime implements MethodRuntime {
       return tf.ones([rows, ...ones, part === 'scale' ? site.outFeatures : site.inFeatures]);
     };
     return {
-      // A merged adapter is part of the kernel now: the hook skips it.
-      has: (n) => n !== merged && (this.adapters.get(n)?.sites.has(site.key) ?? false),
+      has: (n) => this.holds(n, site),
       single: (n, s) => this.single(this.adapters.get(n)!, site, s, ctx),
       rows: (s) => s.x.shape[0],
       sliceRows: (s, start, end) => {
@@ -245,14 +331,14 @@ export class LoraRuntime implements MethodRuntime {
       if (m) throw new AdapterError(`cannot merge '${name}': '${key}' already holds merged adapter '${m.name}' (unmerge it first)`, name);
     }
     for (const [key, p] of a.sites) {
-      const kernel = this.model.getLinearWeight(key);
-      const original = tf.keep(kernel.clone());
+      const original = this.model.readLinearWeight(key);
       const updated = tf.tidy(() => {
-        if (p.A) return kernel.add(tf.matMul(p.A, p.B!).mul(a.scale));
-        if (p.inVec) return kernel.mul(p.inVec.reshape([-1, 1]).mul(a.scale));
-        return kernel.mul(p.B!.mul(a.scale));
+        if (p.A) return original.add(tf.matMul(p.A, p.B!).mul(a.scale));
+        if (p.inVec) return original.mul(p.inVec.reshape([-1, 1]).mul(a.scale));
+        return original.mul(p.B!.mul(a.scale));
       });
-      this.model.setLinearWeight(key, updated);
+      this.model.writeLinearWeight(key, updated);
+      updated.dispose();
       this.merged.set(key, { name, original });
     }
   }
@@ -263,7 +349,9 @@ export class LoraRuntime implements MethodRuntime {
     const keys = [...this.merged].filter(([, m]) => m.name === name).map(([k]) => k);
     if (keys.length === 0) throw new AdapterError(`adapter '${name}' is not merged`, name);
     for (const key of keys) {
-      this.model.setLinearWeight(key, this.merged.get(key)!.original);
+      const { original } = this.merged.get(key)!;
+      this.model.writeLinearWeight(key, original);
+      original.dispose();
       this.merged.delete(key);
     }
   }

@@ -182,7 +182,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     it('Stack chains LoRAs on the update path: h_b = f_b(f_a(x))', async () => {
       const rt = model.adapters.runtimeFor('lora') as LoraRuntime;
       const site = model.linearSites().find((s) => s.key === 'encoder.block.1.layer.0.SelfAttention.q') as LinearSite;
-      const W = model.getLinearWeight(site.key);
+      const W = model.readLinearWeight(site.key);
       const x = tf.randomNormal([2, 3, 32], 0, 1, 'float32', 7);
       const ctx = new ForwardContext(Stack('a', 'b'));
       const got = tf.tidy(() => rt.linear(site, x, (t) => tf.matMul(t.reshape([-1, 32]), W).reshape([2, 3, 32]), ctx)!);
@@ -223,7 +223,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       randomize(model, 'g', 41);
       const rt = model.adapters.runtimeFor('lora') as LoraRuntime;
       const site = model.linearSites().find((s) => s.key === 'decoder.block.0.layer.1.EncDecAttention.v') as LinearSite;
-      const W = model.getLinearWeight(site.key);
+      const W = model.readLinearWeight(site.key);
       const v = model.adapters.adapterVariables('g');
       const x = tf.randomNormal([2, 5, 32], 0, 1, 'float32', 3);
       const ctx = new ForwardContext(Stack('g'));

@@ -220,14 +220,14 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const saved = new Map<string, tf.Tensor>();
       for (const [k, t] of tensors) {
         const key = k.slice('base_model.model.'.length, -'.ia3_l.weight'.length);
-        const W = model.getLinearWeight(key);
+        const W = model.readLinearWeight(key);
         saved.set(key, W.clone());
         const l = tf.tensor(t.data as Float32Array, t.shape[0] === 1 ? [t.shape[1], 1] : [1, t.shape[0]]);
-        model.setLinearWeight(key, tf.tidy(() => W.mul(l)));
+        model.writeLinearWeight(key, tf.tidy(() => W.mul(l)));
         l.dispose();
       }
       const manual = await logitsOf(model);
-      for (const [key, W] of saved) model.setLinearWeight(key, W);
+      for (const [key, W] of saved) model.writeLinearWeight(key, W);
       expect(maxDiff(hooked.data, manual.data)).toBeLessThan(1e-4);
       // Merge does the same; export → import round-trips.
       model.setActiveAdapters(name);

@@ -1,5 +1,6 @@
 export { parseT5Config, FLAN_T5_SMALL_SHAPE, type T5Config } from './config.js';
-export { T5Model, MASK_VALUE, type ForwardInput, type ForwardOutput, type IdsInput, type DecoderState, type KV } from './model.js';
+export { T5Model, MASK_VALUE, type ForwardInput, type ForwardOutput, type IdsInput, type DecoderState, type LayerCache } from './model.js';
+export { type KeysValues } from './attention.js';
 export { T5ForConditionalGeneration, type GenerationDefaults } from './pretrained.js';
 export { T5Tokenizer, type BatchEncoding } from './tokenizer.js';
 export { generate, generateText, type GenerateOptions } from './generation.js';

@@ -1,27 +1,28 @@
-import { tf, type Tensor } from '@adapterkit/backend';
+import { tf, tidyResult, type Tensor } from '@adapterkit/backend';
 import {
   AdapterHost,
   ForwardContext,
   InputError,
-  LayoutError,
   WeightError,
   type AdapterComposition,
   type AdapterConfig,
   type AttentionSite,
+  type LinearGroup,
   type LinearSite,
   type ModelAccess,
   type ModelDims,
   type PrefixKV,
   type SafeTensor,
-  type StackName,
   type SublayerSite,
   SeededRandom,
 } from '@adapterkit/core';
+import { cacheWrite, crossEntropy, linear, matMulLast, MASK_VALUE, reference, rmsNorm, type FusedActivation } from '@adapterkit/kernels';
+import { additiveMask, attend, checkPrefix, keyMask, type KeysValues } from './attention.js';
 import type { T5Config } from './config.js';
+import { groupKernels, t5Layout, type AttentionLayout, type BlockLayout, type FeedForwardLayout, type T5Layout } from './layout.js';
 import { PositionBias } from './position-bias.js';
 
-/** Large finite negative for masked attention scores (WGSL may assume no infinities). */
-export const MASK_VALUE = -1e9;
+export { MASK_VALUE };
 
 export type IdsInput = number[][] | Tensor;
 
@@ -45,86 +46,64 @@ export interface ForwardOutput {
   encoderLastHiddenState: Tensor;
 }
 
-interface AttnWeights {
-  q: LinearSite;
-  k: LinearSite;
-  v: LinearSite;
-  o: LinearSite;
-  site: AttentionSite;
-  norm: string;
-  sublayer: SublayerSite;
-}
-
-interface FfnWeights {
-  wi?: LinearSite;
-  wi0?: LinearSite;
-  wi1?: LinearSite;
-  wo: LinearSite;
-  norm: string;
-  sublayer: SublayerSite;
-}
-
-interface BlockWeights {
-  self: AttnWeights;
-  cross?: AttnWeights;
-  ffn: FfnWeights;
-}
-
-/** Keys/values of one attention, in the one cache layout [batch, heads, time, d_kv]. */
-export interface KV {
-  k: Tensor;
-  v: Tensor;
+/** Per decoder layer state of a cached generation. */
+export interface LayerCache {
+  /**
+   * This layer's self-attention keys|values in packed rows [rows, capacity, 2·heads·d_kv]: slot t holds
+   * token t's projections (written in place, constant shape across steps — WebGPU reuses its shaders).
+   */
+  self: Tensor;
+  /** The decoder self-attention prefix (requested once, at step 0) and its length/position rule. */
+  prefix?: { keys: Tensor; values: Tensor; length: number; rule: 'zero' | 'past' };
+  /** Additive key mask [rows, P + capacity] when the layer has a prefix (its padding), else undefined. */
+  selfMask?: Tensor;
+  /** Cross-attention keys/values (with any cross prefix and the encoder padding mask), computed once. */
+  cross: KeysValues;
 }
 
 /** Per-sequence decoder state for cached generation. */
 export interface DecoderState {
   ctx: ForwardContext;
-  /** Cross-attention keys/values per decoder layer (prefix included), computed once. */
-  cross: KV[];
-  /** Additive cross-attention mask per layer [rows, 1, 1, Lsrc (+ prefix)]. */
-  crossMask: Tensor[];
-  /**
-   * Self-attention cache per layer, [rows, heads, P + capacity, d_kv]: a prefix (P slots, entered once at
-   * step 0) then `capacity` token slots written in place. Fixed shapes across steps let WebGPU reuse its
-   * compiled shaders (a cache grown by concatenation changes shape every step).
-   */
-  self: KV[];
-  /** Additive mask per layer [rows, 1, 1, P + capacity]: MASK_VALUE on padded prefix positions, else 0. */
-  selfMask: Tensor[];
-  /** Prefix length and bias rule in each layer's self cache. */
-  selfPrefix: { length: number; rule: 'zero' | 'past' }[];
-  /** Token slots in the self cache (doubles when a generation runs past it). */
+  layers: LayerCache[];
+  /** Token slots in each self cache (doubles when a generation runs past it). */
   capacity: number;
   /** Tokens decoded so far (the query position of the next step). */
   step: number;
   rows: number;
 }
 
-function assertRank(t: Tensor, rank: number, what: string) {
-  if (t.rank !== rank) throw new LayoutError(`${what} must have rank ${rank} ([batch, heads, time, d_kv]), got shape [${t.shape}]`);
+/** Options of one projection (a linear group) in a block. */
+interface ProjectOptions {
+  /** Name of the RMS norm weight applied to the input first. */
+  norm?: string;
+  normScale?: number;
+  residual?: Tensor;
+  activation?: FusedActivation;
+  gated?: boolean;
 }
 
 /**
  * T5ForConditionalGeneration on TensorFlow.js. Weights are frozen tensors (never variables, never
- * differentiated); adapters attach through `this.adapters` at the hook points of DESIGN.md §2.
+ * differentiated); adapters attach through `this.adapters` at the sites of layout.ts (DESIGN.md §2).
+ * Every block is built from the named ops of @adapterkit/kernels: a projection with its norm, adapter
+ * terms and residual is one `linear`, every attention is one `attention`.
  */
 export class T5Model implements ModelAccess {
   readonly dims: ModelDims;
   readonly adapters: AdapterHost;
+  readonly layout: T5Layout;
+  /** Embeddings, layer norms, relative-attention tables (HF names). */
   private readonly weights = new Map<string, Tensor>();
+  /** Projection kernels by group key, [in, Σ out]. */
   private readonly kernels = new Map<string, Tensor>();
-  private readonly encoderBlocks: BlockWeights[] = [];
-  private readonly decoderBlocks: BlockWeights[] = [];
-  private readonly sites: { linear: LinearSite[]; sublayer: SublayerSite[]; attention: AttentionSite[] } = { linear: [], sublayer: [], attention: [] };
+  /**
+   * The LM head [d_model, vocab]: lm_head.weight transposed, or (tied) shared.weight transposed — on wasm a
+   * matMul with transposeB is ~8× slower than a plain one, and the head is a step's largest matMul.
+   */
+  private headKernel: Tensor;
   readonly encoderBias: PositionBias;
   readonly decoderBias: PositionBias;
   private disposed = false;
-  /**
-   * Tied models: shared.weight transposed to [d_model, vocab] for the LM head. On wasm a matMul with
-   * transposeB is ~8× slower than a plain one (and the head is the largest matMul of a step), so the
-   * head keeps its own [in, out] copy; untied heads are stored transposed as kernel 'lm_head' instead.
-   */
-  private tiedHeadKernel: Tensor | null = null;
 
   constructor(
     readonly config: T5Config,
@@ -142,98 +121,100 @@ export class T5Model implements ModelAccess {
       vocabSize: c.vocabSize,
       feedForwardProj: c.feedForwardProj,
     };
-    for (const [name, t] of weights) {
-      const tensor = tf.tensor(t.data as Float32Array, t.shape, 'float32');
-      if (name === 'lm_head.weight' || (name.endsWith('.weight') && t.shape.length === 2 && /\.(q|k|v|o|wi|wi_0|wi_1|wo)\.weight$/.test(name))) {
-        // HF Linear weights are [out, in]; tfjs matMul wants [in, out]. Transposed once, at load.
-        this.kernels.set(name.slice(0, -'.weight'.length), tf.tidy(() => tensor.transpose()));
-        tensor.dispose();
-      } else this.weights.set(name, tensor);
-    }
-    if (c.tieWordEmbeddings) this.tiedHeadKernel = tf.tidy(() => this.weights.get('shared.weight')!.transpose());
-    this.buildSites();
+    this.layout = t5Layout(c);
+    const upload = (name: string) => {
+      const t = weights.get(name);
+      if (!t) throw new WeightError(`weight '${name}' is missing`, name);
+      return tf.tensor(t.data as Float32Array, t.shape, 'float32');
+    };
+    const linearWeights = new Set(this.layout.linear.map((s) => `${s.key}.weight`));
+    for (const [g, k] of groupKernels(this.layout, upload)) this.kernels.set(g, k);
+    for (const name of weights.keys()) if (!linearWeights.has(name) && name !== 'lm_head.weight') this.weights.set(name, upload(name));
+    const head = upload(c.tieWordEmbeddings ? 'shared.weight' : 'lm_head.weight');
+    this.headKernel = tf.tidy(() => head.transpose());
+    head.dispose();
     this.encoderBias = new PositionBias(this.weights.get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, true, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
     this.decoderBias = new PositionBias(this.weights.get('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, false, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
     this.adapters = new AdapterHost(this);
   }
 
-  // ------------------------------------------------------------------ sites
-  private buildSites() {
-    const c = this.config;
-    const inner = c.numHeads * c.dKv;
-    const lin = (key: string, ref: { layer: number; stack: StackName; index: number }, block: LinearSite['block'], linear: LinearSite['linear'], inF: number, outF: number): LinearSite => {
-      const s: LinearSite = { ...ref, block, linear, inFeatures: inF, outFeatures: outF, key };
-      this.sites.linear.push(s);
-      return s;
-    };
-    const attn = (prefix: string, module: string, ref: { layer: number; stack: StackName; index: number }, kind: 'self' | 'cross', location: 'mh' | 'cross'): AttnWeights => {
-      const block = kind === 'self' ? 'selfattn' : 'crossattn';
-      const site: AttentionSite = { ...ref, attention: kind, numHeads: c.numHeads, dKv: c.dKv, key: `${prefix}.${module}` };
-      const sublayer: SublayerSite = { ...ref, location, hiddenSize: c.dModel, key: prefix };
-      this.sites.attention.push(site);
-      this.sites.sublayer.push(sublayer);
-      return {
-        q: lin(`${prefix}.${module}.q`, ref, block, 'q', c.dModel, inner),
-        k: lin(`${prefix}.${module}.k`, ref, block, 'k', c.dModel, inner),
-        v: lin(`${prefix}.${module}.v`, ref, block, 'v', c.dModel, inner),
-        o: lin(`${prefix}.${module}.o`, ref, block, 'o', inner, c.dModel),
-        site,
-        norm: `${prefix}.layer_norm.weight`,
-        sublayer,
-      };
-    };
-    const ffn = (prefix: string, ref: { layer: number; stack: StackName; index: number }): FfnWeights => {
-      const sublayer: SublayerSite = { ...ref, location: 'output', hiddenSize: c.dModel, key: prefix };
-      this.sites.sublayer.push(sublayer);
-      const p = `${prefix}.DenseReluDense`;
-      return c.isGatedAct
-        ? { wi0: lin(`${p}.wi_0`, ref, 'ffn', 'wi_0', c.dModel, c.dFf), wi1: lin(`${p}.wi_1`, ref, 'ffn', 'wi_1', c.dModel, c.dFf), wo: lin(`${p}.wo`, ref, 'ffn', 'wo', c.dFf, c.dModel), norm: `${prefix}.layer_norm.weight`, sublayer }
-        : { wi: lin(`${p}.wi`, ref, 'ffn', 'wi', c.dModel, c.dFf), wo: lin(`${p}.wo`, ref, 'ffn', 'wo', c.dFf, c.dModel), norm: `${prefix}.layer_norm.weight`, sublayer };
-    };
-    for (let i = 0; i < c.numLayers; i++) {
-      const ref = { layer: i, stack: 'encoder' as const, index: i };
-      this.encoderBlocks.push({ self: attn(`encoder.block.${i}.layer.0`, 'SelfAttention', ref, 'self', 'mh'), ffn: ffn(`encoder.block.${i}.layer.1`, ref) });
-    }
-    for (let i = 0; i < c.numDecoderLayers; i++) {
-      const ref = { layer: c.numLayers + i, stack: 'decoder' as const, index: i };
-      this.decoderBlocks.push({
-        self: attn(`decoder.block.${i}.layer.0`, 'SelfAttention', ref, 'self', 'mh'),
-        cross: attn(`decoder.block.${i}.layer.1`, 'EncDecAttention', ref, 'cross', 'cross'),
-        ffn: ffn(`decoder.block.${i}.layer.2`, ref),
-      });
-    }
-  }
-
+  // ------------------------------------------------------------------ sites and weights
   linearSites(): LinearSite[] {
-    return this.sites.linear;
+    return this.layout.linear;
   }
   sublayerSites(): SublayerSite[] {
-    return this.sites.sublayer;
+    return this.layout.sublayer;
   }
   attentionSites(): AttentionSite[] {
-    return this.sites.attention;
+    return this.layout.attention;
   }
-  getLinearWeight(key: string): Tensor {
-    const k = this.kernels.get(key);
-    if (!k) throw new WeightError(`no linear '${key}' in this model`, key);
-    return k;
+
+  private member(key: string) {
+    const m = this.layout.memberOf.get(key);
+    if (!m) throw new WeightError(`no linear '${key}' in this model`, key);
+    return m;
   }
-  setLinearWeight(key: string, kernel: Tensor): void {
-    const old = this.getLinearWeight(key);
-    if (old.shape.join(',') !== kernel.shape.join(',')) throw new WeightError(`new kernel for '${key}' has shape [${kernel.shape}], expected [${old.shape}]`, key);
-    this.kernels.set(key, tf.keep(kernel));
+
+  /** A copy of one linear's kernel [in, out] (its columns of its group); the caller owns it. */
+  readLinearWeight(key: string): Tensor {
+    const { group, start, end } = this.member(key);
+    const k = this.kernels.get(group.key)!;
+    return start === 0 && end === group.outFeatures ? k.clone() : tf.tidy(() => k.slice([0, start], [group.inFeatures, end - start]));
+  }
+
+  /** Replaces one linear's kernel [in, out] (rebuilds its group's kernel); the caller keeps `kernel`. */
+  writeLinearWeight(key: string, kernel: Tensor): void {
+    const { group, start, end } = this.member(key);
+    if (kernel.shape.join(',') !== [group.inFeatures, end - start].join(',')) throw new WeightError(`new kernel for '${key}' has shape [${kernel.shape}], expected [${[group.inFeatures, end - start]}]`, key);
+    const old = this.kernels.get(group.key)!;
+    const next = tf.tidy(() => {
+      const parts: Tensor[] = [];
+      if (start > 0) parts.push(old.slice([0, 0], [group.inFeatures, start]));
+      parts.push(kernel);
+      if (end < group.outFeatures) parts.push(old.slice([0, end], [group.inFeatures, group.outFeatures - end]));
+      return parts.length === 1 ? kernel.clone() : tf.concat(parts, 1);
+    });
+    this.kernels.set(group.key, next);
     old.dispose();
   }
+
   baseParameterCount(): number {
     let n = 0;
     for (const t of this.weights.values()) n += t.size;
     for (const t of this.kernels.values()) n += t.size;
+    if (!this.config.tieWordEmbeddings) n += this.headKernel.size;
     return n;
   }
-  /** Every base tensor by HF name (kernels in tfjs [in, out] layout) — for tests that check weights stay frozen. */
+
+  /**
+   * Every base tensor the model holds, by name (projection groups as `<group>.kernel` in tfjs [in, out]
+   * layout) — for tests that check the weights stay frozen.
+   */
   baseTensors(): Map<string, Tensor> {
     const out = new Map<string, Tensor>(this.weights);
     for (const [k, v] of this.kernels) out.set(`${k}.kernel`, v);
+    out.set('lm_head.kernel', this.headKernel);
+    return out;
+  }
+
+  /** The weights in Hugging Face's names and layout ([out, in] linears), read asynchronously: a checkpoint. */
+  async stateDict(): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+    const out = new Map<string, { shape: number[]; data: Float32Array }>();
+    const put = async (name: string, t: Tensor) => out.set(name, { shape: t.shape, data: (await t.data()) as Float32Array });
+    for (const [name, t] of this.weights) await put(name, t);
+    for (const site of this.layout.linear) {
+      const w = tf.tidy(() => {
+        const k = this.readLinearWeight(site.key);
+        return k.transpose();
+      });
+      await put(`${site.key}.weight`, w);
+      w.dispose();
+    }
+    if (!this.config.tieWordEmbeddings) {
+      const w = tf.tidy(() => this.headKernel.transpose());
+      await put('lm_head.weight', w);
+      w.dispose();
+    }
     return out;
   }
 
@@ -322,151 +303,128 @@ export class T5Model implements ModelAccess {
   }
 
   // ------------------------------------------------------------------ building blocks
-  private rmsNorm(x: Tensor, weightName: string): Tensor {
-    const w = this.weights.get(weightName)!;
-    const variance = x.square().mean(-1, true);
-    return x.mul(variance.add(this.config.layerNormEpsilon).rsqrt()).mul(w);
+  private get eps(): number {
+    return this.config.layerNormEpsilon;
   }
 
-  private linear(site: LinearSite, x: Tensor, ctx: ForwardContext): Tensor {
-    const kernel = this.kernels.get(site.key)!;
-    const base = (input: Tensor) => {
-      const shape = input.shape;
-      const y = tf.matMul(input.reshape([-1, shape[shape.length - 1]]), kernel);
-      return y.reshape([...shape.slice(0, -1), kernel.shape[1] as number]);
-    };
-    return ctx.composition ? this.adapters.linear(site, x, base, ctx) : base(x);
+  private weight(name: string): Tensor {
+    return this.weights.get(name)!;
+  }
+
+  /** Base-model dropout: only in training, and only when asked for (Trainer's baseDropout). */
+  private dropsOut(ctx: ForwardContext): boolean {
+    return ctx.training && this.config.dropoutRate > 0 && ((ctx.memo.get('baseDropout') as boolean | undefined) ?? false);
   }
 
   private dropout(x: Tensor, ctx: ForwardContext, salt: number): Tensor {
-    return ctx.training && this.config.dropoutRate > 0 && (ctx.memo.get('baseDropout') ?? false) ? tf.dropout(x, this.config.dropoutRate, undefined, ctx.dropoutSeed(salt)) : x;
+    return this.dropsOut(ctx) ? tf.dropout(x, this.config.dropoutRate, undefined, ctx.dropoutSeed(salt)) : x;
   }
 
-  private act(x: Tensor): Tensor {
-    switch (this.config.denseActFn) {
-      case 'relu':
-        return tf.relu(x);
-      case 'silu':
-        return x.mul(tf.sigmoid(x));
-      case 'gelu':
-        return x.mul(0.5).mul(tf.erf(x.mul(Math.SQRT1_2)).add(1));
-      case 'gelu_new': {
-        // x·x·x rather than pow(x, 3): tfjs-wasm's Pow is a slow generic kernel (~20× a Mul here).
-        const inner = x.add(x.square().mul(x).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
-        return x.mul(0.5).mul(tf.tanh(inner).add(1));
-      }
-    }
+  /**
+   * One projection group with its norm, the active adapters' terms, activation and residual — one fused
+   * kernel. When a method cannot declare its terms (gating, chained LoRA, dropout in training), the
+   * members run through the linear hooks instead, sharing one base projection.
+   */
+  private project(group: LinearGroup, x: Tensor, ctx: ForwardContext, o: ProjectOptions = {}): Tensor {
+    const rows = x.shape[0] as number;
+    const inputs = ctx.composition ? this.adapters.linearInputs(group, rows, ctx) : undefined;
+    const norm = o.norm ? { weight: this.weight(o.norm), eps: this.eps, scale: o.normScale } : undefined;
+    if (inputs !== 'hooks') return linear(x, this.kernels.get(group.key)!, { norm, residual: o.residual, activation: o.activation, gated: o.gated, adapters: inputs });
+    return tf.tidy(() => {
+      const xn = norm ? reference.normalisedInput(x, { norm }) : x;
+      const kernel = this.kernels.get(group.key)!;
+      let full: Tensor | undefined;
+      const outputs = group.members.map((m) => {
+        const cols = (y: Tensor) => (m.start === 0 && m.end === group.outFeatures ? y : y.slice([...new Array(y.rank - 1).fill(0), m.start], [...y.shape.slice(0, -1), m.end - m.start]));
+        // the unmodified input shares one projection of the whole group; a method that changes the input
+        // (IA3 on the input side) gets this member's own columns
+        const base = (input: Tensor) => (input === xn ? cols((full ??= matMulLast(xn, kernel))) : matMulLast(input, cols(kernel)));
+        return this.adapters.linear(m.site, xn, base, ctx);
+      });
+      const pre = outputs.length === 1 ? outputs[0] : tf.concat(outputs, -1);
+      const y = reference.activate(pre, { activation: o.activation, gated: o.gated });
+      return o.residual ? y.add(o.residual) : y;
+    });
   }
 
-  private feedForward(f: FfnWeights, h: Tensor, ctx: ForwardContext): Tensor {
-    const x = this.rmsNorm(h, f.norm);
-    let inner: Tensor;
-    if (f.wi0) inner = this.act(this.linear(f.wi0, x, ctx)).mul(this.linear(f.wi1!, x, ctx));
-    else inner = this.act(this.linear(f.wi!, x, ctx));
-    const out = this.dropout(this.linear(f.wo, this.dropout(inner, ctx, f.wo.layer * 13 + 1), ctx), ctx, f.wo.layer * 13 + 2);
-    return ctx.composition ? this.adapters.sublayer(f.sublayer, out, h, ctx) : out.add(h);
+  /**
+   * A sub-layer's output projection and the residual: fused into the projection when no adapter acts at
+   * the sub-layer; otherwise the projection alone, then the sub-layer hook (bottleneck adapters).
+   */
+  private projectOut(group: LinearGroup, site: SublayerSite, x: Tensor, residual: Tensor, ctx: ForwardContext, salt: number): Tensor {
+    const hooked = this.adapters.actsAt('sublayer', site, ctx);
+    if (!hooked && !this.dropsOut(ctx)) return this.project(group, x, ctx, { residual });
+    const out = this.dropout(this.project(group, x, ctx), ctx, salt);
+    return hooked ? this.adapters.sublayer(site, out, residual, ctx) : out.add(residual);
   }
 
-  /** [B, L, H*d] → [B, H, L, d], using the tensor's own batch (never a cached batch size). */
-  private splitHeads(x: Tensor): Tensor {
-    const [b, l] = x.shape;
-    return x.reshape([b, l, this.config.numHeads, this.config.dKv]).transpose([0, 2, 1, 3]);
+  private feedForward(f: FeedForwardLayout, h: Tensor, ctx: ForwardContext): Tensor {
+    const inner = this.project(f.wi, h, ctx, { norm: f.norm, activation: this.config.denseActFn, gated: this.config.isGatedAct });
+    return this.projectOut(f.wo, f.sublayer, this.dropout(inner, ctx, f.wo.members[0].site.layer * 13 + 1), h, ctx, f.wo.members[0].site.layer * 13 + 2);
   }
 
-  private mergeHeads(x: Tensor): Tensor {
-    const [b, , l] = x.shape;
-    return x.transpose([0, 2, 1, 3]).reshape([b, l, this.config.numHeads * this.config.dKv]);
+  /**
+   * THE attention sub-layer: queries over keys/values (with prefix, bias, mask, causality), output
+   * projection, residual or sub-layer hook. Encoder, full decoder, cached step and cross-attention all
+   * come here; they differ only in where their keys/values come from.
+   */
+  private attentionBlock(a: AttentionLayout, h: Tensor, q: Tensor, qOffset: number, kv: KeysValues, ctx: ForwardContext): Tensor {
+    const layer = a.site.layer;
+    const salt = a.site.attention === 'self' ? 3 : 5;
+    const drop = this.dropsOut(ctx) ? { rate: this.config.dropoutRate, seed: ctx.dropoutSeed(layer * 13 + salt) } : undefined;
+    const heads = attend(q, qOffset, kv, this.config.numHeads, this.config.dKv, drop);
+    return this.projectOut(a.o, a.sublayer, heads, h, ctx, layer * 13 + salt + 1);
   }
 
-  /** softmax(q·kᵀ + bias + mask)·v; q [B,H,Lq,d], k/v [B,H,Lk,d], bias [1|B,H,Lq,Lk] or null, mask [B|1,1,1|Lq,Lk]. */
-  private attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | null, mask: Tensor | null, ctx: ForwardContext, salt: number): Tensor {
-    assertRank(q, 4, 'attention queries');
-    assertRank(k, 4, 'attention keys');
-    assertRank(v, 4, 'attention values');
-    if (k.shape[0] !== q.shape[0] || k.shape[2] !== v.shape[2]) {
-      throw new LayoutError(`attention batch/time mismatch: queries [${q.shape}], keys [${k.shape}], values [${v.shape}]`);
-    }
-    let scores = tf.matMul(q, k, false, true); // T5 does not scale by 1/sqrt(d)
-    if (bias) scores = scores.add(bias);
-    if (mask) scores = scores.add(mask);
-    const weights = this.dropout(tf.softmax(scores), ctx, salt);
-    return tf.matMul(weights, v);
+  /** The prefix a method puts at this attention (undefined when none acts), checked against its rows. */
+  private prefixAt(site: AttentionSite, gateInput: () => Tensor, rows: number, ctx: ForwardContext): PrefixKV | undefined {
+    if (!this.adapters.actsAt('attentionPrefix', site, ctx)) return undefined;
+    const prefix = this.adapters.attentionPrefix(site, gateInput(), ctx);
+    if (prefix) checkPrefix(prefix, rows, this.config.numHeads, this.config.dKv);
+    return prefix;
   }
 
-  /** Prepends a prefix to keys/values and extends mask and bias for it (per layer, from the unpadded bias). */
-  private withPrefix(
-    prefix: PrefixKV | undefined,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | null,
-    bias: { get(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor } | null,
-    qStart: number,
-    qLen: number,
-  ): { k: Tensor; v: Tensor; mask: Tensor | null; bias: Tensor | null } {
-    const kLen = k.shape[2] as number;
-    if (!prefix) return { k, v, mask, bias: bias ? bias.get(qStart, qLen, kLen, 0, 'zero') : null };
-    assertRank(prefix.keys, 4, 'prefix keys');
-    assertRank(prefix.values, 4, 'prefix values');
-    const rows = k.shape[0] as number;
-    if (prefix.keys.shape[0] !== rows || prefix.keys.shape[1] !== this.config.numHeads || prefix.keys.shape[3] !== this.config.dKv) {
-      throw new LayoutError(`prefix keys [${prefix.keys.shape}] do not fit keys [${k.shape}] ([batch, heads, time, d_kv])`);
-    }
-    const p = prefix.keys.shape[2] as number;
-    const pm = tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([rows, 1, 1, p]);
-    const base = mask ?? tf.zeros([rows, 1, 1, kLen]);
-    const qDim = base.shape[2] as number;
-    const fullMask = tf.concat([qDim === 1 ? pm : tf.tile(pm, [1, 1, qDim, 1]), base.shape[0] === rows ? base : tf.tile(base, [rows, 1, 1, 1])], 3);
-    const rule = prefix.positionRule ?? 'zero';
+  /** Self-attention over a whole sequence (encoder; decoder's full pass): q|k|v from one projection. */
+  private selfAttention(a: AttentionLayout, h: Tensor, realMask: Tensor | undefined, ctx: ForwardContext): Tensor {
+    const [rows, len] = h.shape as number[];
+    const { numHeads: H, dKv: D } = this.config;
+    const decoder = a.site.stack === 'decoder';
+    const qkv = this.project(a.qkv!, h, ctx, { norm: a.norm });
+    // The decoder's self-attention prefix sees only position 0 (the decoder start token): cached generation
+    // requests it once, at step 0, so a gate reading the hidden states gives the same value on both paths.
+    const gateInput = () => rmsNorm(decoder ? h.slice([0, 0, 0], [rows, 1, h.shape[2] as number]) : h, this.weight(a.norm), this.eps);
+    const prefix = this.prefixAt(a.site, gateInput, rows, ctx);
+    const p = prefix ? (prefix.keys.shape[2] as number) : 0;
+    const bias = decoder ? this.decoderBias : this.encoderBias;
+    const kv: KeysValues = {
+      packed: { source: qkv, kOffset: H * D, vOffset: 2 * H * D },
+      prefix: prefix && { keys: prefix.keys, values: prefix.values },
+      mask: keyMask(prefix, realMask, rows, len),
+      bias: { table: bias.table, index: bias.index(0, len, len, p, prefix?.positionRule ?? 'zero', ctx) },
+      causalOffset: decoder ? 0 : undefined,
+    };
+    return this.attentionBlock(a, h, qkv, 0, kv, ctx);
+  }
+
+  /** Cross-attention keys/values from the encoder states (with any cross prefix), computed once per sequence. */
+  private crossKeysValues(a: AttentionLayout, enc: Tensor, encMask: Tensor, ctx: ForwardContext): KeysValues {
+    const [rows, len] = enc.shape as number[];
+    const kv = this.project(a.kv!, enc, ctx);
+    // the cross prefix gate reads the encoder states (the attention's key/value source)
+    const prefix = this.prefixAt(a.site, () => enc, rows, ctx);
     return {
-      k: tf.concat([prefix.keys, k], 2),
-      v: tf.concat([prefix.values, v], 2),
-      mask: fullMask,
-      bias: bias ? bias.get(qStart, qLen, kLen, p, rule) : null,
+      packed: { source: kv, kOffset: 0, vOffset: this.config.numHeads * this.config.dKv },
+      prefix: prefix && { keys: prefix.keys, values: prefix.values },
+      mask: keyMask(prefix, encMask, rows, len),
     };
   }
 
-  private selfAttentionFull(a: AttnWeights, h: Tensor, mask: Tensor | null, biasTable: PositionBias, ctx: ForwardContext): Tensor {
-    const x = this.rmsNorm(h, a.norm);
-    const q = this.splitHeads(this.linear(a.q, x, ctx));
-    const k0 = this.splitHeads(this.linear(a.k, x, ctx));
-    const v0 = this.splitHeads(this.linear(a.v, x, ctx));
-    // The decoder's self-attention prefix sees only position 0 (the decoder start token): cached generation
-    // requests it once, at step 0, so a gate reading the hidden states gives the same value on both paths.
-    const gateInput = a.site.stack === 'decoder' ? x.slice([0, 0, 0], [x.shape[0] as number, 1, x.shape[2] as number]) : x;
-    const prefix = ctx.composition ? this.adapters.attentionPrefix(a.site, gateInput, ctx) : undefined;
-    const L = x.shape[1] as number;
-    const { k, v, mask: m, bias } = this.withPrefix(prefix, k0, v0, mask, biasTable.forward(ctx), 0, L);
-    const out = this.linear(a.o, this.mergeHeads(this.attend(q, k, v, bias, m, ctx, a.o.layer * 13 + 3)), ctx);
-    const dropped = this.dropout(out, ctx, a.o.layer * 13 + 4);
-    return ctx.composition ? this.adapters.sublayer(a.sublayer, dropped, h, ctx) : dropped.add(h);
-  }
-
-  /** Cross-attention keys/values (with any cross prefix) and mask, computed once per sequence. */
-  private crossKV(a: AttnWeights, enc: Tensor, encMask: Tensor, ctx: ForwardContext): { kv: KV; mask: Tensor; prefixLen: number } {
-    const k0 = this.splitHeads(this.linear(a.k, enc, ctx));
-    const v0 = this.splitHeads(this.linear(a.v, enc, ctx));
-    // The cross prefix gate reads the encoder states (the attention's key/value source).
-    const prefix = ctx.composition ? this.adapters.attentionPrefix(a.site, enc, ctx) : undefined;
-    const { k, v, mask } = this.withPrefix(prefix, k0, v0, encMask, null, 0, 1);
-    return { kv: { k, v }, mask: mask!, prefixLen: prefix ? (prefix.keys.shape[2] as number) : 0 };
-  }
-
-  private crossAttention(a: AttnWeights, h: Tensor, kv: KV, mask: Tensor, ctx: ForwardContext): Tensor {
-    const x = this.rmsNorm(h, a.norm);
-    const q = this.splitHeads(this.linear(a.q, x, ctx));
-    const out = this.linear(a.o, this.mergeHeads(this.attend(q, kv.k, kv.v, null, mask, ctx, a.o.layer * 13 + 5)), ctx);
-    const dropped = this.dropout(out, ctx, a.o.layer * 13 + 6);
-    return ctx.composition ? this.adapters.sublayer(a.sublayer, dropped, h, ctx) : dropped.add(h);
+  private crossAttention(a: AttentionLayout, h: Tensor, kv: KeysValues, ctx: ForwardContext): Tensor {
+    return this.attentionBlock(a, h, this.project(a.q!, h, ctx, { norm: a.norm }), 0, kv, ctx);
   }
 
   private embed(ids: Tensor): Tensor {
-    return tf.gather(this.weights.get('shared.weight')!, ids);
-  }
-
-  /** Additive padding mask [B, 1, 1, L] from a 0/1 mask [B, L]. */
-  private paddingMask(mask: Tensor): Tensor {
-    const [b, l] = mask.shape;
-    return tf.sub(1, mask.cast('float32')).mul(MASK_VALUE).reshape([b, 1, 1, l]);
+    return tf.gather(this.weight('shared.weight'), ids);
   }
 
   /** Replicates rows for Parallel (adapter-major: rows [i·B, (i+1)·B) belong to the i-th branch). */
@@ -480,44 +438,42 @@ export class T5Model implements ModelAccess {
   /** Encoder over already-replicated ids. Returns the final hidden states [rows, L, d]. */
   encodeIds(ids: Tensor, mask: Tensor, ctx: ForwardContext): Tensor {
     let h = this.dropout(this.embed(ids), ctx, 101);
-    if (ctx.composition) h = this.adapters.embeddings('encoder', h, ctx);
-    const additive = this.paddingMask(mask);
-    for (const block of this.encoderBlocks) {
-      h = this.selfAttentionFull(block.self, h, additive, this.encoderBias, ctx);
+    if (this.adapters.actsAt('embeddings', 'encoder', ctx)) h = this.adapters.embeddings('encoder', h, ctx);
+    const padding = additiveMask(mask);
+    for (const block of this.layout.encoder) {
+      h = this.selfAttention(block.self, h, padding, ctx);
       h = this.feedForward(block.ffn, h, ctx);
     }
-    return this.dropout(this.rmsNorm(h, 'encoder.final_layer_norm.weight'), ctx, 102);
+    return this.dropout(rmsNorm(h, this.weight('encoder.final_layer_norm.weight'), this.eps), ctx, 102);
   }
 
-  /** Decoder hidden states → logits [rows·T, vocab] (2-D). */
+  /** Decoder hidden states → logits [rows·T, vocab] (2-D): final norm, output scaling and head in one projection. */
   private lmHead(h: Tensor, ctx: ForwardContext): Tensor {
-    let x = this.dropout(this.rmsNorm(h, 'decoder.final_layer_norm.weight'), ctx, 103);
-    if (this.config.scaleDecoderOutputs) x = x.mul(this.config.dModel ** -0.5);
-    if (ctx.composition) x = this.adapters.embeddings('decoder', x, ctx, true);
-    const head = this.tiedHeadKernel ?? this.kernels.get('lm_head')!; // [d_model, vocab]
-    return tf.matMul(x.reshape([-1, this.config.dModel]), head);
+    const d = this.config.dModel;
+    const scale = this.config.scaleDecoderOutputs ? d ** -0.5 : undefined;
+    const norm = this.weight('decoder.final_layer_norm.weight');
+    if (!this.dropsOut(ctx) && !this.adapters.actsAt('embeddings', 'decoder', ctx)) {
+      return linear(h.reshape([-1, d]), this.headKernel, { norm: { weight: norm, eps: this.eps, scale } });
+    }
+    let x = this.dropout(rmsNorm(h, norm, this.eps), ctx, 103);
+    if (scale !== undefined) x = x.mul(scale);
+    // invertible adapters run their inverse on [rows, T, d] (their compositions slice rows)
+    x = this.adapters.embeddings('decoder', x, ctx, true);
+    return linear(x.reshape([-1, d]), this.headKernel);
   }
 
-  /** Full (uncached) decoder over target ids. */
+  /** Full (uncached) decoder over target ids: logits [rows·T, vocab]. */
   private decodeFull(decIds: Tensor, decMask: Tensor | null, enc: Tensor, encMask: Tensor, ctx: ForwardContext): Tensor {
-    const [rows, T] = decIds.shape;
     let h = this.dropout(this.embed(decIds), ctx, 104);
-    if (ctx.composition) h = this.adapters.embeddings('decoder', h, ctx);
-    // Causal mask [1, 1, T, T] (built in JS: bandPart costs ~10 kernels) plus the decoder padding mask,
-    // tiled to the rows once for all layers.
-    const causal = new Float32Array(T * T);
-    for (let i = 0; i < T; i++) causal.fill(MASK_VALUE, i * T + i + 1, (i + 1) * T);
-    let selfMask = tf.tensor4d(causal, [1, 1, T, T]);
-    if (decMask) selfMask = selfMask.add(this.paddingMask(decMask));
-    if (selfMask.shape[0] !== rows) selfMask = tf.tile(selfMask, [rows, 1, 1, 1]);
-    const encAdd = this.paddingMask(encMask);
-    for (const block of this.decoderBlocks) {
-      h = this.selfAttentionFull(block.self, h, selfMask, this.decoderBias, ctx);
-      const { kv, mask } = this.crossKV(block.cross!, enc, encAdd, ctx);
-      h = this.crossAttention(block.cross!, h, kv, mask, ctx);
+    if (this.adapters.actsAt('embeddings', 'decoder', ctx)) h = this.adapters.embeddings('decoder', h, ctx);
+    const selfMask = decMask ? additiveMask(decMask) : undefined;
+    const encPadding = additiveMask(encMask);
+    for (const block of this.layout.decoder) {
+      h = this.selfAttention(block.self, h, selfMask, ctx);
+      h = this.crossAttention(block.cross!, h, this.crossKeysValues(block.cross!, enc, encPadding, ctx), ctx);
       h = this.feedForward(block.ffn, h, ctx);
     }
-    return this.lmHead(h, ctx).reshape([rows, T, this.config.vocabSize]);
+    return this.lmHead(h, ctx);
   }
 
   /**
@@ -556,7 +512,7 @@ export class T5Model implements ModelAccess {
         const rIds = rep(ids);
         const rMask = rep(mask!);
         const enc = this.encodeIds(rIds, rMask, ctx);
-        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, rMask, ctx);
+        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, rMask, ctx).reshape([rIds.shape[0] as number, dec.shape[1] as number, this.config.vocabSize]);
         return { logits, encoderLastHiddenState: enc };
       });
     } finally {
@@ -610,153 +566,108 @@ export class T5Model implements ModelAccess {
     return labels.map((row) => [this.config.decoderStartTokenId, ...row.slice(0, -1)].map((t) => (t === -100 ? this.config.padTokenId : t)));
   }
 
-  /** Mean cross-entropy of logits [B, T, V] against labels [B, T] (int32, -100 ignored), with optional label smoothing. */
+  /** Mean cross-entropy of logits [B, T, V] (or [B·T, V]) against labels [B, T] (int32, -100 ignored), with optional label smoothing. */
   static crossEntropy(logits: Tensor, labels: Tensor, labelSmoothing = 0): Tensor {
     return tf.tidy(() => {
-      const V = logits.shape[logits.rank - 1];
-      const logp = tf.logSoftmax(logits.reshape([-1, V]));
-      const flatLabels = labels.reshape([-1]);
-      const valid = flatLabels.notEqual(-100);
-      const safe = tf.where(valid, flatLabels, tf.zerosLike(flatLabels));
-      const n = flatLabels.shape[0];
-      const index = tf.range(0, n, 1, 'int32').mul(tf.scalar(V, 'int32')).add(safe.cast('int32'));
-      const picked = tf.gather(logp.reshape([-1]), index);
-      let perToken = picked.neg();
-      if (labelSmoothing > 0) perToken = perToken.mul(1 - labelSmoothing).add(logp.mean(1).neg().mul(labelSmoothing));
-      const w = valid.cast('float32');
-      return perToken.mul(w).sum().div(w.sum().maximum(1));
+      const V = logits.shape[logits.rank - 1] as number;
+      const flatLabels = labels.reshape([-1]).cast('int32');
+      const perToken = crossEntropy(logits.reshape([-1, V]), flatLabels, labelSmoothing);
+      const count = flatLabels.notEqual(-100).cast('float32').sum();
+      return perToken.sum().div(count.maximum(1));
     });
   }
 
   // ------------------------------------------------------------------ cached decoding
   /**
-   * Encodes the source once and prepares per-layer cross keys/values and self caches (with any prefix).
-   * `ids`/`mask` are already replicated/expanded to the decoding rows. Tensors in the state are kept alive
-   * until disposeDecoderState().
+   * Encodes the source once and prepares per-layer cross keys/values and empty self caches. `ids`/`mask`
+   * are already replicated/expanded to the decoding rows. The state's tensors live until
+   * disposeDecoderState().
    */
   startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity = 32): DecoderState {
     const rows = ids.shape[0] as number;
     const cap = Math.max(1, Math.floor(capacity));
-    const { numHeads: H, dKv: D } = this.config;
-    const state = tf.tidy((() => {
+    const width = 2 * this.config.numHeads * this.config.dKv;
+    const layers = tidyResult(() => {
       const enc = this.encodeIds(ids, mask, ctx);
-      const encAdd = this.paddingMask(mask);
-      const cross: KV[] = [];
-      const crossMask: Tensor[] = [];
-      const self: KV[] = [];
-      const selfMask: Tensor[] = [];
-      const selfPrefix: { length: number; rule: 'zero' | 'past' }[] = [];
-      for (const block of this.decoderBlocks) {
-        const c = this.crossKV(block.cross!, enc, encAdd, ctx);
-        cross.push(c.kv);
-        crossMask.push(c.mask);
-        // Empty token slots; a decoder self-attention prefix enters in front of them at step 0 (decodeStep).
-        self.push({ k: tf.zeros([rows, H, cap, D]), v: tf.zeros([rows, H, cap, D]) });
-        selfMask.push(tf.zeros([rows, 1, 1, cap]));
-        selfPrefix.push({ length: 0, rule: 'zero' });
-      }
-      return { cross, crossMask, self, selfMask, selfPrefix };
-    }) as any) as unknown as Pick<DecoderState, 'cross' | 'crossMask' | 'self' | 'selfMask' | 'selfPrefix'>;
-    const keepAll = (kvs: KV[]) => kvs.forEach((kv) => (tf.keep(kv.k), tf.keep(kv.v)));
-    keepAll(state.cross);
-    keepAll(state.self);
-    state.crossMask.forEach((t) => tf.keep(t));
-    state.selfMask.forEach((t) => tf.keep(t));
-    return { ctx, ...state, capacity: cap, step: 0, rows };
+      const encPadding = additiveMask(mask);
+      return this.layout.decoder.map((block): LayerCache => ({ self: tf.zeros([rows, cap, width]), cross: this.crossKeysValues(block.cross!, enc, encPadding, ctx) }));
+    });
+    for (const l of layers) tf.keep(l.self), keepKeysValues(l.cross);
+    return { ctx, layers, capacity: cap, step: 0, rows };
   }
 
   /** Doubles the token slots of every self cache (a generation ran past the capacity it started with). */
   private growDecoderState(state: DecoderState): void {
-    const { numHeads: H, dKv: D } = this.config;
     const extra = state.capacity;
-    const grow = (t: Tensor, shape: number[], axis: number) => {
+    const grow = (t: Tensor, axis: number) => {
+      const shape = [...t.shape];
+      shape[axis] = extra;
       const out = tf.tidy(() => tf.concat([t, tf.zeros(shape)], axis));
       t.dispose();
       return out;
     };
-    state.self = state.self.map((kv) => ({ k: grow(kv.k, [state.rows, H, extra, D], 2), v: grow(kv.v, [state.rows, H, extra, D], 2) }));
-    state.selfMask = state.selfMask.map((m) => grow(m, [state.rows, 1, 1, extra], 3));
+    for (const l of state.layers) {
+      l.self = grow(l.self, 1);
+      if (l.selfMask) l.selfMask = grow(l.selfMask, 1);
+    }
     state.capacity += extra;
   }
 
+  /** The decoder self-attention prefix of a layer enters the state once, at step 0 (gate input: position 0). */
+  private enterPrefix(state: DecoderState, l: LayerCache, a: AttentionLayout, h: Tensor): void {
+    const prefix = this.prefixAt(a.site, () => rmsNorm(h, this.weight(a.norm), this.eps), state.rows, state.ctx);
+    if (!prefix) return;
+    const p = prefix.keys.shape[2] as number;
+    l.prefix = { keys: tf.keep(prefix.keys.clone()), values: tf.keep(prefix.values.clone()), length: p, rule: prefix.positionRule ?? 'zero' };
+    l.selfMask = tf.keep(keyMask(prefix, undefined, state.rows, state.capacity)!.clone());
+  }
+
   /**
-   * One decoder step for every row: writes this step's keys/values into the cache and returns logits
-   * [rows, vocab]. The caller owns the logits; the state is updated in place.
+   * One decoder step for every row: writes this step's keys/values into each layer's cache and returns
+   * logits [rows, vocab]. The caller owns the logits; the state is updated in place.
    */
   decodeStep(state: DecoderState, tokens: Tensor): Tensor {
+    this.checkAlive();
     const ctx = state.ctx;
     const t = state.step;
     if (t >= state.capacity) this.growDecoderState(state);
+    const { numHeads: H, dKv: D } = this.config;
     ctx.decodingPosition = t;
-    const result = tf.tidy((() => {
-      let h = this.embed(tokens.reshape([state.rows, 1]));
-      if (ctx.composition) h = this.adapters.embeddings('decoder', h, ctx);
-      const newSelf: KV[] = [];
-      const newMask: Tensor[] = [];
-      // Per prefix length: the one-hot of this step's slot and the mask hiding slots not yet written.
-      const slotTensors = new Map<number, { write: Tensor; keep: Tensor; visible: Tensor }>();
-      const slotsFor = (p: number) => {
-        let hit = slotTensors.get(p);
-        if (!hit) {
-          const n = p + state.capacity;
-          const write = new Float32Array(n);
-          write[p + t] = 1;
-          const keep = write.map((w) => 1 - w);
-          const visible = new Float32Array(n);
-          for (let j = p + t + 1; j < n; j++) visible[j] = MASK_VALUE;
-          hit = { write: tf.tensor4d(write, [1, 1, n, 1]), keep: tf.tensor4d(keep, [1, 1, n, 1]), visible: tf.tensor4d(visible, [1, 1, 1, n]) };
-          slotTensors.set(p, hit);
-        }
-        return hit;
-      };
-      this.decoderBlocks.forEach((block, i) => {
-        const a = block.self;
-        const x = this.rmsNorm(h, a.norm);
-        const q = this.splitHeads(this.linear(a.q, x, ctx));
-        const k1 = this.splitHeads(this.linear(a.k, x, ctx));
-        const v1 = this.splitHeads(this.linear(a.v, x, ctx));
-        let cache = state.self[i];
-        let cacheMask = state.selfMask[i];
-        if (t === 0 && ctx.composition) {
-          // The prefix enters the self-attention cache once, at the first step, in the [B, H, T, d] layout.
-          const prefix = this.adapters.attentionPrefix(a.site, x, ctx);
-          if (prefix) {
-            assertRank(prefix.keys, 4, 'prefix keys');
-            assertRank(prefix.values, 4, 'prefix values');
-            const p = prefix.keys.shape[2] as number;
-            cache = { k: tf.concat([prefix.keys, cache.k], 2), v: tf.concat([prefix.values, cache.v], 2) };
-            cacheMask = tf.concat([tf.sub(1, prefix.mask.cast('float32')).mul(MASK_VALUE).reshape([state.rows, 1, 1, p]), cacheMask], 3);
-            state.selfPrefix[i] = { length: p, rule: prefix.positionRule ?? 'zero' };
-          }
-        }
-        assertRank(cache.k, 4, 'cached keys');
-        const { length: p, rule } = state.selfPrefix[i];
-        const slot = slotsFor(p);
-        // write slot p + t in place with a one-hot multiply-add: constant shapes from step to step, and
-        // native broadcasting (tf.where would tile its inputs, which is slow on wasm)
-        const k = cache.k.mul(slot.keep).add(k1.mul(slot.write));
-        const v = cache.v.mul(slot.keep).add(v1.mul(slot.write));
-        newSelf.push({ k, v });
-        newMask.push(cacheMask);
-        const bias = this.decoderBias.forCachedStep(t, p, state.capacity, rule, ctx);
-        // without a prefix the cache mask is all zeros: the step's visibility mask alone will do
-        const mask = p === 0 ? slot.visible : cacheMask.add(slot.visible);
-        const attnOut = this.linear(a.o, this.mergeHeads(this.attend(q, k, v, bias, mask, ctx, 0)), ctx);
-        h = ctx.composition ? this.adapters.sublayer(a.sublayer, attnOut, h, ctx) : attnOut.add(h);
-        h = this.crossAttention(block.cross!, h, state.cross[i], state.crossMask[i], ctx);
-        h = this.feedForward(block.ffn, h, ctx);
+    try {
+      const { logits, caches } = tidyResult(() => {
+        let h = this.embed(tokens.reshape([state.rows, 1]));
+        if (this.adapters.actsAt('embeddings', 'decoder', ctx)) h = this.adapters.embeddings('decoder', h, ctx);
+        const caches: Tensor[] = [];
+        this.layout.decoder.forEach((block: BlockLayout, i) => {
+          const a = block.self;
+          const l = state.layers[i];
+          if (t === 0) tf.tidy(() => this.enterPrefix(state, l, a, h));
+          const qkv = this.project(a.qkv!, h, ctx, { norm: a.norm });
+          const cache = cacheWrite(l.self, qkv, H * D, t);
+          caches.push(cache);
+          const p = l.prefix?.length ?? 0;
+          const kv: KeysValues = {
+            packed: { source: cache, kOffset: 0, vOffset: H * D },
+            prefix: l.prefix,
+            mask: l.selfMask,
+            bias: { table: this.decoderBias.table, index: this.decoderBias.indexTensor(t, 1, state.capacity, p, l.prefix?.rule ?? 'zero') },
+            causalOffset: t,
+          };
+          h = this.attentionBlock(a, h, qkv, 0, kv, ctx);
+          h = this.crossAttention(block.cross!, h, l.cross, ctx);
+          h = this.feedForward(block.ffn, h, ctx);
+        });
+        return { logits: this.lmHead(h, ctx), caches };
       });
-      return { logits: this.lmHead(h, ctx), newSelf, newMask };
-    }) as any) as unknown as { logits: Tensor; newSelf: KV[]; newMask: Tensor[] };
-    ctx.decodingPosition = undefined;
-    state.self.forEach((kv) => tf.dispose([kv.k, kv.v]));
-    state.selfMask.forEach((m, i) => {
-      if (m !== result.newMask[i]) m.dispose();
-    });
-    state.self = result.newSelf;
-    state.selfMask = result.newMask;
-    state.step += 1;
-    return result.logits;
+      state.layers.forEach((l, i) => {
+        l.self.dispose();
+        l.self = caches[i];
+      });
+      state.step += 1;
+      return logits;
+    } finally {
+      ctx.decodingPosition = undefined;
+    }
   }
 
   /** Reorders every row of the state (beam search): row r takes row index[r]. */
@@ -767,14 +678,23 @@ export class T5Model implements ModelAccess {
       t.dispose();
       return out;
     };
-    state.self = state.self.map((kv) => ({ k: pick(kv.k), v: pick(kv.v) }));
-    state.selfMask = state.selfMask.map(pick);
+    for (const l of state.layers) {
+      l.self = pick(l.self);
+      if (l.selfMask) l.selfMask = pick(l.selfMask);
+      if (l.prefix) l.prefix = { ...l.prefix, keys: pick(l.prefix.keys), values: pick(l.prefix.values) };
+    }
     idx.dispose();
     state.ctx.reorderRows(index);
   }
 
   disposeDecoderState(state: DecoderState): void {
-    tf.dispose([...state.cross.flatMap((kv) => [kv.k, kv.v]), ...state.crossMask, ...state.self.flatMap((kv) => [kv.k, kv.v]), ...state.selfMask]);
+    for (const l of state.layers) {
+      tf.dispose([l.self, l.cross.packed.source]);
+      if (l.cross.prefix) tf.dispose([l.cross.prefix.keys, l.cross.prefix.values]);
+      if (l.cross.mask) l.cross.mask.dispose();
+      if (l.selfMask) l.selfMask.dispose();
+      if (l.prefix) tf.dispose([l.prefix.keys, l.prefix.values]);
+    }
     state.ctx.dispose();
   }
 
@@ -790,10 +710,7 @@ export class T5Model implements ModelAccess {
   dispose(): void {
     if (this.disposed) return;
     this.adapters.dispose();
-    tf.dispose([...this.weights.values(), ...this.kernels.values()]);
-    this.tiedHeadKernel?.dispose();
-    this.encoderBias.dispose();
-    this.decoderBias.dispose();
+    tf.dispose([...this.weights.values(), ...this.kernels.values(), this.headKernel]);
     this.disposed = true;
   }
 
@@ -813,4 +730,11 @@ export class T5Model implements ModelAccess {
     }
     return out;
   }
+}
+
+/** Keeps the tensors of cross keys/values (they outlive the tidy that made them). */
+function keepKeysValues(kv: KeysValues): void {
+  tf.keep(kv.packed.source);
+  if (kv.prefix) tf.keep(kv.prefix.keys), tf.keep(kv.prefix.values);
+  if (kv.mask) tf.keep(kv.mask);
 }

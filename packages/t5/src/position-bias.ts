@@ -1,5 +1,6 @@
 import { tf, type Tensor } from '@adapterkit/backend';
 import type { ForwardContext } from '@adapterkit/core';
+import { reference } from '@adapterkit/kernels';
 
 const f = Math.fround;
 
@@ -25,13 +26,12 @@ export function relativePositionBucket(relative: number, bidirectional: boolean,
 }
 
 /**
- * T5's relative position bias for one stack. Computed from layer 0's table for each distinct
- * (query range, key range, prefix) a forward needs — never padded once and reused, so layers with
- * different prefix lengths (or none, under AdapterDrop) each get a bias that fits them.
+ * T5's relative position bias for one stack: layer 0's table [buckets, heads] and, per attention shape,
+ * the bucket of every (query, key column) — never a bias padded once and reused, so layers with different
+ * prefix lengths (or none, under AdapterDrop) each get an index that fits them (seed failure 1). The
+ * attention kernel reads table[index] itself; index −1 means no bias.
  */
 export class PositionBias {
-  private readonly scopes = new WeakMap<ForwardContext, Map<string, Tensor>>();
-
   constructor(
     readonly table: Tensor,
     readonly bidirectional: boolean,
@@ -39,61 +39,39 @@ export class PositionBias {
     readonly maxDistance: number,
   ) {}
 
-  /** Bias [1, H, qLen, kLen] for query positions qStart.. and key positions kStart.. */
-  compute(qStart: number, qLen: number, kStart: number, kLen: number): Tensor {
-    const idx = new Int32Array(qLen * kLen);
-    for (let i = 0; i < qLen; i++) {
-      for (let j = 0; j < kLen; j++) idx[i * kLen + j] = relativePositionBucket(kStart + j - (qStart + i), this.bidirectional, this.numBuckets, this.maxDistance);
-    }
-    return tf.tidy(() => {
-      const heads = this.table.shape[1] as number;
-      return tf.gather(this.table, tf.tensor1d(idx, 'int32')).reshape([qLen, kLen, heads]).transpose([2, 0, 1]).expandDims(0);
-    });
-  }
-
   /**
-   * Bias for `qLen` queries at qStart.. over `prefixLen` prefix keys followed by `kLen` real keys.
-   * rule 'zero' (adapterkit): prefix columns get zero bias, real↔real bias is untouched.
+   * Buckets [qLen, prefixLen + kLen] for queries at qStart.. over `prefixLen` prefix columns and `kLen`
+   * real keys at positions 0..kLen-1.
+   * rule 'zero' (adapterkit): prefix columns get no bias (−1), real↔real buckets are those without prefix.
    * rule 'past' (PEFT): the prefix acts as past keys at positions 0..P-1; queries and real keys sit after it.
    */
-  private build(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor {
-    if (prefixLen === 0) return this.compute(qStart, qLen, 0, kLen);
-    if (rule === 'past') return this.compute(qStart + prefixLen, qLen, 0, prefixLen + kLen);
-    return tf.tidy(() => tf.concat([tf.zeros([1, this.table.shape[1] as number, qLen, prefixLen]), this.compute(qStart, qLen, 0, kLen)], 3));
-  }
-
-  /** A per-forward accessor that memoises each distinct bias shape within the forward. */
-  forward(ctx: ForwardContext) {
-    let memo = this.scopes.get(ctx);
-    if (!memo) {
-      memo = new Map();
-      this.scopes.set(ctx, memo);
+  buckets(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Int32Array {
+    const n = prefixLen + kLen;
+    const idx = new Int32Array(qLen * n);
+    for (let i = 0; i < qLen; i++) {
+      for (let j = 0; j < n; j++) {
+        let bucket: number;
+        if (rule === 'past') bucket = relativePositionBucket(j - (qStart + prefixLen + i), this.bidirectional, this.numBuckets, this.maxDistance);
+        else bucket = j < prefixLen ? -1 : relativePositionBucket(j - prefixLen - (qStart + i), this.bidirectional, this.numBuckets, this.maxDistance);
+        idx[i * n + j] = bucket;
+      }
     }
-    const m = memo;
-    return {
-      get: (qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor => {
-        const key = `${qStart}:${qLen}:${kLen}:${prefixLen}:${rule}`;
-        const hit = m.get(key);
-        if (hit && !hit.isDisposed) return hit;
-        const t = this.build(qStart, qLen, kLen, prefixLen, rule);
-        m.set(key, t);
-        return t;
-      },
-    };
+    return idx;
   }
 
-  /**
-   * Bias for one step over a fixed-capacity cache: the query at position t over `prefixLen` prefix slots and
-   * `capacity` token slots (slots after t are masked by the caller; their bias is irrelevant). Its shape
-   * does not change from step to step.
-   */
-  forCachedStep(t: number, prefixLen: number, capacity: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
-    return this.forward(ctx).get(t, 1, capacity, prefixLen, rule);
+  /** The buckets as an int32 tensor [qLen, prefixLen + kLen], made once per forward context and shape. */
+  index(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
+    return ctx.remember(`position-bias:${this.bidirectional}:${qStart}:${qLen}:${kLen}:${prefixLen}:${rule}`, () => this.indexTensor(qStart, qLen, kLen, prefixLen, rule));
   }
 
-  /** Bias for one cached decoding step: the query at position t over prefix + keys 0..t. */
-  forStep(t: number, prefixLen: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
-    return this.forward(ctx).get(t, 1, t + 1, prefixLen, rule);
+  /** The buckets as a fresh int32 tensor (a cached decoding step's, which changes every step). */
+  indexTensor(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor {
+    return tf.tensor2d(this.buckets(qStart, qLen, kLen, prefixLen, rule), [qLen, prefixLen + kLen], 'int32');
+  }
+
+  /** The materialised bias [1, heads, qLen, prefixLen + kLen] (for inspection and tests). */
+  bias(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor {
+    return tf.tidy(() => reference.gatherBias(this.table, this.indexTensor(qStart, qLen, kLen, prefixLen, rule)));
   }
 
   dispose(): void {

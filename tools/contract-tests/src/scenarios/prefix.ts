@@ -47,7 +47,7 @@ for (const [kind, config] of [
 }
 
 defineScenario({
-  name: 'prefix: cached decode step with a prefix in the KV cache',
+  name: 'prefix: cached decode steps with a decoder self-attention prefix',
   run: (tf) =>
     withModel('prefix_tuning[prefix_length=3,bottleneck_size=8]', (model) => {
       const ids = tf.tensor2d(INPUT.inputIds, undefined, 'int32');
@@ -59,7 +59,7 @@ defineScenario({
         const l0 = model.decodeStep(state, first);
         const l1 = model.decodeStep(state, second);
         tf.dispose([ids, mask, first, second]);
-        return { step0: l0, step1: l1, cacheKeys: state.self[0].k.clone() };
+        return { step0: l0, step1: l1, cache: state.layers[0].self.clone(), prefixKeys: state.layers[0].prefix!.keys.clone() };
       } finally {
         model.disposeDecoderState(state);
       }

@@ -1,0 +1,94 @@
+import type { Tensor } from '@adapterkit/backend';
+import type { FusedActivation } from './activations.js';
+
+/** Large finite negative for masked attention scores (WGSL may assume no infinities). */
+export const MASK_VALUE = -1e9;
+
+/** Kernel names, as tfjs registers kernels: one name per named op, a kernel per backend. */
+export const KERNEL = {
+  rmsNorm: 'AdapterkitRmsNorm',
+  linear: 'AdapterkitLinear',
+  attention: 'AdapterkitAttention',
+  cacheWrite: 'AdapterkitCacheWrite',
+  crossEntropy: 'AdapterkitCrossEntropy',
+} as const;
+export type KernelName = (typeof KERNEL)[keyof typeof KERNEL];
+
+/**
+ * Adapter terms of one linear, as inputs of the fused kernel (all active adapters of a composition at
+ * once, row ranges included — the S-LoRA/Punica shape: one down-projection for every adapter, one
+ * up-projection whose per-row scales select the adapter of each row).
+ *
+ * With x̂ the (normalised) input: y = ((x̂ ⊙ inScale)·W) ⊙ outScale + ((x̂·loraA) ⊙ loraScale)·loraB.
+ * Per-row tensors have one row per batch row (x's first axis) or a single row for all.
+ */
+export interface LinearAdapterInputs {
+  /** LoRA down-projections of every term side by side: [in, R]. */
+  loraA?: Tensor;
+  /** LoRA up-projections, each in the output columns it updates (zeros elsewhere): [R, out]. */
+  loraB?: Tensor;
+  /** Scale of each rank column per row (the term's scaling where it covers the row, else 0): [rows | 1, R]. */
+  loraScale?: Tensor;
+  /** IA3 input-side vector (scales the base projection's input only): [rows | 1, in]. */
+  inScale?: Tensor;
+  /** IA3 output-side vector (scales the base projection's output only): [rows | 1, out]. */
+  outScale?: Tensor;
+}
+
+export interface LinearOptions {
+  /** RMS norm (T5LayerNorm: no mean, no bias) of the input first; `scale` multiplies the normalised input. */
+  norm?: { weight: Tensor; eps: number; scale?: number };
+  bias?: Tensor;
+  /** Applied to the projection (after the adapter terms and bias). */
+  activation?: FusedActivation;
+  /** Gated feed-forward: the kernel is [in, 2·out]; the result is act(first half) ⊙ second half. */
+  gated?: boolean;
+  /** Added last ([..., out], the shape of the result). */
+  residual?: Tensor;
+  adapters?: LinearAdapterInputs;
+}
+
+/**
+ * Keys and values of an attention in packed rows: [batch, time, columns], where keys occupy columns
+ * [kOffset, kOffset + heads·d) and values [vOffset, vOffset + heads·d), head-major (as a projection
+ * writes them). A self-attention cache, cross-attention keys/values and a fresh projection are all this.
+ */
+export interface PackedKeysValues {
+  source: Tensor;
+  kOffset: number;
+  vOffset: number;
+}
+
+export interface AttentionOptions {
+  numHeads: number;
+  headDim: number;
+  /** Column of q where the queries start (q may be a packed q|k|v projection). Default 0. */
+  qOffset?: number;
+  /** Prefix keys/values in the prefix layout [batch | 1, heads, P, d], attended before the real keys. */
+  prefix?: { keys: Tensor; values: Tensor };
+  /**
+   * Relative position bias: `table` [buckets, heads] and `index` int32 [Lq, P + Lk], the bucket of each
+   * (query, key column); -1 means no bias (prefix columns under adapterkit's rule).
+   */
+  bias?: { table: Tensor; index: Tensor };
+  /** Additive mask per row and key column, [batch | 1, P + Lk] (0 or MASK_VALUE). */
+  mask?: Tensor;
+  /**
+   * Causal attention: real key j (counted after the prefix) is visible to query i iff j ≤ i + causalOffset.
+   * A cached decoding step at position t is a single query with causalOffset t over the whole cache.
+   */
+  causalOffset?: number;
+  /** Dropout on the attention weights (training only; runs the reference path). */
+  dropout?: { rate: number; seed: number };
+}
+
+/**
+ * A fused kernel's inputs by name: ops pass the present tensors as an array and their names in the
+ * attribute `inputNames` (see ops.ts `runFused`).
+ */
+export function namedInputs<T>(inputs: ArrayLike<T> | Record<string, T>, attrs: Record<string, unknown>): Record<string, T> {
+  const names = attrs.inputNames as string[];
+  const out: Record<string, T> = {};
+  names.forEach((name, i) => (out[name] = (inputs as Record<string, T>)[i]));
+  return out;
+}
