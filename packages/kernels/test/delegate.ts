@@ -4,7 +4,7 @@
  * no fused kernel of their own.
  */
 import { tf, type Tensor } from '@adapterkit/backend';
-import { KERNEL, namedInputs, reference } from '../src/index.js';
+import { KERNEL, namedInputs, reference } from '../src/index.node.js';
 
 const impls: Record<string, (n: Record<string, Tensor>, a: Record<string, any>) => Tensor> = {
   [KERNEL.rmsNorm]: (n, a) => reference.rmsNormReference(n.x, n.weight, a.eps),

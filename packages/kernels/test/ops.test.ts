@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '@adapterkit/backend';
 import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
-import { attention, cacheWrite, crossEntropy, KERNEL, linear, MASK_VALUE, reference, rmsNorm, setKernelMode, withKernelMode, type AttentionOptions, type LinearOptions } from '../src/index.js';
+import { attention, cacheWrite, crossEntropy, KERNEL, linear, MASK_VALUE, reference, rmsNorm, setKernelMode, withKernelMode, type AttentionOptions, type LinearOptions } from '../src/index.node.js';
 import { registerDelegatingKernels, unregisterDelegatingKernels } from './delegate.js';
 
 function values(shape: number[], seed: number, scale = 1): Tensor {

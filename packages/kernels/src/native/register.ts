@@ -1,9 +1,43 @@
+/**
+ * Native CPU kernels for the wasm backend in Node: the named ops and tfjs's BatchMatMul run as native code
+ * (a GEMM with weights packed once, OpenMP threads) directly on the tensors in the wasm heap. Loaded when
+ * the addon was built (scripts/build-native.mjs); otherwise the wasm backend keeps its own
+ * single-threaded XNNPACK kernels.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tf } from '@adapterkit/backend';
+import { kernelMode } from '../mode.js';
+import { KERNEL, namedInputs } from '../types.js';
+
 export interface NativeKernelsInfo {
   available: boolean;
   /** Why not, when unavailable. */
   reason?: string;
+  /** Threads the kernels use (OMP_NUM_THREADS, else every processor). */
   threads?: number;
-  blas?: string;
+  /** The vector instructions the GEMM was built for. */
+  simd?: string;
+}
+
+interface Addon {
+  batchMatMul(a: Float32Array, b: Float32Array, out: Float32Array, batch: number, m: number, n: number, k: number, ta: boolean, tb: boolean, sa: number, sb: number): void;
+  /** A frozen weight [K, N] in the GEMM's panels, freed with the returned object. */
+  packWeights(w: Float32Array, k: number, n: number): object;
+  rmsNorm(x: Float32Array, w: Float32Array, out: Float32Array, rows: number, d: number, eps: number): void;
+  linear(...args: unknown[]): void;
+  attention(...args: unknown[]): void;
+  cacheWrite(cache: Float32Array, source: Float32Array, out: Float32Array, b: number, capacity: number, c: number, sourceCols: number, sourceOffset: number, position: number): void;
+  gather(params: Float32Array, indices: Int32Array, out: Float32Array, count: number, rowSize: number, numRows: number): number;
+  crossEntropy(logits: Float32Array, labels: Int32Array, out: Float32Array, n: number, v: number, smoothing: number): void;
+  info(): { threads: number; processors: number; simd: string };
+}
+
+/** The slice of tfjs-backend-wasm's BackendWasm the kernels use. */
+interface WasmBackend {
+  makeOutput(shape: number[], dtype: string): tf.TensorInfo;
+  disposeData(dataId: object): void;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
 
 let info: NativeKernelsInfo = { available: false, reason: 'not loaded' };
@@ -12,6 +46,153 @@ export function nativeKernelsInfo(): NativeKernelsInfo {
   return info;
 }
 
+const ACTIVATION_CODES: Record<string, number> = { linear: 0, relu: 1, gelu: 2, gelu_new: 3, silu: 4 };
+
+function load(): Addon | undefined {
+  const path = new URL('../../build/adapterkit_kernels.node', import.meta.url);
+  if (!existsSync(path)) {
+    info = { available: false, reason: 'not built (see @adapterkit/kernels scripts/build-native.mjs)' };
+    return undefined;
+  }
+  try {
+    const addon = createRequire(import.meta.url)(path.pathname) as Addon;
+    const i = addon.info();
+    info = { available: true, threads: i.threads, simd: i.simd };
+    return addon;
+  } catch (e) {
+    info = { available: false, reason: `failed to load: ${(e as Error).message.split('\n')[0]}` };
+    return undefined;
+  }
+}
+
+const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+function register(name: string, kernelFunc: tf.KernelFunc): void {
+  const previous = tf.getKernel(name, 'wasm');
+  if (previous) tf.unregisterKernel(name, 'wasm');
+  // keep the replaced kernel's setup (the wasm backend runs it at initialisation; the fallback needs it)
+  tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc, setupFunc: previous?.setupFunc });
+}
+
+type Attrs = Record<string, number & boolean & string>;
+
+/** Registers a named op's kernel given its inputs by name, its attributes and the wasm backend. */
+function registerFused(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo): void {
+  register(name, ({ inputs, attrs, backend }) => {
+    const a = (attrs ?? {}) as Attrs;
+    return run(namedInputs(inputs as unknown as tf.TensorInfo[], a), a, backend as unknown as WasmBackend);
+  });
+}
+
 export function registerNativeKernels(): void {
-  info = { available: false, reason: 'not built' };
+  const addon = load();
+  if (!addon) return;
+  const heap = (backend: WasmBackend, t: tf.TensorInfo | undefined) => (t ? (backend.typedArrayFromHeap(t) as Float32Array) : null);
+
+  // tfjs's own BatchMatMul (every tf.matMul: gradients, adapters' small products) runs as one BLAS call
+  // per batch, or one for all when the right-hand side is shared; odd broadcasts keep XNNPACK's kernel.
+  const original = tf.getKernel('BatchMatMul', 'wasm');
+  register('BatchMatMul', (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    const batchA = size(a.shape.slice(0, -2));
+    const batchB = size(b.shape.slice(0, -2));
+    const supported = a.dtype === 'float32' && b.dtype === 'float32' && (batchA === batchB || batchA === 1 || batchB === 1) && (ra === rb || batchA === 1 || batchB === 1);
+    if (!supported || kernelMode() === 'reference') return original!.kernelFunc(args);
+    const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+    const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+    const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+    const outer = (batchA >= batchB ? a : b).shape.slice(0, -2);
+    const batch = Math.max(batchA, batchB);
+    const backend = args.backend as unknown as WasmBackend;
+    const out = backend.makeOutput([...outer, m, n], 'float32');
+    addon.batchMatMul(heap(backend, a)!, heap(backend, b)!, heap(backend, out)!, batch, m, n, k, transposeA, transposeB, batchA === 1 ? 0 : m * k, batchB === 1 ? 0 : k * n);
+    return out;
+  });
+
+  // Embedding lookups (gather of whole rows along axis 0): row copies. tfjs-wasm's generic gather takes
+  // 2.6 ms for 128 rows of a 32128 × 512 table; anything else keeps its kernel.
+  const gather = tf.getKernel('GatherV2', 'wasm');
+  register('GatherV2', (args) => {
+    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
+    const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
+    if (x.dtype !== 'float32' || indices.dtype !== 'int32' || (axis !== 0 && axis !== -x.shape.length) || batchDims !== 0 || kernelMode() === 'reference') return gather!.kernelFunc(args);
+    const backend = args.backend as unknown as WasmBackend;
+    const rowSize = size(x.shape.slice(1));
+    const count = size(indices.shape);
+    const out = backend.makeOutput([...indices.shape, ...x.shape.slice(1)], 'float32');
+    const bad = addon.gather(heap(backend, x)!, backend.typedArrayFromHeap(indices) as Int32Array, heap(backend, out)!, count, rowSize, x.shape[0]);
+    if (bad >= 0) {
+      backend.disposeData(out.dataId);
+      const index = (backend.typedArrayFromHeap(indices) as Int32Array)[bad];
+      throw new Error(`GatherV2: the index value ${index} is not in [0, ${x.shape[0] - 1}]`);
+    }
+    return out;
+  });
+
+  registerFused(KERNEL.rmsNorm, (n, attrs, w) => {
+    const d = n.x.shape[n.x.shape.length - 1];
+    const out = w.makeOutput(n.x.shape, 'float32');
+    addon.rmsNorm(heap(w, n.x)!, heap(w, n.weight)!, heap(w, out)!, size(n.x.shape) / d, d, attrs.eps);
+    return out;
+  });
+
+  // Frozen kernels are packed once per tensor data (tfjs never mutates a tensor's data: a new value is a
+  // new dataId), and the pack is freed when that data is garbage.
+  const packs = new WeakMap<object, object>();
+  const packed = (w: WasmBackend, t: tf.TensorInfo) => {
+    let p = packs.get(t.dataId);
+    if (!p) packs.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[0], t.shape[1])));
+    return p;
+  };
+
+  registerFused(KERNEL.linear, (n, attrs, w) => {
+    const x = n.x;
+    const inF = x.shape[x.shape.length - 1];
+    const pre = n.kernel.shape[1];
+    const outF = attrs.gated ? pre / 2 : pre;
+    const rows = size(x.shape.slice(0, -1));
+    const out = w.makeOutput([...x.shape.slice(0, -1), outF], 'float32');
+    const rank = n.loraA ? n.loraA.shape[1] : 0;
+    addon.linear(
+      heap(w, x), packed(w, n.kernel), heap(w, out), heap(w, n.normWeight), heap(w, n.bias), heap(w, n.residual),
+      heap(w, n.loraA), heap(w, n.loraB), heap(w, n.loraScale), heap(w, n.inScale), heap(w, n.outScale),
+      rows, rows / x.shape[0], inF, pre, rank, attrs.eps, attrs.normScale,
+      ACTIVATION_CODES[attrs.activation], attrs.gated,
+      n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1,
+    );
+    return out;
+  });
+
+  registerFused(KERNEL.attention, (n, attrs, w) => {
+    const [b, lq, qCols] = n.q.shape;
+    const [, lk, kvCols] = n.kv.shape;
+    const heads = attrs.numHeads;
+    const d = attrs.headDim;
+    const p = n.prefixKeys ? n.prefixKeys.shape[2] : 0;
+    const out = w.makeOutput([b, lq, heads * d], 'float32');
+    addon.attention(
+      heap(w, n.q), heap(w, n.kv), heap(w, out), heap(w, n.prefixKeys), heap(w, n.prefixValues), heap(w, n.biasTable),
+      n.biasIndex ? w.typedArrayFromHeap(n.biasIndex) : null, heap(w, n.mask),
+      b, lq, lk, p, heads, d, qCols, attrs.qOffset, kvCols, attrs.kOffset, attrs.vOffset,
+      n.prefixKeys?.shape[0] ?? 1, n.mask?.shape[0] ?? 1, attrs.causal, attrs.causalOffset,
+    );
+    return out;
+  });
+
+  registerFused(KERNEL.cacheWrite, (n, attrs, w) => {
+    const [b, capacity, c] = n.cache.shape;
+    const out = w.makeOutput(n.cache.shape, 'float32');
+    addon.cacheWrite(heap(w, n.cache)!, heap(w, n.source)!, heap(w, out)!, b, capacity, c, n.source.shape[2], attrs.sourceOffset, attrs.position);
+    return out;
+  });
+
+  registerFused(KERNEL.crossEntropy, (n, attrs, w) => {
+    const [rows, v] = n.logits.shape;
+    const out = w.makeOutput([rows], 'float32');
+    addon.crossEntropy(heap(w, n.logits)!, w.typedArrayFromHeap(n.labels) as Int32Array, heap(w, out)!, rows, v, attrs.labelSmoothing);
+    return out;
+  });
 }

@@ -1,0 +1,517 @@
+// Native CPU kernels of adapterkit's named ops, for the tfjs wasm backend in Node.
+//
+// Every tensor argument is a typed array viewing the wasm heap (inputs and the output the JS side
+// allocated with backend.makeOutput), so nothing is copied in or out. Matrix products use gemm.h (frozen
+// weights packed once, see packWeights); everything around them — RMS norm, adapter terms, activations,
+// residuals, softmax with position bias and masks — runs here, multi-threaded with OpenMP over rows or
+// (row, head). Semantics are those of packages/kernels/src/reference.ts; the JS side checks every shape.
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "gemm.h"
+
+namespace {
+
+constexpr float kMask = -1e9f;
+int g_threads = 1;
+
+// Scratch memory reused across calls (the JS thread calls one kernel at a time). Fresh allocations of this
+// size come from mmap: every call would page-fault its temporaries in again.
+struct Scratch {
+  std::vector<float> data;
+  float* get(size_t n) {
+    if (data.size() < n) data.resize(n);
+    return data.data();
+  }
+};
+Scratch g_normed, g_scaled, g_pre, g_down;
+
+// ------------------------------------------------------------------------------------------ N-API helpers
+struct Args {
+  napi_env env;
+  size_t argc = 0;
+  napi_value argv[24];
+  bool ok = true;
+};
+
+Args args_of(napi_env env, napi_callback_info info) {
+  Args a;
+  a.env = env;
+  a.argc = 24;
+  napi_get_cb_info(env, info, &a.argc, a.argv, nullptr, nullptr);
+  return a;
+}
+
+void fail(napi_env env, const char* message) { napi_throw_error(env, "ADAPTERKIT_NATIVE", message); }
+
+template <typename T>
+T* array_arg(Args& a, size_t i, bool optional = false) {
+  if (i >= a.argc) {
+    if (!optional) a.ok = false;
+    return nullptr;
+  }
+  napi_valuetype vt;
+  napi_typeof(a.env, a.argv[i], &vt);
+  if (vt == napi_null || vt == napi_undefined) {
+    if (!optional) a.ok = false;
+    return nullptr;
+  }
+  bool is_typed = false;
+  napi_is_typedarray(a.env, a.argv[i], &is_typed);
+  if (!is_typed) {
+    a.ok = false;
+    return nullptr;
+  }
+  napi_typedarray_type type;
+  size_t length;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  napi_get_typedarray_info(a.env, a.argv[i], &type, &length, &data, &buffer, &offset);
+  return static_cast<T*>(data);
+}
+
+int64_t int_arg(Args& a, size_t i) {
+  int64_t v = 0;
+  if (i >= a.argc || napi_get_value_int64(a.env, a.argv[i], &v) != napi_ok) a.ok = false;
+  return v;
+}
+
+double num_arg(Args& a, size_t i) {
+  double v = 0;
+  if (i >= a.argc || napi_get_value_double(a.env, a.argv[i], &v) != napi_ok) a.ok = false;
+  return v;
+}
+
+bool bool_arg(Args& a, size_t i) {
+  bool v = false;
+  if (i >= a.argc || napi_get_value_bool(a.env, a.argv[i], &v) != napi_ok) a.ok = false;
+  return v;
+}
+
+napi_value undefined(napi_env env) {
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+// ------------------------------------------------------------------------------------------ GEMM
+// Per-thread scratch for operands packed on the fly.
+thread_local std::vector<float> t_packedB, t_rowsA;
+
+// c (+)= op(a)·op(b) for operands not packed in advance (row-major, leading dimensions as BLAS).
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc) {
+  if (m == 0 || n == 0) return;
+  if (ta) {  // Aᵀ given as [k, m]: rows of A made contiguous
+    t_rowsA.resize((size_t)m * k);
+    for (int kk = 0; kk < k; kk++)
+      for (int i = 0; i < m; i++) t_rowsA[(size_t)i * k + kk] = a[(size_t)kk * lda + i];
+    a = t_rowsA.data();
+    lda = k;
+  }
+  t_packedB.resize(akgemm::packed_size(k, n));
+  akgemm::pack(b, ldb, tb, k, n, t_packedB.data());
+  akgemm::gemm_packed(m, n, k, a, lda, t_packedB.data(), c, ldc, beta != 0.f, g_threads);
+}
+
+// A frozen weight [K, N] packed once (packWeights), owned by a JS external.
+struct PackedWeights {
+  int K, N;
+  std::vector<float> data;
+};
+
+void finalize_packed(napi_env, void* data, void*) { delete static_cast<PackedWeights*>(data); }
+
+// ------------------------------------------------------------------------------------------ activations
+enum Activation { kLinear = 0, kRelu = 1, kGelu = 2, kGeluNew = 3, kSilu = 4 };
+
+// exp and erf as plain arithmetic, so that `omp simd` loops vectorise them (libm's calls do not).
+// expf: Cephes' range reduction and polynomial (≈ 1 ulp); arguments clamped to float's range.
+inline float fast_expf(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
+// erf: Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+inline float fast_erff(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.f / (1.f + 0.3275911f * a);
+  const float poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+  const float y = 1.f - poly * fast_expf(-a * a);
+  return x < 0.f ? -y : y;
+}
+
+// 0.5·(1 + tanh(u)) = 1 / (1 + e^(−2u)), so gelu_new is one exp and a division.
+template <int ACT>
+inline float activate(float x) {
+  if constexpr (ACT == kRelu) return x > 0.f ? x : 0.f;
+  if constexpr (ACT == kGelu) return 0.5f * x * (1.f + fast_erff(x * 0.70710678118654752f));
+  if constexpr (ACT == kGeluNew) return x / (1.f + fast_expf(-2.f * 0.7978845608028654f * (x + 0.044715f * x * x * x)));
+  if constexpr (ACT == kSilu) return x / (1.f + fast_expf(-x));
+  return x;
+}
+
+// One row of the linear's epilogue: o = act(y) (gated: act(y₀) ⊙ y₁) + residual. Specialised per
+// activation and residual so that the loop has no branch and no conditional load (a masked load from a
+// null pointer costs a fault-suppression assist per vector).
+template <int ACT, bool RES>
+void epilogue_row(const float* y, const float* res, float* o, int outF, bool gated) {
+  if (gated) {
+#pragma omp simd
+    for (int j = 0; j < outF; j++) o[j] = activate<ACT>(y[j]) * y[outF + j] + (RES ? res[j] : 0.f);
+  } else {
+#pragma omp simd
+    for (int j = 0; j < outF; j++) o[j] = activate<ACT>(y[j]) + (RES ? res[j] : 0.f);
+  }
+}
+
+template <int ACT>
+void epilogue_act(const float* y, const float* res, float* o, int outF, bool gated) {
+  if (res) epilogue_row<ACT, true>(y, res, o, outF, gated);
+  else epilogue_row<ACT, false>(y, nullptr, o, outF, gated);
+}
+
+void epilogue(int act, const float* y, const float* res, float* o, int outF, bool gated) {
+  switch (act) {
+    case kRelu: return epilogue_act<kRelu>(y, res, o, outF, gated);
+    case kGelu: return epilogue_act<kGelu>(y, res, o, outF, gated);
+    case kGeluNew: return epilogue_act<kGeluNew>(y, res, o, outF, gated);
+    case kSilu: return epilogue_act<kSilu>(y, res, o, outF, gated);
+    default: return epilogue_act<kLinear>(y, res, o, outF, gated);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ ops
+// gemm(a, b, out, batch, m, n, k, transA, transB, aBatchStride, bBatchStride): out[i] = op(a[i])·op(b[i]).
+// A batch stride of 0 broadcasts that operand.
+napi_value BatchMatMul(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* A = array_arg<float>(a, 0);
+  const float* B = array_arg<float>(a, 1);
+  float* C = array_arg<float>(a, 2);
+  const int batch = int_arg(a, 3), m = int_arg(a, 4), n = int_arg(a, 5), k = int_arg(a, 6);
+  const bool ta = bool_arg(a, 7), tb = bool_arg(a, 8);
+  const int64_t sa = int_arg(a, 9), sb = int_arg(a, 10);
+  if (!a.ok) return fail(env, "batchMatMul: bad arguments"), nullptr;
+  const int lda = ta ? m : k, ldb = tb ? k : n;
+  if (batch == 1) {
+    gemm(ta, tb, m, n, k, A, lda, B, ldb, 0.f, C, n);
+  } else if (sb == 0 && !ta) {
+    // one right-hand side for every batch: a single product over batch·m rows
+    gemm(false, tb, batch * m, n, k, A, lda, B, ldb, 0.f, C, n);
+  } else {
+#pragma omp parallel for schedule(static) num_threads(g_threads) if (batch > 1 && 2.0 * batch * m * n * k > 1e6)
+    for (int i = 0; i < batch; i++) gemm(ta, tb, m, n, k, A + i * sa, lda, B + i * sb, ldb, 0.f, C + (int64_t)i * m * n, n);
+  }
+  return undefined(env);
+}
+
+// rmsNorm(x, weight, out, rows, d, eps)
+napi_value RmsNorm(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* x = array_arg<float>(a, 0);
+  const float* w = array_arg<float>(a, 1);
+  float* out = array_arg<float>(a, 2);
+  const int64_t rows = int_arg(a, 3);
+  const int d = int_arg(a, 4);
+  const float eps = num_arg(a, 5);
+  if (!a.ok) return fail(env, "rmsNorm: bad arguments"), nullptr;
+#pragma omp parallel for schedule(static) num_threads(g_threads) if (rows * d > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * d;
+    float ss = 0.f;
+    for (int j = 0; j < d; j++) ss += xr[j] * xr[j];
+    const float inv = 1.f / std::sqrt(ss / d + eps);
+    for (int j = 0; j < d; j++) out[r * d + j] = xr[j] * inv * w[j];
+  }
+  return undefined(env);
+}
+
+// packWeights(kernel, K, N) → an external holding kernel [K, N] in GEMM panels (freed with the external).
+napi_value PackWeights(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* w = array_arg<float>(a, 0);
+  const int K = int_arg(a, 1), N = int_arg(a, 2);
+  if (!a.ok || K <= 0 || N <= 0) return fail(env, "packWeights: bad arguments"), nullptr;
+  auto* packed = new PackedWeights{K, N, std::vector<float>(akgemm::packed_size(K, N))};
+  akgemm::pack(w, N, false, K, N, packed->data.data());
+  napi_value external;
+  napi_create_external(env, packed, finalize_packed, nullptr, &external);
+  napi_adjust_external_memory(env, (int64_t)(packed->data.size() * sizeof(float)), nullptr);
+  return external;
+}
+
+// linear(x, packedKernel, out, normWeight?, bias?, residual?, loraA?, loraB?, loraScale?, inScale?, outScale?,
+//        n, perGroup, in, pre, rank, eps, normScale, activation, gated, loraScaleRows, inScaleRows, outScaleRows)
+// x [n, in] (rows n = groups·perGroup; per-row tensors index groups), kernel [in, pre] packed; out [n, pre or pre/2].
+napi_value Linear(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* x = array_arg<float>(a, 0);
+  PackedWeights* W = nullptr;
+  if (a.argc < 2 || napi_get_value_external(env, a.argv[1], reinterpret_cast<void**>(&W)) != napi_ok) a.ok = false;
+  float* out = array_arg<float>(a, 2);
+  const float* normW = array_arg<float>(a, 3, true);
+  const float* bias = array_arg<float>(a, 4, true);
+  const float* residual = array_arg<float>(a, 5, true);
+  const float* loraA = array_arg<float>(a, 6, true);
+  const float* loraB = array_arg<float>(a, 7, true);
+  const float* loraS = array_arg<float>(a, 8, true);
+  const float* inS = array_arg<float>(a, 9, true);
+  const float* outS = array_arg<float>(a, 10, true);
+  const int64_t n = int_arg(a, 11), perGroup = int_arg(a, 12);
+  const int in = int_arg(a, 13), pre = int_arg(a, 14), rank = int_arg(a, 15);
+  const float eps = num_arg(a, 16), normScale = num_arg(a, 17);
+  const int act = int_arg(a, 18);
+  const bool gated = bool_arg(a, 19);
+  const int64_t sRows = int_arg(a, 20), inRows = int_arg(a, 21), outRows = int_arg(a, 22);
+  if (!a.ok || n <= 0 || W->K != in || W->N != pre) return fail(env, "linear: bad arguments"), nullptr;
+  const int outF = gated ? pre / 2 : pre;
+  const int threads = n * (int64_t)std::max(in, pre) > 65536 ? g_threads : 1;
+  auto rowOf = [&](int64_t r, int64_t rows) { return rows == 1 ? 0 : r / perGroup; };
+
+  // x̂: the normalised input (or x itself)
+  const float* xn = x;
+  if (normW) {
+    float* normed = g_normed.get(n * in);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      const float* xr = x + r * in;
+      float ss = 0.f;
+      for (int j = 0; j < in; j++) ss += xr[j] * xr[j];
+      const float inv = normScale / std::sqrt(ss / in + eps);
+      float* o = normed + r * in;
+      for (int j = 0; j < in; j++) o[j] = xr[j] * inv * normW[j];
+    }
+    xn = normed;
+  }
+  // the base projection's input: x̂ ⊙ inScale
+  const float* xb = xn;
+  if (inS) {
+    float* scaledIn = g_scaled.get(n * in);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      const float* v = inS + rowOf(r, inRows) * in;
+      for (int j = 0; j < in; j++) scaledIn[r * in + j] = xn[r * in + j] * v[j];
+    }
+    xb = scaledIn;
+  }
+  // the pre-activation: straight into the output when nothing follows that needs it apart
+  const bool direct = !gated;
+  float* y = direct ? out : g_pre.get(n * pre);
+  akgemm::gemm_packed(n, pre, in, xb, in, W->data.data(), y, pre, false, g_threads);
+  if (outS) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      const float* v = outS + rowOf(r, outRows) * pre;
+      for (int j = 0; j < pre; j++) y[r * pre + j] *= v[j];
+    }
+  }
+  if (loraA && loraB && rank > 0) {
+    float* down = g_down.get(n * rank);
+    gemm(false, false, n, rank, in, xn, in, loraA, rank, 0.f, down, rank);
+    if (loraS) {
+      for (int64_t r = 0; r < n; r++) {
+        const float* s = loraS + rowOf(r, sRows) * rank;
+        for (int j = 0; j < rank; j++) down[r * rank + j] *= s[j];
+      }
+    }
+    gemm(false, false, n, pre, rank, down, rank, loraB, pre, 1.f, y, pre);
+  }
+  // bias, activation (or gating), residual
+  if (gated || bias || act != kLinear || residual) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      float* yr = y + r * pre;
+      if (bias) {
+#pragma omp simd
+        for (int j = 0; j < pre; j++) yr[j] += bias[j];
+      }
+      epilogue(act, yr, residual ? residual + r * outF : nullptr, out + r * outF, outF, gated);
+    }
+  }
+  return undefined(env);
+}
+
+// attention(q, kv, out, prefixK?, prefixV?, biasTable?, biasIndex?, mask?,
+//           b, lq, lk, p, heads, d, qCols, qOffset, kvCols, kOffset, vOffset, prefixRows, maskRows, causal, causalOffset)
+napi_value Attention(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* q = array_arg<float>(a, 0);
+  const float* kv = array_arg<float>(a, 1);
+  float* out = array_arg<float>(a, 2);
+  const float* pk = array_arg<float>(a, 3, true);
+  const float* pv = array_arg<float>(a, 4, true);
+  const float* table = array_arg<float>(a, 5, true);
+  const int32_t* index = array_arg<int32_t>(a, 6, true);
+  const float* mask = array_arg<float>(a, 7, true);
+  const int b = int_arg(a, 8), lq = int_arg(a, 9), lk = int_arg(a, 10), p = int_arg(a, 11);
+  const int heads = int_arg(a, 12), d = int_arg(a, 13);
+  const int qCols = int_arg(a, 14), qOffset = int_arg(a, 15), kvCols = int_arg(a, 16), kOffset = int_arg(a, 17), vOffset = int_arg(a, 18);
+  const int prefixRows = int_arg(a, 19), maskRows = int_arg(a, 20);
+  const bool causal = bool_arg(a, 21);
+  const int causalOffset = int_arg(a, 22);
+  if (!a.ok) return fail(env, "attention: bad arguments"), nullptr;
+  const int cols = p + lk;
+  const int outCols = heads * d;
+  const int pairs = b * heads;
+  const bool parallel = (double)pairs * lq * cols * d > 2e5;
+#pragma omp parallel num_threads(parallel ? g_threads : 1)
+  {
+    std::vector<float> scores((size_t)lq * cols);
+#pragma omp for schedule(static)
+    for (int pair = 0; pair < pairs; pair++) {
+      const int bi = pair / heads, h = pair % heads;
+      const float* qh = q + (int64_t)bi * lq * qCols + qOffset + h * d;
+      const float* kh = kv + (int64_t)bi * lk * kvCols + kOffset + h * d;
+      const float* vh = kv + (int64_t)bi * lk * kvCols + vOffset + h * d;
+      const int64_t prow = prefixRows == 1 ? 0 : bi;
+      const float* pkh = pk ? pk + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+      const float* pvh = pv ? pv + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+      // scores = q·kᵀ (T5: no 1/√d), prefix columns first
+      if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, scores.data(), cols);
+      if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, scores.data() + p, cols);
+      const float* mrow = mask ? mask + (int64_t)(maskRows == 1 ? 0 : bi) * cols : nullptr;
+      for (int i = 0; i < lq; i++) {
+        float* s = scores.data() + (int64_t)i * cols;
+        const int32_t* idx = index ? index + (int64_t)i * cols : nullptr;
+        float mx = -3.4e38f;
+        for (int j = 0; j < cols; j++) {
+          float v = s[j];
+          if (idx && idx[j] >= 0) v += table[idx[j] * heads + h];
+          if (mrow) v += mrow[j];
+          if (causal && j >= p && (j - p) > i + causalOffset) v += kMask;
+          s[j] = v;
+          mx = std::max(mx, v);
+        }
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < cols; j++) sum += (s[j] = fast_expf(s[j] - mx));
+        const float inv = 1.f / sum;
+        for (int j = 0; j < cols; j++) s[j] *= inv;
+      }
+      float* oh = out + (int64_t)bi * lq * outCols + h * d;
+      if (p > 0) gemm(false, false, lq, d, p, scores.data(), cols, pvh, d, 0.f, oh, outCols);
+      if (lk > 0) gemm(false, false, lq, d, lk, scores.data() + p, cols, vh, kvCols, p > 0 ? 1.f : 0.f, oh, outCols);
+      if (p == 0 && lk == 0)
+        for (int i = 0; i < lq; i++) std::memset(oh + (int64_t)i * outCols, 0, sizeof(float) * d);
+    }
+  }
+  return undefined(env);
+}
+
+// gather(params, indices, out, numIndices, rowSize, numRows) → -1, or the position of an out-of-range index
+// (nothing is written then). Embedding lookups: whole rows copied.
+napi_value Gather(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* params = array_arg<float>(a, 0);
+  const int32_t* indices = array_arg<int32_t>(a, 1);
+  float* out = array_arg<float>(a, 2);
+  const int64_t count = int_arg(a, 3), rowSize = int_arg(a, 4), numRows = int_arg(a, 5);
+  if (!a.ok) return fail(env, "gather: bad arguments"), nullptr;
+  int64_t bad = -1;
+  for (int64_t i = 0; i < count && bad < 0; i++)
+    if (indices[i] < 0 || indices[i] >= numRows) bad = i;
+  if (bad < 0)
+    for (int64_t i = 0; i < count; i++) std::memcpy(out + i * rowSize, params + (int64_t)indices[i] * rowSize, sizeof(float) * rowSize);
+  napi_value result;
+  napi_create_int64(env, bad, &result);
+  return result;
+}
+
+// cacheWrite(cache, source, out, b, capacity, c, sourceCols, sourceOffset, position)
+napi_value CacheWrite(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* cache = array_arg<float>(a, 0);
+  const float* src = array_arg<float>(a, 1);
+  float* out = array_arg<float>(a, 2);
+  const int b = int_arg(a, 3), capacity = int_arg(a, 4), c = int_arg(a, 5), srcCols = int_arg(a, 6), srcOffset = int_arg(a, 7), pos = int_arg(a, 8);
+  if (!a.ok) return fail(env, "cacheWrite: bad arguments"), nullptr;
+  const size_t rowBytes = (size_t)capacity * c * sizeof(float);
+  for (int i = 0; i < b; i++) {
+    float* o = out + (int64_t)i * capacity * c;
+    if (o != cache + (int64_t)i * capacity * c) std::memcpy(o, cache + (int64_t)i * capacity * c, rowBytes);
+    std::memcpy(o + (int64_t)pos * c, src + (int64_t)i * srcCols + srcOffset, sizeof(float) * c);
+  }
+  return undefined(env);
+}
+
+// crossEntropy(logits, labels, out, n, v, smoothing): per-token loss, 0 where label = -100
+napi_value CrossEntropy(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* logits = array_arg<float>(a, 0);
+  const int32_t* labels = array_arg<int32_t>(a, 1);
+  float* out = array_arg<float>(a, 2);
+  const int64_t n = int_arg(a, 3);
+  const int v = int_arg(a, 4);
+  const float eps = num_arg(a, 5);
+  if (!a.ok) return fail(env, "crossEntropy: bad arguments"), nullptr;
+#pragma omp parallel for schedule(static) num_threads(n * (int64_t)v > 65536 ? g_threads : 1)
+  for (int64_t r = 0; r < n; r++) {
+    const int label = labels[r];
+    if (label == -100) {
+      out[r] = 0.f;
+      continue;
+    }
+    const float* l = logits + r * v;
+    float mx = -3.4e38f;
+    for (int j = 0; j < v; j++) mx = std::max(mx, l[j]);
+    double sum = 0, total = 0;
+    for (int j = 0; j < v; j++) sum += std::exp((double)l[j] - mx), total += l[j];  // double: exact enough over 32k classes
+    const double lse = mx + std::log(sum);
+    const double nll = lse - l[label];
+    out[r] = (float)(eps > 0 ? (1 - eps) * nll + eps * (lse - total / v) : nll);
+  }
+  return undefined(env);
+}
+
+napi_value Info(napi_env env, napi_callback_info) {
+  napi_value obj, threads, procs, isa;
+  napi_create_object(env, &obj);
+  napi_create_int32(env, g_threads, &threads);
+  napi_create_int32(env, omp_get_num_procs(), &procs);
+  const char* name = akgemm::VL == 16 ? "AVX-512" : akgemm::VL == 8 ? "AVX2" : "128-bit SIMD";
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &isa);
+  napi_set_named_property(env, obj, "threads", threads);
+  napi_set_named_property(env, obj, "processors", procs);
+  napi_set_named_property(env, obj, "simd", isa);
+  return obj;
+}
+
+}  // namespace
+
+NAPI_MODULE_INIT() {
+  g_threads = std::max(1, omp_get_max_threads());  // OMP_NUM_THREADS, else every processor
+  const struct {
+    const char* name;
+    napi_callback fn;
+  } fns[] = {{"batchMatMul", BatchMatMul}, {"packWeights", PackWeights}, {"rmsNorm", RmsNorm},
+             {"linear", Linear},           {"attention", Attention},     {"cacheWrite", CacheWrite},
+             {"crossEntropy", CrossEntropy}, {"gather", Gather},         {"info", Info}};
+  for (const auto& f : fns) {
+    napi_value v;
+    napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.fn, nullptr, &v);
+    napi_set_named_property(env, exports, f.name, v);
+  }
+  return exports;
+}
