@@ -1,10 +1,26 @@
 import * as tf from '@tensorflow/tfjs';
 
 /**
- * Kernels the wasm backend lacks but gradients need. `UnsortedSegmentSum` is the gradient of `gather`
- * (embedding lookups); without it, training anything upstream of a gather fails on wasm.
+ * Kernels the wasm backend lacks or does wastefully. `UnsortedSegmentSum` is the gradient of `gather`
+ * (embedding lookups); without it, training anything upstream of a gather fails on wasm. `Identity`
+ * (tf.clone, and every tensor a gradient saves for the backward pass) copies the data in tfjs-wasm; here
+ * it shares it, as the cpu and webgpu backends (and wasm's own Reshape) do — tensors are immutable, the
+ * shared buffer is reference-counted. Saving a 66 MB embedding table for its gradient then costs nothing.
  */
 export function registerWasmFallbackKernels(): void {
+  const identity = tf.getKernel('Identity', 'wasm');
+  if (identity) tf.unregisterKernel('Identity', 'wasm');
+  tf.registerKernel({
+    kernelName: 'Identity',
+    backendName: 'wasm',
+    setupFunc: identity?.setupFunc,
+    kernelFunc: ({ inputs, backend }) => {
+      const { x } = inputs as unknown as { x: tf.TensorInfo };
+      if (x.dtype === 'string') return identity!.kernelFunc({ inputs, backend, attrs: {} });
+      (backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  });
   if (tf.getKernel('UnsortedSegmentSum', 'wasm')) return;
   tf.registerKernel({
     kernelName: 'UnsortedSegmentSum',

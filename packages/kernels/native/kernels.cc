@@ -33,20 +33,20 @@ struct Scratch {
     return data.data();
   }
 };
-Scratch g_normed, g_scaled, g_pre, g_down;
+Scratch g_normed, g_scaled, g_pre, g_down, g_base, g_dpre, g_dbase, g_ddown, g_dxn, g_inv, g_sdown;
 
 // ------------------------------------------------------------------------------------------ N-API helpers
 struct Args {
   napi_env env;
   size_t argc = 0;
-  napi_value argv[24];
+  napi_value argv[40];
   bool ok = true;
 };
 
 Args args_of(napi_env env, napi_callback_info info) {
   Args a;
   a.env = env;
-  a.argc = 24;
+  a.argc = 40;
   napi_get_cb_info(env, info, &a.argc, a.argv, nullptr, nullptr);
   return a;
 }
@@ -172,6 +172,39 @@ inline float activate(float x) {
   return x;
 }
 
+// Derivative of an activation at its input (for the backward passes).
+inline float activate_grad(int act, float x) {
+  switch (act) {
+    case kRelu:
+      return x > 0.f ? 1.f : 0.f;
+    case kGelu: {
+      const float pdf = 0.3989422804014327f * std::exp(-0.5f * x * x);
+      return 0.5f * (1.f + fast_erff(x * 0.70710678118654752f)) + x * pdf;
+    }
+    case kGeluNew: {
+      const float c = 0.7978845608028654f;
+      const float t = std::tanh(c * (x + 0.044715f * x * x * x));
+      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * c * (1.f + 3.f * 0.044715f * x * x);
+    }
+    case kSilu: {
+      const float sg = 1.f / (1.f + std::exp(-x));
+      return sg * (1.f + x * (1.f - sg));
+    }
+    default:
+      return 1.f;
+  }
+}
+
+inline float activate_value(int act, float x) {
+  switch (act) {
+    case kRelu: return activate<kRelu>(x);
+    case kGelu: return activate<kGelu>(x);
+    case kGeluNew: return activate<kGeluNew>(x);
+    case kSilu: return activate<kSilu>(x);
+    default: return x;
+  }
+}
+
 // One row of the linear's epilogue: o = act(y) (gated: act(y₀) ⊙ y₁) + residual. Specialised per
 // activation and residual so that the loop has no branch and no conditional load (a masked load from a
 // null pointer costs a fault-suppression assist per vector).
@@ -248,14 +281,16 @@ napi_value RmsNorm(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
-// packWeights(kernel, K, N) → an external holding kernel [K, N] in GEMM panels (freed with the external).
+// packWeights(kernel, K, N, transposed) → an external holding kernel [K, N] in GEMM panels (freed with the
+// external); transposed: the kernel is given as [N, K] (Wᵀ of a weight, for backward passes).
 napi_value PackWeights(napi_env env, napi_callback_info info) {
   Args a = args_of(env, info);
   const float* w = array_arg<float>(a, 0);
   const int K = int_arg(a, 1), N = int_arg(a, 2);
+  const bool transposed = bool_arg(a, 3);
   if (!a.ok || K <= 0 || N <= 0) return fail(env, "packWeights: bad arguments"), nullptr;
   auto* packed = new PackedWeights{K, N, std::vector<float>(akgemm::packed_size(K, N))};
-  akgemm::pack(w, N, false, K, N, packed->data.data());
+  akgemm::pack(w, transposed ? K : N, transposed, K, N, packed->data.data());
   napi_value external;
   napi_create_external(env, packed, finalize_packed, nullptr, &external);
   napi_adjust_external_memory(env, (int64_t)(packed->data.size() * sizeof(float)), nullptr);
@@ -353,6 +388,190 @@ napi_value Linear(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// linearBackward(dy, x, packedW, packedWT, normW?, bias?, loraA?, loraB?, loraS?, inS?, outS?,
+//                dx?, dA?, dB?, dInS?, dOutS?, dBias?,
+//                n, perGroup, in, pre, rank, eps, normScale, activation, gated, sRows, inRows, outRows)
+// The gradients of linear (reference: backward.ts linearBackwardReference) for the outputs given.
+napi_value LinearBackward(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* dy = array_arg<float>(a, 0);
+  const float* x = array_arg<float>(a, 1);
+  PackedWeights *W = nullptr, *WT = nullptr;
+  if (a.argc < 4 || napi_get_value_external(env, a.argv[2], reinterpret_cast<void**>(&W)) != napi_ok ||
+      napi_get_value_external(env, a.argv[3], reinterpret_cast<void**>(&WT)) != napi_ok)
+    a.ok = false;
+  const float* normW = array_arg<float>(a, 4, true);
+  const float* bias = array_arg<float>(a, 5, true);
+  const float* loraA = array_arg<float>(a, 6, true);
+  const float* loraB = array_arg<float>(a, 7, true);
+  const float* loraS = array_arg<float>(a, 8, true);
+  const float* inS = array_arg<float>(a, 9, true);
+  const float* outS = array_arg<float>(a, 10, true);
+  float* dx = array_arg<float>(a, 11, true);
+  float* dA = array_arg<float>(a, 12, true);
+  float* dB = array_arg<float>(a, 13, true);
+  float* dInS = array_arg<float>(a, 14, true);
+  float* dOutS = array_arg<float>(a, 15, true);
+  float* dBias = array_arg<float>(a, 16, true);
+  const int64_t n = int_arg(a, 17), perGroup = int_arg(a, 18);
+  const int in = int_arg(a, 19), pre = int_arg(a, 20), rank = int_arg(a, 21);
+  const float eps = num_arg(a, 22), normScale = num_arg(a, 23);
+  const int act = int_arg(a, 24);
+  const bool gated = bool_arg(a, 25);
+  const int64_t sRows = int_arg(a, 26), inRows = int_arg(a, 27), outRows = int_arg(a, 28);
+  if (!a.ok || n <= 0 || W->K != in || W->N != pre || WT->K != pre || WT->N != in) return fail(env, "linearBackward: bad arguments"), nullptr;
+  const int outF = gated ? pre / 2 : pre;
+  const int threads = n * (int64_t)std::max(in, pre) > 65536 ? g_threads : 1;
+  auto groupOf = [&](int64_t r, int64_t rows) { return rows == 1 ? 0 : r / perGroup; };
+  const bool lora = loraA && loraB && rank > 0;
+
+  // x̂ and the per-row factors r = 1/√(mean(x²)+eps)
+  float* invr = g_inv.get(n);
+  const float* xn = x;
+  if (normW) {
+    float* normed = g_normed.get(n * in);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      const float* xr = x + r * in;
+      float ss = 0.f;
+      for (int j = 0; j < in; j++) ss += xr[j] * xr[j];
+      invr[r] = 1.f / std::sqrt(ss / in + eps);
+      for (int j = 0; j < in; j++) normed[r * in + j] = xr[j] * invr[r] * normScale * normW[j];
+    }
+    xn = normed;
+  }
+  const float* xb = xn;
+  if (inS) {
+    float* scaled = g_scaled.get(n * in);
+    for (int64_t r = 0; r < n; r++) {
+      const float* v = inS + groupOf(r, inRows) * in;
+      for (int j = 0; j < in; j++) scaled[r * in + j] = xn[r * in + j] * v[j];
+    }
+    xb = scaled;
+  }
+  float* down = lora ? g_down.get(n * rank) : nullptr;  // x̂·A (unscaled)
+  if (lora) gemm(false, false, n, rank, in, xn, in, loraA, rank, 0.f, down, rank);
+  // the pre-activation, when the activation or dOutScale needs it: base = (x̂ ⊙ inS)·W, pre = base ⊙ outS + lora + bias
+  const bool needPre = gated || act != kLinear;
+  float* base = nullptr;
+  if (needPre || dOutS) {
+    base = g_base.get(n * pre);
+    akgemm::gemm_packed(n, pre, in, xb, in, W->data.data(), base, pre, false, g_threads);
+  }
+  const float* dpre = dy;
+  if (needPre) {
+    float* p = g_pre.get(n * pre);
+    for (int64_t r = 0; r < n; r++) {
+      const float* v = outS ? outS + groupOf(r, outRows) * pre : nullptr;
+      for (int j = 0; j < pre; j++) p[r * pre + j] = base[r * pre + j] * (v ? v[j] : 1.f) + (bias ? bias[j] : 0.f);
+    }
+    if (lora) {
+      float* ds = g_ddown.get(n * rank);
+      for (int64_t r = 0; r < n; r++) {
+        const float* sv = loraS ? loraS + groupOf(r, sRows) * rank : nullptr;
+        for (int q = 0; q < rank; q++) ds[r * rank + q] = down[r * rank + q] * (sv ? sv[q] : 1.f);
+      }
+      gemm(false, false, n, pre, rank, ds, rank, loraB, pre, 1.f, p, pre);
+    }
+    float* dp = g_dpre.get(n * pre);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t r = 0; r < n; r++) {
+      const float* pr = p + r * pre;
+      const float* g = dy + r * outF;
+      float* d = dp + r * pre;
+      if (gated) {
+        for (int j = 0; j < outF; j++) {
+          d[j] = g[j] * pr[outF + j] * activate_grad(act, pr[j]);
+          d[outF + j] = g[j] * activate_value(act, pr[j]);
+        }
+      } else {
+        for (int j = 0; j < pre; j++) d[j] = g[j] * activate_grad(act, pr[j]);
+      }
+    }
+    dpre = dp;
+  }
+  // dL/d(base projection output)
+  const float* dBase = dpre;
+  if (outS) {
+    float* db = g_dbase.get(n * pre);
+    for (int64_t r = 0; r < n; r++) {
+      const float* v = outS + groupOf(r, outRows) * pre;
+      for (int j = 0; j < pre; j++) db[r * pre + j] = dpre[r * pre + j] * v[j];
+    }
+    dBase = db;
+  }
+  // LoRA: dL/d(x̂·A ⊙ S) = (dpre·Bᵀ) ⊙ S
+  float* dDownS = nullptr;
+  if (lora && (dx || dA || dB)) {
+    float* dd = g_ddown.get(n * rank);
+    gemm(false, true, n, rank, pre, dpre, pre, loraB, pre, 0.f, dd, rank);
+    for (int64_t r = 0; r < n; r++) {
+      const float* sv = loraS ? loraS + groupOf(r, sRows) * rank : nullptr;
+      if (sv) for (int q = 0; q < rank; q++) dd[r * rank + q] *= sv[q];
+    }
+    dDownS = dd;
+  }
+  if (dA) {  // x̂ᵀ · dDownS
+    gemm(true, false, in, rank, n, xn, in, dDownS, rank, 0.f, dA, rank);
+  }
+  if (dB) {  // (x̂·A ⊙ S)ᵀ · dpre
+    float* ds = g_sdown.get(n * rank);
+    for (int64_t r = 0; r < n; r++) {
+      const float* sv = loraS ? loraS + groupOf(r, sRows) * rank : nullptr;
+      for (int q = 0; q < rank; q++) ds[r * rank + q] = down[r * rank + q] * (sv ? sv[q] : 1.f);
+    }
+    gemm(true, false, rank, pre, n, ds, rank, dpre, pre, 0.f, dB, pre);
+  }
+  if (dOutS) {
+    std::memset(dOutS, 0, sizeof(float) * outRows * pre);
+    for (int64_t r = 0; r < n; r++) {
+      float* o = dOutS + groupOf(r, outRows) * pre;
+      for (int j = 0; j < pre; j++) o[j] += dpre[r * pre + j] * base[r * pre + j];
+    }
+  }
+  if (dBias) {
+    std::memset(dBias, 0, sizeof(float) * pre);
+    for (int64_t r = 0; r < n; r++)
+      for (int j = 0; j < pre; j++) dBias[j] += dpre[r * pre + j];
+  }
+  if (dx || dInS) {
+    // t = dBase·Wᵀ; dInS = Σ_group x̂ ⊙ t; dx̂ = t ⊙ inS + dDownS·Aᵀ
+    float* t = g_dxn.get(n * in);
+    akgemm::gemm_packed(n, in, pre, dBase, pre, WT->data.data(), t, in, false, g_threads);
+    if (dInS) {
+      std::memset(dInS, 0, sizeof(float) * inRows * in);
+      for (int64_t r = 0; r < n; r++) {
+        float* o = dInS + groupOf(r, inRows) * in;
+        for (int j = 0; j < in; j++) o[j] += xn[r * in + j] * t[r * in + j];
+      }
+    }
+    if (dx) {
+      if (inS)
+        for (int64_t r = 0; r < n; r++) {
+          const float* v = inS + groupOf(r, inRows) * in;
+          for (int j = 0; j < in; j++) t[r * in + j] *= v[j];
+        }
+      if (lora) gemm(false, true, n, in, rank, dDownS, rank, loraA, rank, 1.f, t, in);
+      if (normW) {
+        // dx = s·r·(w ⊙ g) − s·x·r³/d·Σ(x ⊙ w ⊙ g)
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t r = 0; r < n; r++) {
+          const float* xr = x + r * in;
+          const float* g = t + r * in;
+          float dot = 0.f;
+          for (int j = 0; j < in; j++) dot += xr[j] * normW[j] * g[j];
+          const float rr = invr[r];
+          const float c = rr * rr * rr * dot / in;
+          for (int j = 0; j < in; j++) dx[r * in + j] = normScale * (rr * normW[j] * g[j] - xr[j] * c);
+        }
+      } else {
+        std::memcpy(dx, t, sizeof(float) * n * in);
+      }
+    }
+  }
+  return undefined(env);
+}
+
 // attention(q, kv, out, prefixK?, prefixV?, biasTable?, biasIndex?, mask?,
 //           b, lq, lk, p, heads, d, qCols, qOffset, kvCols, kOffset, vOffset, prefixRows, maskRows, causal, causalOffset)
 napi_value Attention(napi_env env, napi_callback_info info) {
@@ -439,6 +658,142 @@ napi_value Gather(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// attentionBackward(dy, q, kv, prefixK?, prefixV?, biasTable?, biasIndex?, mask?, dq?, dkv?, dPk?, dPv?,
+//                   b, lq, lk, p, heads, d, qCols, qOffset, kvCols, kOffset, vOffset, prefixRows, maskRows, causal, causalOffset)
+// Gradients of attention (reference: backward.ts attentionBackwardReference): dq and dkv are zero outside
+// their columns; the prefix gradients sum over rows when the prefix has one row for all.
+napi_value AttentionBackward(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* dy = array_arg<float>(a, 0);
+  const float* q = array_arg<float>(a, 1);
+  const float* kv = array_arg<float>(a, 2);
+  const float* pk = array_arg<float>(a, 3, true);
+  const float* pv = array_arg<float>(a, 4, true);
+  const float* table = array_arg<float>(a, 5, true);
+  const int32_t* index = array_arg<int32_t>(a, 6, true);
+  const float* mask = array_arg<float>(a, 7, true);
+  float* dq = array_arg<float>(a, 8, true);
+  float* dkv = array_arg<float>(a, 9, true);
+  float* dpk = array_arg<float>(a, 10, true);
+  float* dpv = array_arg<float>(a, 11, true);
+  const int b = int_arg(a, 12), lq = int_arg(a, 13), lk = int_arg(a, 14), p = int_arg(a, 15);
+  const int heads = int_arg(a, 16), d = int_arg(a, 17);
+  const int qCols = int_arg(a, 18), qOffset = int_arg(a, 19), kvCols = int_arg(a, 20), kOffset = int_arg(a, 21), vOffset = int_arg(a, 22);
+  const int prefixRows = int_arg(a, 23), maskRows = int_arg(a, 24);
+  const bool causal = bool_arg(a, 25);
+  const int causalOffset = int_arg(a, 26);
+  if (!a.ok) return fail(env, "attentionBackward: bad arguments"), nullptr;
+  const int cols = p + lk;
+  const int outCols = heads * d;
+  if (dq) std::memset(dq, 0, sizeof(float) * (size_t)b * lq * qCols);
+  if (dkv) std::memset(dkv, 0, sizeof(float) * (size_t)b * lk * kvCols);
+  if (dpk) std::memset(dpk, 0, sizeof(float) * (size_t)prefixRows * heads * p * d);
+  if (dpv) std::memset(dpv, 0, sizeof(float) * (size_t)prefixRows * heads * p * d);
+  const int pairs = b * heads;
+#pragma omp parallel num_threads((double)pairs * lq * cols * d > 2e5 ? g_threads : 1)
+  {
+    std::vector<float> P((size_t)lq * cols), dP((size_t)lq * cols), dK((size_t)cols * d), dV((size_t)cols * d);
+#pragma omp for schedule(static)
+    for (int pair = 0; pair < pairs; pair++) {
+      const int bi = pair / heads, h = pair % heads;
+      const float* qh = q + (int64_t)bi * lq * qCols + qOffset + h * d;
+      const float* kh = kv + (int64_t)bi * lk * kvCols + kOffset + h * d;
+      const float* vh = kv + (int64_t)bi * lk * kvCols + vOffset + h * d;
+      const float* dyh = dy + (int64_t)bi * lq * outCols + h * d;
+      const int64_t prow = prefixRows == 1 ? 0 : bi;
+      const float* pkh = pk ? pk + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+      const float* pvh = pv ? pv + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+      // the forward's weights P
+      if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, P.data(), cols);
+      if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, P.data() + p, cols);
+      const float* mrow = mask ? mask + (int64_t)(maskRows == 1 ? 0 : bi) * cols : nullptr;
+      for (int i = 0; i < lq; i++) {
+        float* s = P.data() + (int64_t)i * cols;
+        const int32_t* idx = index ? index + (int64_t)i * cols : nullptr;
+        float mx = -3.4e38f;
+        for (int j = 0; j < cols; j++) {
+          float v = s[j];
+          if (idx && idx[j] >= 0) v += table[idx[j] * heads + h];
+          if (mrow) v += mrow[j];
+          if (causal && j >= p && (j - p) > i + causalOffset) v += kMask;
+          s[j] = v;
+          mx = std::max(mx, v);
+        }
+        float sum = 0.f;
+        for (int j = 0; j < cols; j++) sum += (s[j] = fast_expf(s[j] - mx));
+        const float inv = 1.f / sum;
+        for (int j = 0; j < cols; j++) s[j] *= inv;
+      }
+      // dV = Pᵀ·dO; dP = dO·Vᵀ
+      gemm(true, false, cols, d, lq, P.data(), cols, dyh, outCols, 0.f, dV.data(), d);
+      if (p > 0) gemm(false, true, lq, p, d, dyh, outCols, pvh, d, 0.f, dP.data(), cols);
+      if (lk > 0) gemm(false, true, lq, lk, d, dyh, outCols, vh, kvCols, 0.f, dP.data() + p, cols);
+      // dS = P ⊙ (dP − Σ dP ⊙ P), in place in dP
+      for (int i = 0; i < lq; i++) {
+        float* ps = P.data() + (int64_t)i * cols;
+        float* ds = dP.data() + (int64_t)i * cols;
+        float dot = 0.f;
+        for (int j = 0; j < cols; j++) dot += ds[j] * ps[j];
+        for (int j = 0; j < cols; j++) ds[j] = ps[j] * (ds[j] - dot);
+      }
+      // dQ = dS·K (prefix keys first), dK = dSᵀ·Q
+      if (dq) {
+        float* dqh = dq + (int64_t)bi * lq * qCols + qOffset + h * d;
+        if (p > 0) gemm(false, false, lq, d, p, dP.data(), cols, pkh, d, 0.f, dqh, qCols);
+        if (lk > 0) gemm(false, false, lq, d, lk, dP.data() + p, cols, kh, kvCols, p > 0 ? 1.f : 0.f, dqh, qCols);
+      }
+      if (dkv || dpk) gemm(true, false, cols, d, lq, dP.data(), cols, qh, qCols, 0.f, dK.data(), d);
+      if (dkv) {
+        for (int j = 0; j < lk; j++) {
+          float* row = dkv + ((int64_t)bi * lk + j) * kvCols;
+          for (int e = 0; e < d; e++) {
+            row[kOffset + h * d + e] += dK[(size_t)(p + j) * d + e];
+            row[vOffset + h * d + e] += dV[(size_t)(p + j) * d + e];
+          }
+        }
+      }
+      if (p > 0 && (dpk || dpv)) {
+        // a prefix shared by every row gathers every row's gradient
+#pragma omp critical(adapterkit_prefix_grad)
+        {
+          float* k = dpk ? dpk + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+          float* v = dpv ? dpv + ((prow * heads + h) * (int64_t)p) * d : nullptr;
+          for (int j = 0; j < p * d; j++) {
+            if (k) k[j] += dK[j];
+            if (v) v[j] += dV[j];
+          }
+        }
+      }
+    }
+  }
+  return undefined(env);
+}
+
+// adamW(p, g, m, v, outP, outM, outV, n, lr, beta1, beta2, eps, weightDecay, bc1, bc2): torch.optim.AdamW
+napi_value AdamW(napi_env env, napi_callback_info info) {
+  Args a = args_of(env, info);
+  const float* p = array_arg<float>(a, 0);
+  const float* g = array_arg<float>(a, 1);
+  const float* m = array_arg<float>(a, 2);
+  const float* v = array_arg<float>(a, 3);
+  float* op = array_arg<float>(a, 4);
+  float* om = array_arg<float>(a, 5);
+  float* ov = array_arg<float>(a, 6);
+  const int64_t n = int_arg(a, 7);
+  const float lr = num_arg(a, 8), b1 = num_arg(a, 9), b2 = num_arg(a, 10), eps = num_arg(a, 11), wd = num_arg(a, 12), bc1 = num_arg(a, 13), bc2 = num_arg(a, 14);
+  if (!a.ok) return fail(env, "adamW: bad arguments"), nullptr;
+  const float decay = 1.f - lr * wd, step = lr / bc1, sbc2 = std::sqrt(bc2);
+#pragma omp simd
+  for (int64_t i = 0; i < n; i++) {
+    const float m1 = b1 * m[i] + (1.f - b1) * g[i];
+    const float v1 = b2 * v[i] + (1.f - b2) * g[i] * g[i];
+    om[i] = m1;
+    ov[i] = v1;
+    op[i] = p[i] * decay - step * (m1 / (std::sqrt(v1) / sbc2 + eps));
+  }
+  return undefined(env);
+}
+
 // cacheWrite(cache, source, out, b, capacity, c, sourceCols, sourceOffset, position)
 napi_value CacheWrite(napi_env env, napi_callback_info info) {
   Args a = args_of(env, info);
@@ -507,7 +862,8 @@ NAPI_MODULE_INIT() {
     napi_callback fn;
   } fns[] = {{"batchMatMul", BatchMatMul}, {"packWeights", PackWeights}, {"rmsNorm", RmsNorm},
              {"linear", Linear},           {"attention", Attention},     {"cacheWrite", CacheWrite},
-             {"crossEntropy", CrossEntropy}, {"gather", Gather},         {"info", Info}};
+             {"crossEntropy", CrossEntropy}, {"gather", Gather},         {"info", Info},
+             {"linearBackward", LinearBackward}, {"attentionBackward", AttentionBackward}, {"adamW", AdamW}};
   for (const auto& f : fns) {
     napi_value v;
     napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.fn, nullptr, &v);

@@ -3,7 +3,6 @@
  * attention) registered for the wasm backend when the addon was built (see scripts/build-native.mjs).
  */
 export * from './index.js';
-export { nativeKernelsInfo } from './native/register.js';
 import { registerNativeKernels } from './native/register.js';
 
 registerNativeKernels();

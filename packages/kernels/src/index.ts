@@ -9,11 +9,13 @@ import { registerFusedGradients } from './gradients.js';
 import { registerWebGpuKernels } from './webgpu/register.js';
 
 export * from './types.js';
-export { rmsNorm, linear, attention, cacheWrite, crossEntropy, KernelArgumentError } from './ops.js';
+export { rmsNorm, linear, attention, cacheWrite, crossEntropy, linearBackward, attentionBackward, adamW, KernelArgumentError, type AdamWStep } from './ops.js';
+export { LINEAR_GRADIENTS, ATTENTION_GRADIENTS, type LinearGradient, type AttentionGradient } from './backward.js';
 export { kernelMode, setKernelMode, withKernelMode, fusedKernelActive, type KernelMode } from './mode.js';
 export { ACTIVATIONS, FUSED_ACTIVATIONS, activation, isActivation, type ActivationName, type FusedActivation } from './activations.js';
 export { matMulLast, perRow } from './reference.js';
 export * as reference from './reference.js';
+export { nativeKernelsInfo, type NativeKernelsInfo } from './native/info.js';
 
 registerFusedGradients();
 registerWebGpuKernels();

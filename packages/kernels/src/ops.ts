@@ -7,6 +7,7 @@ import { tf, type Tensor } from '@adapterkit/backend';
 import { FUSED_ACTIVATIONS } from './activations.js';
 import { fusedKernelActive } from './mode.js';
 import { attentionReference, cacheWriteReference, crossEntropyReference, linearReference, rmsNormReference } from './reference.js';
+import { attentionBackwardReference, linearBackwardReference, type AttentionGradient, type LinearGradient } from './backward.js';
 import { KERNEL, type AttentionOptions, type LinearOptions, type PackedKeysValues } from './types.js';
 
 /** A named op was called with tensors that do not fit together (a bug in the caller, named precisely). */
@@ -31,10 +32,16 @@ function perRowOk(t: Tensor | undefined, rows: number, width: number): boolean {
  * `inputNames`: optional inputs are simply absent, and the registered gradient (saveAllInputs) gets exactly
  * the tensors the call had.
  */
-function runFused(kernelName: string, named: Record<string, Tensor | undefined>, attrs: Record<string, number | boolean | string>): Tensor {
+function runFused(kernelName: string, named: Record<string, Tensor | undefined>, attrs: Record<string, number | boolean | string | string[]>): Tensor {
   const present = Object.entries(named).filter((e): e is [string, Tensor] => e[1] !== undefined);
   const tensors = present.map(([, t]) => t) as unknown as tf.NamedTensorMap; // an array is a map keyed '0', '1', …
   return tf.engine().runKernel(kernelName, tensors, { ...attrs, inputNames: present.map(([k]) => k) }) as Tensor;
+}
+
+/** A fused kernel with several outputs (returned in order). */
+function runFusedMulti(kernelName: string, named: Record<string, Tensor | undefined>, attrs: Record<string, number | boolean | string | string[]>): Tensor[] {
+  const out = runFused(kernelName, named, attrs) as unknown as Tensor | Tensor[];
+  return Array.isArray(out) ? out : [out];
 }
 
 /** T5LayerNorm: x · rsqrt(mean(x²) + eps) · weight over the last axis. */
@@ -141,4 +148,62 @@ export function crossEntropy(logits: Tensor, labels: Tensor, labelSmoothing = 0)
   check(labelSmoothing >= 0 && labelSmoothing < 1, op, () => `labelSmoothing must be in [0, 1), got ${labelSmoothing}`);
   if (fusedKernelActive(KERNEL.crossEntropy)) return runFused(KERNEL.crossEntropy, { logits, labels }, { labelSmoothing });
   return crossEntropyReference(logits, labels, labelSmoothing);
+}
+
+/**
+ * Gradients of `linear` w.r.t. the inputs in `wants` given dy — one kernel where a fused backward exists
+ * (the registered gradient of `linear` uses it; frozen weights are never asked for).
+ */
+export function linearBackward(dy: Tensor, x: Tensor, kernel: Tensor, o: LinearOptions, wants: readonly LinearGradient[]): Partial<Record<LinearGradient, Tensor>> {
+  if (!fusedKernelActive(KERNEL.linearBackward)) return linearBackwardReference(dy, x, kernel, o, wants);
+  const a = o.adapters ?? {};
+  const outs = runFusedMulti(
+    KERNEL.linearBackward,
+    { dy, x, kernel, normWeight: o.norm?.weight, bias: o.bias, loraA: a.loraA, loraB: a.loraB, loraScale: a.loraScale, inScale: a.inScale, outScale: a.outScale },
+    { eps: o.norm?.eps ?? 0, normScale: o.norm?.scale ?? 1, activation: o.activation ?? 'linear', gated: o.gated ?? false, wants: [...wants] },
+  );
+  return Object.fromEntries(wants.map((w, i) => [w, outs[i]]));
+}
+
+/** Gradients of `attention` w.r.t. the inputs in `wants` given dy (one kernel where a fused backward exists). */
+export function attentionBackward(dy: Tensor, q: Tensor, kv: PackedKeysValues, o: AttentionOptions, wants: readonly AttentionGradient[]): Partial<Record<AttentionGradient, Tensor>> {
+  if (!fusedKernelActive(KERNEL.attentionBackward)) return attentionBackwardReference(dy, q, kv, o, wants);
+  const outs = runFusedMulti(
+    KERNEL.attentionBackward,
+    { dy, q, kv: kv.source, prefixKeys: o.prefix?.keys, prefixValues: o.prefix?.values, biasTable: o.bias?.table, biasIndex: o.bias?.index, mask: o.mask },
+    { numHeads: o.numHeads, headDim: o.headDim, qOffset: o.qOffset ?? 0, kOffset: kv.kOffset, vOffset: kv.vOffset, causal: o.causalOffset !== undefined, causalOffset: o.causalOffset ?? 0, wants: [...wants] },
+  );
+  return Object.fromEntries(wants.map((w, i) => [w, outs[i]]));
+}
+
+export interface AdamWStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** This parameter's 1-based update count (bias corrections). */
+  step: number;
+}
+
+/**
+ * One AdamW update as torch.optim.AdamW: p ← p·(1 − lr·wd); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²;
+ * p ← p − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + ε). Returns [p, m, v] (new tensors).
+ */
+export function adamW(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWStep): [Tensor, Tensor, Tensor] {
+  const op = 'adamW';
+  check(p.shape.join() === g.shape.join() && p.shape.join() === m.shape.join() && p.shape.join() === v.shape.join(), op, () => `parameter [${p.shape}], gradient [${g.shape}] and moments [${m.shape}], [${v.shape}] differ`);
+  const bc1 = 1 - s.beta1 ** s.step;
+  const bc2 = 1 - s.beta2 ** s.step;
+  if (fusedKernelActive(KERNEL.adamW)) {
+    const [p1, m1, v1] = runFusedMulti(KERNEL.adamW, { p, g, m, v }, { lr: s.lr, beta1: s.beta1, beta2: s.beta2, eps: s.eps, weightDecay: s.weightDecay, step: s.step, bc1, bc2 });
+    return [p1, m1, v1];
+  }
+  return tf.tidy(() => {
+    const m1 = m.mul(s.beta1).add(g.mul(1 - s.beta1));
+    const v1 = v.mul(s.beta2).add(g.square().mul(1 - s.beta2));
+    const decayed = s.weightDecay ? p.mul(1 - s.lr * s.weightDecay) : p;
+    const denom = v1.sqrt().div(Math.sqrt(bc2)).add(s.eps);
+    return [decayed.sub(m1.div(denom).mul(s.lr / bc1)), m1, v1] as [Tensor, Tensor, Tensor];
+  });
 }

@@ -11,6 +11,11 @@ export const KERNEL = {
   attention: 'AdapterkitAttention',
   cacheWrite: 'AdapterkitCacheWrite',
   crossEntropy: 'AdapterkitCrossEntropy',
+  /** Backward passes: several gradients from one kernel (outputs in the order of the `wants` attribute). */
+  linearBackward: 'AdapterkitLinearBackward',
+  attentionBackward: 'AdapterkitAttentionBackward',
+  /** One AdamW step of a parameter: [parameter, first moment, second moment]. */
+  adamW: 'AdapterkitAdamW',
 } as const;
 export type KernelName = (typeof KERNEL)[keyof typeof KERNEL];
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '@adapterkit/backend';
 import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
-import { attention, cacheWrite, crossEntropy, KERNEL, linear, MASK_VALUE, reference, rmsNorm, setKernelMode, withKernelMode, type AttentionOptions, type LinearOptions } from '../src/index.node.js';
+import { adamW, attention, cacheWrite, crossEntropy, KERNEL, linear, MASK_VALUE, reference, rmsNorm, setKernelMode, withKernelMode, type AttentionOptions, type LinearOptions } from '../src/index.node.js';
 import { registerDelegatingKernels, unregisterDelegatingKernels } from './delegate.js';
 
 function values(shape: number[], seed: number, scale = 1): Tensor {
@@ -237,6 +237,24 @@ for (const backend of backendsUnderTest()) {
       const src = values([2, 1, 9], 61);
       await compare((c, s) => cacheWrite(c, s, 3, 2), [cache, src]);
       tf.dispose([cache, src]);
+    });
+
+    it('adamW: one step equals its reference (torch.optim.AdamW)', async () => {
+      const p = values([5, 7], 80);
+      const g = values([5, 7], 81);
+      const m = values([5, 7], 82, 0.1);
+      const v = values([5, 7], 83, 0.1).abs();
+      const s = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 3 };
+      const fused = adamW(p, g, m, v, s);
+      const ref = withKernelMode('reference', () => adamW(p, g, m, v, s));
+      for (let i = 0; i < 3; i++) expect(await maxAbsDiff(fused[i], ref[i])).toBeLessThan(1e-6);
+      // by hand for one element
+      const [pp, gg, mm, vv] = await Promise.all([p, g, m, v].map(async (t) => (await t.data())[0]));
+      const m1 = 0.9 * mm + 0.1 * gg;
+      const v1 = 0.999 * vv + 0.001 * gg * gg;
+      const want = pp * (1 - 1e-2 * 0.01) - (1e-2 / (1 - 0.9 ** 3)) * (m1 / (Math.sqrt(v1) / Math.sqrt(1 - 0.999 ** 3) + 1e-8));
+      expect(Math.abs((await fused[0].data())[0] - want)).toBeLessThan(1e-6);
+      tf.dispose([p, g, m, v, ...fused, ...ref]);
     });
 
     it('crossEntropy with ignored labels and label smoothing', async () => {

@@ -1,5 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import { ConfigError } from '@adapterkit/core';
+import { adamW } from '@adapterkit/kernels';
 
 /** A named trainable variable (the name is stable across runs: it keys the optimizer state in checkpoints). */
 export interface NamedVariable {
@@ -131,18 +132,14 @@ export class AdamW extends Optimizer {
   }
 
   protected update({ name, variable: p }: NamedVariable, g: Tensor, lr: number, step: number): void {
-    const { betas: [b1, b2], eps, weightDecay } = this.config;
+    const { betas: [beta1, beta2], eps, weightDecay } = this.config;
     const m = this.slot(name, 'exp_avg', p.shape);
     const v = this.slot(name, 'exp_avg_sq', p.shape);
-    const m1 = m.mul(b1).add(g.mul(1 - b1));
-    const v1 = v.mul(b2).add(g.square().mul(1 - b2));
+    // one fused kernel per parameter where the backend has one (@adapterkit/kernels' adamW)
+    const [p1, m1, v1] = adamW(p, g, m, v, { lr, beta1, beta2, eps, weightDecay, step });
     m.assign(m1);
     v.assign(v1);
-    const bc1 = 1 - b1 ** step;
-    const bc2 = 1 - b2 ** step;
-    const decayed = weightDecay ? p.mul(1 - lr * weightDecay) : p;
-    const denom = v1.sqrt().div(Math.sqrt(bc2)).add(eps);
-    p.assign(decayed.sub(m1.div(denom).mul(lr / bc1)));
+    p.assign(p1);
   }
 }
 

@@ -1,5 +1,5 @@
 /**
- * `node tools/bench/dist/index.js [--suite t5,compose,lora] [flags]` (the root `pnpm bench`, and
+ * `node tools/bench/dist/index.js [--suite t5,compose,lora,peer,fastpath] [flags]` (the root `pnpm bench`, and
  * `pnpm --filter @adapterkit/bench bench`): runs the benchmarks one after another, each printing its own
  * table (see t5.ts, compose.ts, lora.ts; each also runs alone: `node tools/bench/dist/<suite>.js`).
  *
@@ -15,12 +15,18 @@ import type { FlagSpec } from './common.js';
 import { COMPOSE_FLAGS, main as composeMain } from './compose.js';
 import { LORA_FLAGS, main as loraMain } from './lora.js';
 import { main as t5Main } from './t5.js';
+import { main as peerMain } from './peer.js';
+import { main as fastpathMain } from './fastpath.js';
 
 /** t5.ts's flags (its parseArgs). */
 const T5_FLAGS: FlagSpec[] = [
   ...['--backends', '--models', '--runs', '--warmup', '--source', '--target', '--new-tokens'].map((name) => ({ name, value: true })),
   ...['--quick', '--no-uncached', '--json'].map((name) => ({ name, value: false })),
 ];
+
+function flagsOf(withValue: string[], switches: string[]): FlagSpec[] {
+  return [...withValue.map((name) => ({ name, value: true })), ...switches.map((name) => ({ name, value: false }))];
+}
 
 interface Suite {
   flags: FlagSpec[];
@@ -31,14 +37,19 @@ export const SUITES: Record<string, Suite> = {
   t5: { flags: T5_FLAGS, run: t5Main },
   compose: { flags: COMPOSE_FLAGS, run: composeMain },
   lora: { flags: LORA_FLAGS, run: loraMain },
+  peer: { flags: flagsOf(['--peer', '--batches', '--runs', '--source', '--target', '--threads'], ['--no-reference', '--json']), run: peerMain },
+  fastpath: { flags: flagsOf(['--backends', '--cases', '--tokens', '--runs', '--train-backends', '--batch', '--source', '--target', '--steps'], ['--no-reference', '--json']), run: fastpathMain },
 };
 
-const USAGE = `usage: node tools/bench/dist/index.js [--suite ${Object.keys(SUITES).join(',')}] [flags of the suites: see t5.ts, compose.ts, lora.ts] [--quick] [--json]`;
+/** Run when no --suite is given: peer needs ../shared/peer and onnxruntime-node, fastpath takes minutes on SwiftShader. */
+const DEFAULT_SUITES = ['t5', 'compose', 'lora'];
+
+const USAGE = `usage: node tools/bench/dist/index.js [--suite ${Object.keys(SUITES).join(',')}] (default ${DEFAULT_SUITES.join(',')}) [flags of the suites: see t5.ts, compose.ts, lora.ts, peer.ts, fastpath.ts] [--quick] [--json]`;
 
 /** Splits argv into the suites to run and each suite's own arguments. */
 export function route(argv: string[]): { suites: string[]; args: Record<string, string[]> } {
-  let suites = Object.keys(SUITES);
-  const args: Record<string, string[]> = Object.fromEntries(suites.map((s) => [s, []]));
+  let suites = DEFAULT_SUITES;
+  const args: Record<string, string[]> = Object.fromEntries(Object.keys(SUITES).map((s) => [s, []]));
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--suite') {

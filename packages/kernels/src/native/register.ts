@@ -9,21 +9,15 @@ import { createRequire } from 'node:module';
 import { tf } from '@adapterkit/backend';
 import { kernelMode } from '../mode.js';
 import { KERNEL, namedInputs } from '../types.js';
-
-export interface NativeKernelsInfo {
-  available: boolean;
-  /** Why not, when unavailable. */
-  reason?: string;
-  /** Threads the kernels use (OMP_NUM_THREADS, else every processor). */
-  threads?: number;
-  /** The vector instructions the GEMM was built for. */
-  simd?: string;
-}
+import { setNativeKernelsInfo } from './info.js';
 
 interface Addon {
   batchMatMul(a: Float32Array, b: Float32Array, out: Float32Array, batch: number, m: number, n: number, k: number, ta: boolean, tb: boolean, sa: number, sb: number): void;
   /** A frozen weight [K, N] in the GEMM's panels, freed with the returned object. */
-  packWeights(w: Float32Array, k: number, n: number): object;
+  packWeights(w: Float32Array, k: number, n: number, transposed: boolean): object;
+  linearBackward(...args: unknown[]): void;
+  attentionBackward(...args: unknown[]): void;
+  adamW(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, op: Float32Array, om: Float32Array, ov: Float32Array, n: number, lr: number, b1: number, b2: number, eps: number, wd: number, bc1: number, bc2: number): void;
   rmsNorm(x: Float32Array, w: Float32Array, out: Float32Array, rows: number, d: number, eps: number): void;
   linear(...args: unknown[]): void;
   attention(...args: unknown[]): void;
@@ -40,27 +34,21 @@ interface WasmBackend {
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
 
-let info: NativeKernelsInfo = { available: false, reason: 'not loaded' };
-
-export function nativeKernelsInfo(): NativeKernelsInfo {
-  return info;
-}
-
 const ACTIVATION_CODES: Record<string, number> = { linear: 0, relu: 1, gelu: 2, gelu_new: 3, silu: 4 };
 
 function load(): Addon | undefined {
   const path = new URL('../../build/adapterkit_kernels.node', import.meta.url);
   if (!existsSync(path)) {
-    info = { available: false, reason: 'not built (see @adapterkit/kernels scripts/build-native.mjs)' };
+    setNativeKernelsInfo({ available: false, reason: 'not built (see @adapterkit/kernels scripts/build-native.mjs)' });
     return undefined;
   }
   try {
     const addon = createRequire(import.meta.url)(path.pathname) as Addon;
     const i = addon.info();
-    info = { available: true, threads: i.threads, simd: i.simd };
+    setNativeKernelsInfo({ available: true, threads: i.threads, simd: i.simd });
     return addon;
   } catch (e) {
-    info = { available: false, reason: `failed to load: ${(e as Error).message.split('\n')[0]}` };
+    setNativeKernelsInfo({ available: false, reason: `failed to load: ${(e as Error).message.split('\n')[0]}` });
     return undefined;
   }
 }
@@ -75,6 +63,14 @@ function register(name: string, kernelFunc: tf.KernelFunc): void {
 }
 
 type Attrs = Record<string, number & boolean & string>;
+
+/** Registers a named op's kernel with several outputs. */
+function registerFusedMulti(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo[]): void {
+  register(name, ({ inputs, attrs, backend }) => {
+    const a = (attrs ?? {}) as Attrs;
+    return run(namedInputs(inputs as unknown as tf.TensorInfo[], a), a, backend as unknown as WasmBackend);
+  });
+}
 
 /** Registers a named op's kernel given its inputs by name, its attributes and the wasm backend. */
 function registerFused(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo): void {
@@ -144,7 +140,14 @@ export function registerNativeKernels(): void {
   const packs = new WeakMap<object, object>();
   const packed = (w: WasmBackend, t: tf.TensorInfo) => {
     let p = packs.get(t.dataId);
-    if (!p) packs.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[0], t.shape[1])));
+    if (!p) packs.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[0], t.shape[1], false)));
+    return p;
+  };
+  // Wᵀ for backward passes, packed at the first training step
+  const packsT = new WeakMap<object, object>();
+  const packedT = (w: WasmBackend, t: tf.TensorInfo) => {
+    let p = packsT.get(t.dataId);
+    if (!p) packsT.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[1], t.shape[0], true)));
     return p;
   };
 
@@ -164,6 +167,56 @@ export function registerNativeKernels(): void {
       n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1,
     );
     return out;
+  });
+
+  registerFusedMulti(KERNEL.linearBackward, (n, attrs, w) => {
+    const x = n.x;
+    const inF = x.shape[x.shape.length - 1];
+    const pre = n.kernel.shape[1];
+    const rows = size(x.shape.slice(0, -1));
+    const rank = n.loraA ? n.loraA.shape[1] : 0;
+    const wants = attrs.wants as unknown as string[];
+    const like: Record<string, tf.TensorInfo> = { x, loraA: n.loraA, loraB: n.loraB, inScale: n.inScale, outScale: n.outScale, bias: n.bias };
+    const outs = wants.map((k) => w.makeOutput(like[k].shape, 'float32'));
+    const out = (k: string) => {
+      const i = wants.indexOf(k);
+      return i < 0 ? null : heap(w, outs[i]);
+    };
+    addon.linearBackward(
+      heap(w, n.dy), heap(w, x), packed(w, n.kernel), packedT(w, n.kernel), heap(w, n.normWeight), heap(w, n.bias),
+      heap(w, n.loraA), heap(w, n.loraB), heap(w, n.loraScale), heap(w, n.inScale), heap(w, n.outScale),
+      out('x'), out('loraA'), out('loraB'), out('inScale'), out('outScale'), out('bias'),
+      rows, rows / x.shape[0], inF, pre, rank, attrs.eps, attrs.normScale, ACTIVATION_CODES[attrs.activation], attrs.gated,
+      n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1,
+    );
+    return outs;
+  });
+
+  registerFusedMulti(KERNEL.attentionBackward, (n, attrs, w) => {
+    const [b, lq, qCols] = n.q.shape;
+    const [, lk, kvCols] = n.kv.shape;
+    const p = n.prefixKeys ? n.prefixKeys.shape[2] : 0;
+    const wants = attrs.wants as unknown as string[];
+    const like: Record<string, tf.TensorInfo> = { q: n.q, kv: n.kv, prefixKeys: n.prefixKeys, prefixValues: n.prefixValues };
+    const outs = wants.map((k) => w.makeOutput(like[k].shape, 'float32'));
+    const out = (k: string) => {
+      const i = wants.indexOf(k);
+      return i < 0 ? null : heap(w, outs[i]);
+    };
+    addon.attentionBackward(
+      heap(w, n.dy), heap(w, n.q), heap(w, n.kv), heap(w, n.prefixKeys), heap(w, n.prefixValues), heap(w, n.biasTable),
+      n.biasIndex ? w.typedArrayFromHeap(n.biasIndex) : null, heap(w, n.mask),
+      out('q'), out('kv'), out('prefixKeys'), out('prefixValues'),
+      b, lq, lk, p, attrs.numHeads, attrs.headDim, qCols, attrs.qOffset, kvCols, attrs.kOffset, attrs.vOffset,
+      n.prefixKeys?.shape[0] ?? 1, n.mask?.shape[0] ?? 1, attrs.causal, attrs.causalOffset,
+    );
+    return outs;
+  });
+
+  registerFusedMulti(KERNEL.adamW, (n, attrs, w) => {
+    const outs = [w.makeOutput(n.p.shape, 'float32'), w.makeOutput(n.p.shape, 'float32'), w.makeOutput(n.p.shape, 'float32')];
+    addon.adamW(heap(w, n.p)!, heap(w, n.g)!, heap(w, n.m)!, heap(w, n.v)!, heap(w, outs[0])!, heap(w, outs[1])!, heap(w, outs[2])!, size(n.p.shape), attrs.lr, attrs.beta1, attrs.beta2, attrs.eps, attrs.weightDecay, attrs.bc1, attrs.bc2);
+    return outs;
   });
 
   registerFused(KERNEL.attention, (n, attrs, w) => {

@@ -87,8 +87,7 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
     uniforms: 'rows : i32, inF : i32, pre : i32, outF : i32, rank : i32, perGroup : i32, sRows : i32, inRows : i32, outRows : i32, eps : f32, normScale : f32,',
     workgroupSize: [WG, 1, 1],
     getUserCode: () => `
-    var<workgroup> red : array<f32, ${WG}>;
-    var<workgroup> inv : array<f32, ${R}>;
+    ${f.norm ? `var<workgroup> red : array<f32, ${WG}>;\n    var<workgroup> inv : array<f32, ${R}>;` : ''}
     ${f.lora ? `var<workgroup> down : array<f32, ${R * 64}>;` : ''}
 
     fn activate(v : f32) -> f32 {
@@ -102,7 +101,10 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
       let n = min(${R}, uniforms.rows - row0);
       let inF = uniforms.inF;
 
-      // norm factors of the block's rows
+      ${
+        f.norm
+          ? `// norm factors of the block's rows. The loop bound is a constant: tfjs keeps workgroupId in a private
+      // variable, so WGSL's uniformity analysis would reject barriers in a loop bounded by n.
       for (var r = 0; r < ${R}; r++) {
         var ss = 0.0;
         if (r < n) {
@@ -114,8 +116,10 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
           if (t < s) { red[t] += red[t + s]; }
           workgroupBarrier();
         }
-        if (t == 0) { inv[r] = ${f.norm ? 'uniforms.normScale / sqrt(red[0] / f32(inF) + uniforms.eps)' : '1.0'}; }
+        if (t == 0) { inv[r] = uniforms.normScale / sqrt(red[0] / f32(inF) + uniforms.eps); }
         workgroupBarrier();
+      }`
+          : ''
       }
 
       ${
@@ -128,7 +132,7 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
         var acc = 0.0;
         if (r < n) {
           for (var k = 0; k < inF; k++) {
-            let xv = x[(row0 + r) * inF + k] * inv[r]${f.norm ? ' * normW[k]' : ''};
+            let xv = x[(row0 + r) * inF + k]${f.norm ? ' * inv[r] * normW[k]' : ''};
             acc += xv * loraA[k * rank + q];
           }
           ${f.loraScale ? `let sRow = select((row0 + r) / uniforms.perGroup, 0, uniforms.sRows == 1);\n          acc *= loraS[sRow * rank + q];` : ''}
@@ -149,7 +153,7 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
         ${f.norm ? 'let nw = normW[k];' : ''}
         for (var r = 0; r < n; r++) {
           ${f.inScale ? 'let inRow = select((row0 + r) / uniforms.perGroup, 0, uniforms.inRows == 1);' : ''}
-          let xv = x[(row0 + r) * inF + k] * inv[r]${f.norm ? ' * nw' : ''};
+          let xv = x[(row0 + r) * inF + k]${f.norm ? ' * inv[r] * nw' : ''};
           acc0[r] += ${x} * w0;
           ${f.gated ? `acc1[r] += ${x} * w1;` : ''}
         }

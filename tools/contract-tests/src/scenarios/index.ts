@@ -5,6 +5,8 @@
 
 // Backend-level scenarios: single ops and their gradients, no adapterkit model code.
 import './backend-ops.js';
+// The named ops: each backend's fused kernels against cpu's reference.
+import './kernels.js';
 
 // Model-level scenarios go below, one file per package, e.g. `./t5.ts` exercising @adapterkit/t5
 // (tiny random-weight config, encoder forward, one decoder step with KV cache, one LoRA training step).
