@@ -79,6 +79,7 @@ function peerDir(o: Options): string {
 }
 
 const idle = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const IDLE_MS = Number(process.env.PEER_IDLE_MS ?? 30);
 
 export async function main(argv: string[]): Promise<PeerRow[]> {
   const o = parseArgs(argv);
@@ -131,7 +132,7 @@ export async function main(argv: string[]): Promise<PeerRow[]> {
       if (o.reference) await runRef();
       const times = { ort: [] as number[], fused: [] as number[], ref: [] as number[] };
       const timed = async (fn: () => Promise<unknown>, into: number[]) => {
-        await idle(30);
+        await idle(IDLE_MS);
         const t0 = performance.now();
         await fn();
         into.push(performance.now() - t0);
