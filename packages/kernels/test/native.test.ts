@@ -1,0 +1,35 @@
+import { execFileSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { initBackend, tf } from '@adapterkit/backend';
+import { KERNEL, nativeKernelsInfo } from '../src/index.node.js';
+
+function hasCompiler(): boolean {
+  try {
+    execFileSync(process.env.CXX ?? 'c++', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Where the addon can be built (Linux with a C++ compiler, as CI), it must have been built and loaded:
+// a silently failed build would leave every wasm test green on the slow path.
+describe.runIf(process.platform === 'linux' && hasCompiler() && process.env.ADAPTERKIT_NATIVE_BUILD !== '0')('native CPU kernels', () => {
+  it('are built, loaded and registered for the wasm backend', async () => {
+    const info = nativeKernelsInfo();
+    expect(info.available, info.reason).toBe(true);
+    expect(info.threads).toBeGreaterThanOrEqual(1);
+    expect(['AVX-512', 'AVX2', '128-bit SIMD']).toContain(info.simd);
+    await initBackend('wasm');
+    for (const name of [KERNEL.linear, KERNEL.attention, KERNEL.linearBackward, KERNEL.adamW, 'BatchMatMul', 'GatherV2']) expect(tf.getKernel(name, 'wasm'), name).toBeDefined();
+  });
+
+  it('gather rejects an out-of-range id with tfjs\'s message, and leaks nothing', async () => {
+    await initBackend('wasm');
+    const table = tf.ones([4, 3]);
+    const before = tf.memory().numTensors;
+    expect(() => tf.gather(table, tf.tensor1d([1, 4], 'int32'))).toThrow(/index value 4 is not in \[0, 3\]/);
+    expect(tf.memory().numTensors - before).toBe(1); // the indices tensor made above
+    table.dispose();
+  });
+});
