@@ -8,8 +8,21 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { tf } from '@adapterkit/backend';
-import { type AdapterComposition } from '@adapterkit/core';
-import { BUNDLED_MODEL, UsageError, describeError, exitCodeFor, loadAdapters, loadModel, padRows, parseComposition, parseIds, readStdin, startBackend, trimGenerated } from './common.js';
+import type { AdapterComposition } from '@adapterkit/core';
+import {
+  BUNDLED_MODEL,
+  UsageError,
+  describeError,
+  exitCodeFor,
+  loadAdapters,
+  loadModel,
+  padRows,
+  parseComposition,
+  parseIds,
+  readStdin,
+  startBackend,
+  trimGenerated,
+} from './common.js';
 import { runDemo } from './demo.js';
 import { writeCheckpoint } from './merge.js';
 import { makeProgress } from './progress.js';
@@ -19,11 +32,13 @@ import { hasCheckpoint, trainAdapter } from './training.js';
 
 const VERSION = '0.1.0';
 
-const int = (name: string, min = 0) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer ≥ ${min}`);
-  return n;
-};
+const int =
+  (name: string, min = 0) =>
+  (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer ≥ ${min}`);
+    return n;
+  };
 const float = (name: string) => (v: string) => {
   const n = Number(v);
   if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`);
@@ -39,15 +54,18 @@ function common(cmd: Command, opts: { model?: boolean } = { model: true }): Comm
 }
 
 function printJson(x: unknown) {
-  process.stdout.write(JSON.stringify(x, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify(x, null, 2)}\n`);
 }
 
 /** JSONL: {"input_ids":[…],"labels":[…]} or {"input": "text", "target": "text"} per line. */
 function readJsonl(file: string, model: Awaited<ReturnType<typeof loadModel>>): Example[] {
   if (!existsSync(file)) throw new UsageError(`data file not found: ${file}`);
-  const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim());
+  const lines = readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim());
   if (lines.length === 0) throw new UsageError(`${file} has no examples`);
   return lines.map((line, i) => {
+    // biome-ignore lint/suspicious/noExplicitAny: one untrusted JSON line, checked field by field below
     let o: any;
     try {
       o = JSON.parse(line);
@@ -132,7 +150,7 @@ export function buildProgram(): Command {
       }
       const results = ids.map((r, i) => ({ input: inputs[i % inputs.length], ids: r, ...(tok ? { text: tok.decode(r, { skipSpecialTokens: true }) } : {}) }));
       if (o.json) printJson({ backend: backend.name, composition: composition === null ? null : JSON.parse(JSON.stringify(composition)), outputs: results });
-      else for (const r of results) process.stdout.write((o.ids ? r.ids.join(',') : r.text ?? r.ids.join(',')) + '\n');
+      else for (const r of results) process.stdout.write(`${o.ids ? r.ids.join(',') : (r.text ?? r.ids.join(','))}\n`);
     });
 
   // ---------------------------------------------------------------- inspect
@@ -144,7 +162,9 @@ export function buildProgram(): Command {
       const model = await loadModel(o.model);
       await loadAdapters(model, o.adapter);
       const base = model.baseParameterCount();
-      const adapters = model.adapters.adapterSummary().map((r) => ({ name: r.name, method: r.method, parameters: r.parameters, percentOfBase: r.percent, config: model.adapters.adapterConfig(r.name) }));
+      const adapters = model.adapters
+        .adapterSummary()
+        .map((r) => ({ name: r.name, method: r.method, parameters: r.parameters, percentOfBase: r.percent, config: model.adapters.adapterConfig(r.name) }));
       const adapterParams = adapters.reduce((a, r) => a + r.parameters, 0);
       const report = {
         backend: backend.name,
@@ -156,9 +176,12 @@ export function buildProgram(): Command {
       if (o.json) return printJson(report);
       const d = model.dims;
       console.log(`model ${report.model.dir}`);
-      console.log(`  ${d.modelType}: d_model ${d.dModel}, d_kv ${d.dKv}, heads ${d.numHeads}, d_ff ${d.dFf} (${d.feedForwardProj}), layers ${d.numEncoderLayers}+${d.numDecoderLayers}, vocab ${d.vocabSize}`);
+      console.log(
+        `  ${d.modelType}: d_model ${d.dModel}, d_kv ${d.dKv}, heads ${d.numHeads}, d_ff ${d.dFf} (${d.feedForwardProj}), layers ${d.numEncoderLayers}+${d.numDecoderLayers}, vocab ${d.vocabSize}`,
+      );
       console.log(`  parameters ${base.toLocaleString('en-US')}`);
-      for (const a of adapters) console.log(`adapter ${a.name}: ${a.method}, ${a.parameters.toLocaleString('en-US')} parameters (${a.percentOfBase.toFixed(3)}% of base) ${JSON.stringify(a.config)}`);
+      for (const a of adapters)
+        console.log(`adapter ${a.name}: ${a.method}, ${a.parameters.toLocaleString('en-US')} parameters (${a.percentOfBase.toFixed(3)}% of base) ${JSON.stringify(a.config)}`);
       if (adapters.length) console.log(`trainable: ${report.trainablePercent.toFixed(3)}% of all parameters`);
     });
 
@@ -217,12 +240,34 @@ export function buildProgram(): Command {
       const ckpt = resolve(o.out, 'checkpoint');
       if (hasCheckpoint(ckpt) && !o.json) process.stderr.write(`resuming from the checkpoint in ${ckpt}\n`);
       const bar = makeProgress(o.json, o.steps);
-      const r = await trainAdapter(model, o.name, data, { steps: o.steps, lr: o.lr, schedule: o.schedule, batchSize: o.batchSize, seed: o.seed, checkpointDir: ckpt, checkpointEvery: o.checkpointEvery, onProgress: (e) => bar.update(e.step, e.loss) });
+      const r = await trainAdapter(model, o.name, data, {
+        steps: o.steps,
+        lr: o.lr,
+        schedule: o.schedule,
+        batchSize: o.batchSize,
+        seed: o.seed,
+        checkpointDir: ckpt,
+        checkpointEvery: o.checkpointEvery,
+        onProgress: (e) => bar.update(e.step, e.loss),
+      });
       bar.stop();
       await model.saveAdapter(resolve(o.out), o.name);
-      const result = { backend: backend.name, out: resolve(o.out), adapter: o.name, config: model.adapters.adapterConfig(o.name), resumedFromStep: r.startStep, steps: r.steps, firstLoss: r.firstLoss, lastLoss: r.lastLoss, seconds: r.seconds };
+      const result = {
+        backend: backend.name,
+        out: resolve(o.out),
+        adapter: o.name,
+        config: model.adapters.adapterConfig(o.name),
+        resumedFromStep: r.startStep,
+        steps: r.steps,
+        firstLoss: r.firstLoss,
+        lastLoss: r.lastLoss,
+        seconds: r.seconds,
+      };
       if (o.json) printJson(result);
-      else console.log(`saved adapter '${o.name}' to ${result.out} (steps ${r.startStep}→${r.steps}, loss ${r.firstLoss.toFixed(4)} → ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`);
+      else
+        console.log(
+          `saved adapter '${o.name}' to ${result.out} (steps ${r.startStep}→${r.steps}, loss ${r.firstLoss.toFixed(4)} → ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`,
+        );
     });
 
   // ---------------------------------------------------------------- eval
@@ -251,12 +296,17 @@ export function buildProgram(): Command {
       const r = await evaluate(model, data, composition);
       const result = { backend: backend.name, examples: data.length, loss: lossSum / data.length, tokenAccuracy: r.tokenAccuracy, exactMatch: r.exactMatch };
       if (o.json) printJson(result);
-      else console.log(`${data.length} examples: loss ${result.loss.toFixed(4)}, token accuracy ${(100 * r.tokenAccuracy).toFixed(2)}%, exact match ${(100 * r.exactMatch).toFixed(2)}%`);
+      else
+        console.log(
+          `${data.length} examples: loss ${result.loss.toFixed(4)}, token accuracy ${(100 * r.tokenAccuracy).toFixed(2)}%, exact match ${(100 * r.exactMatch).toFixed(2)}%`,
+        );
     });
 
   // ---------------------------------------------------------------- bench
   common(program.command('bench'))
-    .description('benchmarks: runs tools/bench (when built in this checkout) with the arguments after --, else times forward passes and greedy generation (tokens/s) at batch 1 and 32')
+    .description(
+      'benchmarks: runs tools/bench (when built in this checkout) with the arguments after --, else times forward passes and greedy generation (tokens/s) at batch 1 and 32',
+    )
     .argument('[benchArgs...]', 'arguments passed to tools/bench, e.g. -- --backends wasm,cpu --quick')
     .option('--builtin', 'use the built-in timing even when tools/bench exists', false)
     .option('--iterations <n>', 'timed repetitions (built-in)', int('--iterations', 1), 5)
@@ -306,10 +356,10 @@ export function buildProgram(): Command {
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);
       const names = await loadAdapters(model, o.adapter);
-      const srv = createAdapterServer(model, { windowMs: o.windowMs, maxBatchRows: o.maxBatchRows, logRequests: o.logRequests, log: (l) => process.stderr.write(l + '\n') });
+      const srv = createAdapterServer(model, { windowMs: o.windowMs, maxBatchRows: o.maxBatchRows, logRequests: o.logRequests, log: (l) => process.stderr.write(`${l}\n`) });
       const port = await srv.listen(o.port);
       // One line on stdout that scripts (and tests) can wait for.
-      process.stdout.write(JSON.stringify({ listening: `http://127.0.0.1:${port}`, port, backend: backend.name, adapters: names }) + '\n');
+      process.stdout.write(`${JSON.stringify({ listening: `http://127.0.0.1:${port}`, port, backend: backend.name, adapters: names })}\n`);
       const stop = async (signal: string) => {
         process.stderr.write(`${signal}: finishing in-flight requests, then exiting\n`);
         await srv.close();

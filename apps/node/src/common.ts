@@ -44,7 +44,7 @@ export async function loadModel(dir: string | undefined): Promise<T5ForCondition
 export async function loadAdapters(model: T5ForConditionalGeneration, specs: string[] = []): Promise<string[]> {
   const names: string[] = [];
   for (const spec of specs) {
-    const m = /^([A-Za-z0-9_.\-]+)=(.+)$/.exec(spec);
+    const m = /^([A-Za-z0-9_.-]+)=(.+)$/.exec(spec);
     const dir = resolve(m ? m[2] : spec);
     const name = m ? m[1] : basename(dir).replace(/[\s,()]/g, '_');
     names.push(await model.loadAdapter(dir, { name }));
@@ -65,7 +65,7 @@ export function parseComposition(text: string): AdapterComposition {
     throw new UsageError(`bad composition '${text}' at position ${pos}: ${msg}`);
   };
   const ident = (): string => {
-    const m = /^[A-Za-z0-9_.\-]+/.exec(s.slice(pos));
+    const m = /^[A-Za-z0-9_.-]+/.exec(s.slice(pos));
     if (!m) fail('expected an adapter name or a block');
     pos += m![0].length;
     return m![0];

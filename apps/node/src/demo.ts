@@ -23,7 +23,7 @@ export interface DemoOptions {
 
 export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> {
   const say = (s: string) => {
-    if (!o.json) process.stdout.write(s + '\n');
+    if (!o.json) process.stdout.write(`${s}\n`);
   };
   const out = resolve(o.out ?? mkdtempSync(join(tmpdir(), 'adapterkit-demo-')));
   const t0 = performance.now();
@@ -42,9 +42,18 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   const row = model.adapters.adapterSummary().find((r) => r.name === 'shift2')!;
   say(`adapter 'shift2': ${config}, ${row.parameters.toLocaleString('en-US')} trainable parameters (${row.percent.toFixed(2)}% of the base model)`);
   const bar = makeProgress(o.json, o.steps);
-  const result = await trainAdapter(model, 'shift2', train, { steps: o.steps, lr: o.lr, schedule: 'cosine', batchSize: o.batchSize, seed: o.seed, onProgress: (e) => bar.update(e.step, e.loss) });
+  const result = await trainAdapter(model, 'shift2', train, {
+    steps: o.steps,
+    lr: o.lr,
+    schedule: 'cosine',
+    batchSize: o.batchSize,
+    seed: o.seed,
+    onProgress: (e) => bar.update(e.step, e.loss),
+  });
   bar.stop();
-  say(`trained ${o.steps} steps in ${result.seconds.toFixed(1)} s (${(o.steps / result.seconds).toFixed(1)} steps/s), loss ${result.firstLoss.toFixed(3)} → ${result.lastLoss.toFixed(3)}`);
+  say(
+    `trained ${o.steps} steps in ${result.seconds.toFixed(1)} s (${(o.steps / result.seconds).toFixed(1)} steps/s), loss ${result.firstLoss.toFixed(3)} → ${result.lastLoss.toFixed(3)}`,
+  );
 
   const after = await evaluate(model, heldOut, 'shift2');
   say(`greedy token accuracy after training:  ${(100 * after.tokenAccuracy).toFixed(1)}% (exact match ${(100 * after.exactMatch).toFixed(1)}%)`);
@@ -54,7 +63,11 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   say(`saved adapter to ${adapterDir}`);
 
   const samples = heldOut.slice(0, 4);
-  const sampleOut = await greedyIds(model, samples.map((e) => e.inputIds), { composition: 'shift2' });
+  const sampleOut = await greedyIds(
+    model,
+    samples.map((e) => e.inputIds),
+    { composition: 'shift2' },
+  );
   say('examples (greedy):');
   samples.forEach((e, i) => {
     say(`  input    ${JSON.stringify(e.inputIds)}`);
@@ -65,7 +78,11 @@ export async function runDemo(o: DemoOptions): Promise<Record<string, unknown>> 
   // A fresh model + the saved adapter must reproduce the outputs exactly.
   const fresh = await loadModel(BUNDLED_MODEL);
   const name = await fresh.loadAdapter(adapterDir);
-  const reloaded = await greedyIds(fresh, heldOut.map((e) => e.inputIds), { composition: name });
+  const reloaded = await greedyIds(
+    fresh,
+    heldOut.map((e) => e.inputIds),
+    { composition: name },
+  );
   const identical = JSON.stringify(reloaded) === JSON.stringify(after.outputs);
   say(`reloaded the saved adapter into a fresh model: outputs on all ${heldOut.length} held-out examples ${identical ? 'are identical' : 'DIFFER'}`);
   const seconds = (performance.now() - t0) / 1000;

@@ -10,7 +10,12 @@ import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 
 const COPIED = ['config.json', 'generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'spiece.model'];
 
-export async function writeCheckpoint(model: T5ForConditionalGeneration, sourceDir: string, outDir: string, metadata: Record<string, string> = {}): Promise<{ tensors: number; files: string[] }> {
+export async function writeCheckpoint(
+  model: T5ForConditionalGeneration,
+  sourceDir: string,
+  outDir: string,
+  metadata: Record<string, string> = {},
+): Promise<{ tensors: number; files: string[] }> {
   const tensors = await model.stateDict();
   await writeFilesAtomic(outDir, { 'model.safetensors': writeSafetensors(tensors, { format: 'pt', ...metadata }) });
   const files = ['model.safetensors'];

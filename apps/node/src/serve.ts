@@ -132,7 +132,11 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
     const composition = names.length === 1 ? names[0] : BatchSplit(...names, { batchSizes: sizes });
     const maxNewTokens = Math.max(...group.map((j) => j.params.maxNewTokens));
     try {
-      const out = await generate(ordered.flatMap((j) => j.rows), composition, { ...group[0].params, maxNewTokens });
+      const out = await generate(
+        ordered.flatMap((j) => j.rows),
+        composition,
+        { ...group[0].params, maxNewTokens },
+      );
       stats.batchedRequests += group.length;
       let r = 0;
       for (const j of ordered) {
@@ -173,7 +177,8 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
     const int = (k: string, lo: number, hi: number, dflt: number | undefined) => {
       const v = p[k] ?? dflt;
       if (v === undefined) return undefined;
-      if (!Number.isInteger(v) || (v as number) < lo || (v as number) > hi) throw new HttpError(400, 'bad_params', `${k} must be an integer in [${lo}, ${hi}], got ${JSON.stringify(p[k])}`);
+      if (!Number.isInteger(v) || (v as number) < lo || (v as number) > hi)
+        throw new HttpError(400, 'bad_params', `${k} must be an integer in [${lo}, ${hi}], got ${JSON.stringify(p[k])}`);
       return v as number;
     };
     const num = (k: string, lo: number, hi: number) => {
@@ -220,6 +225,7 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
     return { rows, texts };
   }
 
+  // biome-ignore lint/suspicious/noExplicitAny: an untrusted request body, checked field by field below
   async function handleGenerate(body: any): Promise<unknown> {
     if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'bad_request', 'the body must be a JSON object');
     if (body.adapter !== undefined && body.composition !== undefined) throw new HttpError(400, 'bad_request', "give either 'adapter' or 'composition', not both");
@@ -253,6 +259,7 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
   }
 
   // ------------------------------------------------------------ HTTP
+  // biome-ignore lint/suspicious/noExplicitAny: untrusted JSON; handleGenerate checks it field by field
   async function readBody(req: IncomingMessage): Promise<any> {
     const tooLarge = () => new HttpError(413, 'body_too_large', `the body exceeds ${maxBodyBytes} bytes`);
     if (Number(req.headers['content-length'] ?? 0) > maxBodyBytes) throw tooLarge();
@@ -284,8 +291,10 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
   async function route(req: IncomingMessage, res: ServerResponse) {
     const url = (req.url ?? '/').split('?')[0];
     const method = req.method ?? 'GET';
-    if (url === '/health' && method === 'GET') return send(res, 200, { status: closing ? 'stopping' : 'ok', adapters: model.adapters.listAdapters().length, pending: pending.length, inFlight, ...stats });
-    if (url === '/v1/adapters' && method === 'GET') return send(res, 200, { adapters: model.adapters.adapterSummary().map(({ name, method, parameters, percent }) => ({ name, method, parameters, percent })) });
+    if (url === '/health' && method === 'GET')
+      return send(res, 200, { status: closing ? 'stopping' : 'ok', adapters: model.adapters.listAdapters().length, pending: pending.length, inFlight, ...stats });
+    if (url === '/v1/adapters' && method === 'GET')
+      return send(res, 200, { adapters: model.adapters.adapterSummary().map(({ name, method, parameters, percent }) => ({ name, method, parameters, percent })) });
     if (url === '/v1/adapters' && method === 'POST') {
       const body = await readBody(req);
       if (!body || typeof body.path !== 'string') throw new HttpError(400, 'bad_request', 'POST /v1/adapters needs {"path": "<adapter directory>", "name"?: "<name>"}');

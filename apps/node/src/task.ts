@@ -2,7 +2,8 @@
  * The shift-k copy task the bundled tiny model was trained on (with k = 1): every input token t in [3, 128)
  * must come out as (t − 3 + k) % 125 + 3, followed by </s> (id 1). The demo teaches it k = 2 with a LoRA.
  */
-import { SeededRandom, type AdapterComposition } from '@adapterkit/core';
+import type { AdapterComposition } from '@adapterkit/core';
+import { shiftTaskExamples, shiftTaskToken } from '@adapterkit/train';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { padRows, trimGenerated } from './common.js';
 
@@ -13,24 +14,19 @@ export interface Example {
 
 export const EOS = 1;
 
-export function shiftToken(t: number, shift: number): number {
-  return ((t - 3 + shift) % 125) + 3;
-}
+export const shiftToken = shiftTaskToken;
 
-/** `n` seeded examples of length 4–8 (+ eos). */
+/** `n` seeded examples of length 4–8 (+ eos): @adapterkit/train's shift task with labels. */
 export function shiftExamples(n: number, seed: number, shift = 2): Example[] {
-  const rng = new SeededRandom(seed);
-  const out: Example[] = [];
-  for (let i = 0; i < n; i++) {
-    const len = 4 + Math.floor(rng.next() * 5);
-    const toks = Array.from({ length: len }, () => 3 + Math.floor(rng.next() * 125));
-    out.push({ inputIds: [...toks, EOS], labels: [...toks.map((t) => shiftToken(t, shift)), EOS] });
-  }
-  return out;
+  return shiftTaskExamples(n, seed, shift).map((e) => ({ inputIds: e.inputIds, labels: e.targetIds }));
 }
 
 /** Greedy generation for examples, in batches; returns trimmed ids per example. */
-export async function greedyIds(model: T5ForConditionalGeneration, inputs: number[][], options: { composition?: AdapterComposition | null; maxNewTokens?: number; batchSize?: number } = {}): Promise<number[][]> {
+export async function greedyIds(
+  model: T5ForConditionalGeneration,
+  inputs: number[][],
+  options: { composition?: AdapterComposition | null; maxNewTokens?: number; batchSize?: number } = {},
+): Promise<number[][]> {
   const out: number[][] = [];
   const bs = options.batchSize ?? 32;
   for (let i = 0; i < inputs.length; i += bs) {
@@ -60,7 +56,11 @@ export function scoreOutputs(outputs: number[][], examples: Example[]): { tokenA
 }
 
 export async function evaluate(model: T5ForConditionalGeneration, examples: Example[], composition?: AdapterComposition | null) {
-  const outputs = await greedyIds(model, examples.map((e) => e.inputIds), { composition });
+  const outputs = await greedyIds(
+    model,
+    examples.map((e) => e.inputIds),
+    { composition },
+  );
   return { ...scoreOutputs(outputs, examples), outputs };
 }
 

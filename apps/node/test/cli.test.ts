@@ -157,7 +157,12 @@ describe('commands on the bundled model (wasm)', () => {
   it('train writes a checkpoint and resumes from it; eval scores the result', async () => {
     const dir = tempDir();
     const data = join(dir, 'train.jsonl');
-    writeFileSync(data, shiftExamples(64, 3).map((e) => JSON.stringify({ input_ids: e.inputIds, labels: e.labels })).join('\n') + '\n');
+    writeFileSync(
+      data,
+      `${shiftExamples(64, 3)
+        .map((e) => JSON.stringify({ input_ids: e.inputIds, labels: e.labels }))
+        .join('\n')}\n`,
+    );
     const common = ['--backend', 'wasm', '--json', '--data', data, '--out', join(dir, 'out'), '--batch-size', '8', '--config', 'lora[r=4,alpha=8]', '--checkpoint-every', '3'];
     const first = await runCli(['train', ...common, '--steps', '3']);
     expect(first.code, first.stderr).toBe(0);

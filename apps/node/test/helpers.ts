@@ -8,7 +8,7 @@ import { SeededRandom } from '@adapterkit/core';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 
 export const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-export const PEFT_LORA = fileURLToPath(new URL('../../../packages/t5/test/fixtures/tiny-gated/peft-lora', import.meta.url));
+export { PEFT_LORA_DIR as PEFT_LORA } from '@adapterkit/t5/test';
 
 export function requireBuiltCli() {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build the CLI first (pnpm --filter @adapterkit/cli build)`);

@@ -10,7 +10,12 @@ const NAMES = ['alpha', 'beta', 'gamma'];
 const MAX_NEW = 8;
 
 async function post(base: string, path: string, body: unknown, raw = false) {
-  const res = await fetch(base + path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: raw ? (body as string) : JSON.stringify(body), signal: AbortSignal.timeout(60_000) });
+  const res = await fetch(base + path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: raw ? (body as string) : JSON.stringify(body),
+    signal: AbortSignal.timeout(60_000),
+  });
   return { status: res.status, body: (await res.json()) as any };
 }
 
@@ -63,7 +68,10 @@ describe('serve', () => {
     const calls = srv.stats.generateCalls - callsBefore;
     answers.forEach((a, i) => {
       expect(a.status, JSON.stringify(a.body)).toBe(200);
-      expect(a.body.outputs.map((o: { ids: number[] }) => o.ids), `request ${i} (${requests[i].adapter})`).toEqual(expected[i]);
+      expect(
+        a.body.outputs.map((o: { ids: number[] }) => o.ids),
+        `request ${i} (${requests[i].adapter})`,
+      ).toEqual(expected[i]);
     });
     expect(calls).toBeLessThan(50);
 
@@ -138,7 +146,11 @@ describe('serve', () => {
 
   it('the built CLI serves, and SIGTERM finishes in-flight requests then exits 0', async () => {
     requireBuiltCli();
-    const child = spawn(process.execPath, [CLI, 'serve', '--backend', 'wasm', '--port', '0', '--window-ms', '2000', '--log-requests', '--adapter', join(adapterDir, 'alpha'), '--adapter', join(adapterDir, 'beta')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      [CLI, 'serve', '--backend', 'wasm', '--port', '0', '--window-ms', '2000', '--log-requests', '--adapter', join(adapterDir, 'alpha'), '--adapter', join(adapterDir, 'beta')],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));

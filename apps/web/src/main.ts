@@ -7,9 +7,8 @@ import { initBackend, setWasmPaths, type BackendInfo } from '@adapterkit/backend
 import type { AdapterFiles } from '@adapterkit/core';
 import '@adapterkit/lora';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
-import { Trainer } from '@adapterkit/train';
 import { CategoryScale, Chart, LinearScale, LineController, LineElement, PointElement } from 'chart.js';
-import { shiftExamples } from './task.js';
+import { shiftTaskExamples as shiftExamples, Trainer } from '@adapterkit/train';
 
 Chart.register(LineController, LineElement, PointElement, LinearScale, CategoryScale);
 
@@ -111,14 +110,24 @@ async function loadModel() {
   active = null;
   trained = undefined;
   const d = model.dims;
-  status(ui.modelStatus, `ready: ${url} — d_model ${d.dModel}, ${d.numEncoderLayers}+${d.numDecoderLayers} layers, vocab ${d.vocabSize}, ${model.baseParameterCount().toLocaleString('en-US')} parameters (${((performance.now() - t0) / 1000).toFixed(1)} s)`, 'ready');
+  status(
+    ui.modelStatus,
+    `ready: ${url} — d_model ${d.dModel}, ${d.numEncoderLayers}+${d.numDecoderLayers} layers, vocab ${d.vocabSize}, ${model.baseParameterCount().toLocaleString('en-US')} parameters (${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    'ready',
+  );
   ui.modelStatus.dataset.loads = String(modelLoads);
   renderAdapters();
 }
 
 function renderAdapters() {
   ui.adapterList.replaceChildren();
-  const rows = [{ name: null as string | null, label: 'none (base model)' }, ...(model?.adapters.adapterSummary() ?? []).map((r) => ({ name: r.name, label: `${r.name} — ${r.method}, ${r.parameters.toLocaleString('en-US')} params (${r.percent.toFixed(2)}%)` }))];
+  const rows = [
+    { name: null as string | null, label: 'none (base model)' },
+    ...(model?.adapters.adapterSummary() ?? []).map((r) => ({
+      name: r.name,
+      label: `${r.name} — ${r.method}, ${r.parameters.toLocaleString('en-US')} params (${r.percent.toFixed(2)}%)`,
+    })),
+  ];
   for (const r of rows) {
     const label = document.createElement('label');
     const input = document.createElement('input');
@@ -161,7 +170,10 @@ async function generate() {
   let ids: number[];
   const text = ui.genInput.value;
   if (ui.genIds.checked) {
-    ids = text.split(/[\s,]+/).filter(Boolean).map(Number);
+    ids = text
+      .split(/[\s,]+/)
+      .filter(Boolean)
+      .map(Number);
     if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0 || t >= model!.dims.vocabSize)) throw new Error(`token ids must be integers in [0, ${model.dims.vocabSize})`);
   } else {
     if (!model.tokenizer) throw new Error('this model has no tokenizer: use token ids');
@@ -194,7 +206,12 @@ async function generate() {
 const chart = new Chart($<HTMLCanvasElement>('loss-chart'), {
   type: 'line',
   data: { labels: [], datasets: [{ label: 'training loss', data: [], borderColor: '#2f6fb0', pointRadius: 0, borderWidth: 2 }] },
-  options: { animation: false, responsive: true, maintainAspectRatio: false, scales: { x: { title: { display: true, text: 'step' } }, y: { title: { display: true, text: 'loss' } } } },
+  options: {
+    animation: false,
+    responsive: true,
+    maintainAspectRatio: false,
+    scales: { x: { title: { display: true, text: 'step' } }, y: { title: { display: true, text: 'loss' } } },
+  },
 });
 
 async function train() {

@@ -24,7 +24,14 @@ const CHROMIUM = '/usr/bin/chromium';
 const INPUT = [12, 14, 53, 14, 77, 1];
 const MAX_NEW = 8;
 
-const MIME: Record<string, string> = { '.html': 'text/html', '.js': 'text/javascript', '.css': 'text/css', '.json': 'application/json', '.wasm': 'application/wasm', '.safetensors': 'application/octet-stream' };
+const MIME: Record<string, string> = {
+  '.html': 'text/html',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.safetensors': 'application/octet-stream',
+};
 
 /** A tiny static server for dist/ on 127.0.0.1 (GET and HEAD, as the model loader probes files with HEAD). */
 function serve(dir: string): Promise<{ server: Server; url: string }> {
@@ -46,7 +53,13 @@ function serve(dir: string): Promise<{ server: Server; url: string }> {
 function noisyLora(model: T5ForConditionalGeneration, name: string, seed: number) {
   model.addAdapter(name, 'lora[r=4,alpha=8]', { seed });
   const rng = new SeededRandom(seed);
-  for (const v of model.adapters.adapterVariables(name).values()) v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.normal(0, 0.5)), v.shape));
+  for (const v of model.adapters.adapterVariables(name).values())
+    v.assign(
+      tf.tensor(
+        Float32Array.from({ length: v.size }, () => rng.normal(0, 0.5)),
+        v.shape,
+      ),
+    );
 }
 
 function trim(row: number[]): number[] {

@@ -44,11 +44,32 @@ export class BackendUnavailableError extends Error {
   }
 }
 
-const isNode =
-  typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as any).window === 'undefined';
+/** True in Node (not in a browser, nor in a bundle running in one): the one place this is decided. */
+export const isNode = typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as { window?: unknown }).window === 'undefined';
 
-// Dynamic imports through a variable keep bundlers from trying to bundle Node-only packages.
-const importOptional = (name: string): Promise<any> => import(/* @vite-ignore */ name);
+/**
+ * Imports a module by a name the bundler cannot see (Node built-ins, optional packages), typed by the
+ * caller: `nodeImport<typeof import('node:fs')>('node:fs')`. Keeps bundlers from bundling Node-only code.
+ */
+export const nodeImport = <T>(name: string): Promise<T> => import(/* @vite-ignore */ name);
+
+/** The parts of WebGPU this module touches (TypeScript's DOM typings do not include WebGPU). */
+interface GpuAdapterInfoLike {
+  vendor?: string;
+  architecture?: string;
+  device?: string;
+  description?: string;
+  isFallbackAdapter?: boolean;
+}
+interface GpuLike {
+  requestAdapter(options?: { powerPreference?: string }): Promise<{ info?: GpuAdapterInfoLike; isFallbackAdapter?: boolean } | null>;
+}
+/** The `webgpu` npm package (Dawn for Node). */
+interface DawnModule {
+  globals: object;
+  create(flags: string[]): GpuLike;
+}
+const globalWithGpu = globalThis as { navigator?: { gpu?: GpuLike } };
 
 let wasmKernelsRegistered = false;
 let webgpuAdapterInfo: { description: string; isFallback: boolean } | undefined;
@@ -98,7 +119,8 @@ function backendKey(name: BackendName): string {
 
 async function activate(name: string): Promise<void> {
   const ok = await tf.setBackend(name);
-  if (!ok) throw new BackendUnavailableError(name as BackendName, `tfjs backend '${name}'`, 'tf.setBackend returned false', 'check the console for the backend initialisation error');
+  if (!ok)
+    throw new BackendUnavailableError(name as BackendName, `tfjs backend '${name}'`, 'tf.setBackend returned false', 'check the console for the backend initialisation error');
   await tf.ready();
 }
 
@@ -126,10 +148,14 @@ async function ensureWebGpuRegistered(): Promise<void> {
   // The factory may already be registered by someone else (e.g. an app importing tfjs-backend-webgpu in a
   // browser); we still need the adapter description, so only return early once we have both.
   if (tf.findBackendFactory('webgpu') && webgpuAdapterInfo) return;
-  const nav: any = (globalThis as any).navigator;
-  if (!nav?.gpu) {
+  if (!globalWithGpu.navigator?.gpu) {
     if (!isNode) {
-      throw new BackendUnavailableError('webgpu', 'a browser with WebGPU', 'navigator.gpu is absent', 'use a WebGPU-capable browser (Chromium: --enable-unsafe-webgpu) or the wasm backend');
+      throw new BackendUnavailableError(
+        'webgpu',
+        'a browser with WebGPU',
+        'navigator.gpu is absent',
+        'use a WebGPU-capable browser (Chromium: --enable-unsafe-webgpu) or the wasm backend',
+      );
     }
     // Node: Dawn through the `webgpu` package. In CI there is no GPU; SwiftShader's Vulkan driver
     // (shipped with Debian's chromium) stands in when nothing else is configured.
@@ -138,21 +164,31 @@ async function ensureWebGpuRegistered(): Promise<void> {
       if (await fileExists(swiftshader)) process.env.VK_ICD_FILENAMES = swiftshader;
     }
     if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp';
-    let webgpu: any;
+    let webgpu: DawnModule;
     try {
-      webgpu = await importOptional('webgpu');
+      webgpu = await nodeImport<DawnModule>('webgpu');
     } catch (e) {
-      throw new BackendUnavailableError('webgpu', 'webgpu (npm, Dawn for Node)', `cannot import it (${(e as Error).message})`, 'run `pnpm add webgpu` and install the Vulkan loader (`apt-get install libvulkan1`)');
+      throw new BackendUnavailableError(
+        'webgpu',
+        'webgpu (npm, Dawn for Node)',
+        `cannot import it (${(e as Error).message})`,
+        'run `pnpm add webgpu` and install the Vulkan loader (`apt-get install libvulkan1`)',
+      );
     }
     Object.assign(globalThis, webgpu.globals);
     const gpu = webgpu.create([]);
-    if (!(globalThis as any).navigator) (globalThis as any).navigator = {};
-    Object.defineProperty((globalThis as any).navigator, 'gpu', { value: gpu, configurable: true });
+    globalWithGpu.navigator ??= {};
+    Object.defineProperty(globalWithGpu.navigator, 'gpu', { value: gpu, configurable: true });
   }
-  const gpu = (globalThis as any).navigator.gpu;
+  const gpu = globalWithGpu.navigator!.gpu!;
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) {
-    throw new BackendUnavailableError('webgpu', 'a WebGPU adapter', 'navigator.gpu.requestAdapter() returned null (no Vulkan driver found)', 'install the Vulkan loader (`apt-get install libvulkan1`) and a driver (GPU vendor driver, or Debian chromium for SwiftShader)');
+    throw new BackendUnavailableError(
+      'webgpu',
+      'a WebGPU adapter',
+      'navigator.gpu.requestAdapter() returned null (no Vulkan driver found)',
+      'install the Vulkan loader (`apt-get install libvulkan1`) and a driver (GPU vendor driver, or Debian chromium for SwiftShader)',
+    );
   }
   const info = adapter.info ?? {};
   const description = [info.vendor, info.architecture, info.device, info.description].filter(Boolean).join(' ') || 'unknown adapter';
@@ -168,7 +204,7 @@ function hasHardwareVulkan(): boolean {
 
 async function fileExists(path: string): Promise<boolean> {
   try {
-    const fs = await importOptional('node:fs');
+    const fs = await nodeImport<typeof import('node:fs')>('node:fs');
     return fs.existsSync(path);
   } catch {
     return false;
@@ -196,7 +232,7 @@ async function initTensorflow(): Promise<BackendInfo> {
   const reasons: string[] = [];
   for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
     try {
-      await importOptional(pkg);
+      await nodeImport(pkg);
       await activate('tensorflow');
       return { name: 'tensorflow', device: `libtensorflow (${pkg})`, isFallbackAdapter: false, supportsTraining: true, platform: 'node' };
     } catch (e) {

@@ -8,7 +8,12 @@ import type { BackendName } from './index.js';
 /** Backends a package's tests run on: ADAPTERKIT_BACKENDS (comma list) or the given default. */
 export function backendsUnderTest(defaults: BackendName[] = ['cpu', 'wasm']): BackendName[] {
   const env = typeof process !== 'undefined' ? process.env.ADAPTERKIT_BACKENDS : undefined;
-  return env ? (env.split(',').map((s) => s.trim()).filter(Boolean) as BackendName[]) : defaults;
+  return env
+    ? (env
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean) as BackendName[])
+    : defaults;
 }
 
 /** Max |a − b| over two tensors or arrays (async: works on webgpu). */

@@ -7,6 +7,13 @@ import * as tf from '@tensorflow/tfjs';
  * it shares it, as the cpu and webgpu backends (and wasm's own Reshape) do — tensors are immutable, the
  * shared buffer is reference-counted. Saving a 66 MB embedding table for its gradient then costs nothing.
  */
+/** The members of tfjs-backend-wasm's backend these kernels use (its class is not exported with types). */
+interface WasmBackendInternals {
+  incRef(dataId: object): void;
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): tf.TypedArray;
+}
+
 export function registerWasmFallbackKernels(): void {
   const identity = tf.getKernel('Identity', 'wasm');
   if (identity) tf.unregisterKernel('Identity', 'wasm');
@@ -15,9 +22,9 @@ export function registerWasmFallbackKernels(): void {
     backendName: 'wasm',
     setupFunc: identity?.setupFunc,
     kernelFunc: ({ inputs, backend }) => {
-      const { x } = inputs as unknown as { x: tf.TensorInfo };
+      const x = inputs.x as tf.TensorInfo;
       if (x.dtype === 'string') return identity!.kernelFunc({ inputs, backend, attrs: {} });
-      (backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
+      (backend as unknown as WasmBackendInternals).incRef(x.dataId);
       return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
     },
   });
@@ -26,9 +33,10 @@ export function registerWasmFallbackKernels(): void {
     kernelName: 'UnsortedSegmentSum',
     backendName: 'wasm',
     kernelFunc: ({ inputs, attrs, backend }) => {
-      const wasm = backend as any;
-      const { x, segmentIds } = inputs as unknown as { x: tf.TensorInfo; segmentIds: tf.TensorInfo };
-      const numSegments = (attrs as any).numSegments as number;
+      const wasm = backend as unknown as WasmBackendInternals;
+      const x = inputs.x as tf.TensorInfo;
+      const segmentIds = inputs.segmentIds as tf.TensorInfo;
+      const numSegments = attrs!.numSegments as number;
       const inner = x.shape.slice(segmentIds.shape.length).reduce((a, b) => a * b, 1);
       const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
       const out = wasm.makeOutput(outShape, x.dtype);

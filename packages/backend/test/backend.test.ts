@@ -1,14 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import {
-  BackendUnavailableError,
-  countTensors,
-  currentBackend,
-  expectNoLeaks,
-  initBackend,
-  readFloat32,
-  tf,
-  withLeakCheck,
-} from '../src/index.js';
+import { BackendUnavailableError, countTensors, currentBackend, expectNoLeaks, initBackend, readFloat32, tf, withLeakCheck } from '../src/index.js';
 
 // WebGPU in Node cannot read synchronously: every read below is `await t.data()`.
 
@@ -36,7 +27,7 @@ describe('initBackend', () => {
     expect(tf.getBackend()).toBe('cpu');
   });
 
-  it("rejects an unknown backend name with BackendUnavailableError", async () => {
+  it('rejects an unknown backend name with BackendUnavailableError', async () => {
     await expect(initBackend('nope' as never)).rejects.toBeInstanceOf(BackendUnavailableError);
   });
 
@@ -67,7 +58,18 @@ describe('initBackend', () => {
       // Idempotent: a second call returns the same description without re-initialising.
       expect(await initBackend(name)).toBe(info);
       // And it computes.
-      const out = tf.tidy(() => tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5, 6], [7, 8]])));
+      const out = tf.tidy(() =>
+        tf.matMul(
+          tf.tensor2d([
+            [1, 2],
+            [3, 4],
+          ]),
+          tf.tensor2d([
+            [5, 6],
+            [7, 8],
+          ]),
+        ),
+      );
       expect(Array.from(await readFloat32(out))).toEqual([19, 22, 43, 50]);
       out.dispose();
     });
@@ -78,7 +80,12 @@ describe('wasm UnsortedSegmentSum fallback', () => {
   /** d(sum(gather(params, indices, axis) * w)) / d(params), read back as plain numbers. */
   async function gatherGrad(backend: 'cpu' | 'wasm', axis: number, indices: number[] | number[][]): Promise<{ shape: number[]; values: number[] }> {
     await initBackend(backend);
-    const params = tf.tensor2d([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]);
+    const params = tf.tensor2d([
+      [1, 2, 3],
+      [4, 5, 6],
+      [7, 8, 9],
+      [10, 11, 12],
+    ]);
     const idx = tf.tensor(indices, undefined, 'int32');
     const g = tf.grad((p: tf.Tensor) => {
       const gathered = tf.gather(p, idx, axis);
@@ -99,7 +106,12 @@ describe('wasm UnsortedSegmentSum fallback', () => {
   it('computes unsortedSegmentSum like cpu, dropping out-of-range segment ids', async () => {
     const run = async (backend: 'cpu' | 'wasm') => {
       await initBackend(backend);
-      const x = tf.tensor2d([[1, 2], [3, 4], [5, 6], [7, 8]]);
+      const x = tf.tensor2d([
+        [1, 2],
+        [3, 4],
+        [5, 6],
+        [7, 8],
+      ]);
       const ids = tf.tensor1d([2, 0, 2, 1], 'int32');
       const out = tf.unsortedSegmentSum(x, ids, 3);
       const r = { shape: out.shape, values: Array.from(await out.data()) };
@@ -115,7 +127,14 @@ describe('wasm UnsortedSegmentSum fallback', () => {
   const cases: Array<[string, number, number[] | number[][]]> = [
     ['axis 0, repeated indices', 0, [3, 1, 1, 0]],
     ['axis 1', 1, [2, 0, 2]],
-    ['axis 0, 2-D indices', 0, [[0, 2], [2, 3]]],
+    [
+      'axis 0, 2-D indices',
+      0,
+      [
+        [0, 2],
+        [2, 3],
+      ],
+    ],
   ];
   for (const [label, axis, indices] of cases) {
     it(`makes tf.grad of tf.gather work on wasm and match cpu (${label})`, async () => {

@@ -86,9 +86,35 @@ const REQUIRED = ['mh_adapter', 'output_adapter', 'reduction_factor', 'non_linea
 const KNOWN = new Set<string>(['method', 'architecture', ...REQUIRED, ...Object.keys(DEFAULTS)]);
 
 /** Presets with `adapters`' exact defaults (ADAPTER_CONFIG_MAP). */
-const SEQ_BN = { method: 'bottleneck', original_ln_before: true, original_ln_after: true, residual_before_ln: true, adapter_residual_before_ln: false, ln_before: false, ln_after: false, mh_adapter: false, output_adapter: true, non_linearity: 'relu', reduction_factor: 16 };
-const DOUBLE_SEQ_BN = { method: 'bottleneck', original_ln_before: false, original_ln_after: true, residual_before_ln: true, adapter_residual_before_ln: false, ln_before: false, ln_after: false, mh_adapter: true, output_adapter: true, non_linearity: 'swish', reduction_factor: 16 };
-const PAR_BN = { method: 'bottleneck', original_ln_before: false, original_ln_after: true, ln_before: false, ln_after: false, mh_adapter: false, output_adapter: true, non_linearity: 'relu', reduction_factor: 2, init_weights: 'mam_adapter', is_parallel: true, scaling: 4.0 };
+const SEQ_BN = {
+  method: 'bottleneck',
+  original_ln_before: true,
+  original_ln_after: true,
+  residual_before_ln: true,
+  adapter_residual_before_ln: false,
+  ln_before: false,
+  ln_after: false,
+  mh_adapter: false,
+  output_adapter: true,
+  non_linearity: 'relu',
+  reduction_factor: 16,
+};
+/** DoubleSeqBnConfig: SeqBnConfig's fields, with these three changed. */
+const DOUBLE_SEQ_BN = { ...SEQ_BN, original_ln_before: false, mh_adapter: true, non_linearity: 'swish' };
+const PAR_BN = {
+  method: 'bottleneck',
+  original_ln_before: false,
+  original_ln_after: true,
+  ln_before: false,
+  ln_after: false,
+  mh_adapter: false,
+  output_adapter: true,
+  non_linearity: 'relu',
+  reduction_factor: 2,
+  init_weights: 'mam_adapter',
+  is_parallel: true,
+  scaling: 4.0,
+};
 const SCALED_PAR_BN = { ...PAR_BN, scaling: 'learned' };
 const SEQ_BN_INV = { ...SEQ_BN, inv_adapter: 'nice', inv_adapter_reduction_factor: 2 };
 const DOUBLE_SEQ_BN_INV = { ...DOUBLE_SEQ_BN, inv_adapter: 'nice', inv_adapter_reduction_factor: 2 };
@@ -153,7 +179,25 @@ export function normalizeBottleneckConfig(raw: AdapterConfig): BottleneckConfig 
   const c = { ...DEFAULTS, leave_out: [...DEFAULTS.leave_out], ...raw, method: 'bottleneck' } as Record<string, unknown>;
   delete c.architecture;
 
-  for (const k of ['mh_adapter', 'output_adapter', 'cross_adapter', 'original_ln_before', 'original_ln_after', 'adapter_residual_before_ln', 'ln_before', 'ln_after', 'is_parallel', 'use_gating', 'phm_layer', 'factorized_phm_W', 'shared_W_phm', 'shared_phm_rule', 'factorized_phm_rule', 'learn_phm', 'phm_bias']) {
+  for (const k of [
+    'mh_adapter',
+    'output_adapter',
+    'cross_adapter',
+    'original_ln_before',
+    'original_ln_after',
+    'adapter_residual_before_ln',
+    'ln_before',
+    'ln_after',
+    'is_parallel',
+    'use_gating',
+    'phm_layer',
+    'factorized_phm_W',
+    'shared_W_phm',
+    'shared_phm_rule',
+    'factorized_phm_rule',
+    'learn_phm',
+    'phm_bias',
+  ]) {
     if (!isBool(c[k])) throw new ConfigError(`${k} must be true or false, got ${JSON.stringify(c[k])}`, k);
   }
   checkReductionFactor(c.reduction_factor);
@@ -179,7 +223,10 @@ export function normalizeBottleneckConfig(raw: AdapterConfig): BottleneckConfig 
   }
   if (c.inv_adapter === 'nice') {
     if (!(isNum(c.inv_adapter_reduction_factor) && c.inv_adapter_reduction_factor > 0)) {
-      throw new ConfigError(`inv_adapter_reduction_factor must be a positive number with inv_adapter 'nice', got ${JSON.stringify(c.inv_adapter_reduction_factor)}`, 'inv_adapter_reduction_factor');
+      throw new ConfigError(
+        `inv_adapter_reduction_factor must be a positive number with inv_adapter 'nice', got ${JSON.stringify(c.inv_adapter_reduction_factor)}`,
+        'inv_adapter_reduction_factor',
+      );
     }
   } else c.inv_adapter_reduction_factor = null; // ignored without an invertible adapter, as in adapters
   if (c.phm_layer) checkPhm(c);
@@ -199,14 +246,19 @@ function checkPhm(c: Record<string, unknown>): void {
     if (!(Number.isInteger(c[k]) && (c[k] as number) >= 1)) throw new ConfigError(`${k} must be a positive integer, got ${JSON.stringify(c[k])}`, k);
   }
   if (c.phm_c_init !== 'normal' && c.phm_c_init !== 'uniform') throw new ConfigError(`phm_c_init must be "normal" or "uniform", got ${JSON.stringify(c.phm_c_init)}`, 'phm_c_init');
-  if (!(isNum(c.phm_init_range) && c.phm_init_range > 0)) throw new ConfigError(`phm_init_range must be a positive number, got ${JSON.stringify(c.phm_init_range)}`, 'phm_init_range');
+  if (!(isNum(c.phm_init_range) && c.phm_init_range > 0))
+    throw new ConfigError(`phm_init_range must be a positive number, got ${JSON.stringify(c.phm_init_range)}`, 'phm_init_range');
   if (!['phm', 'glorot-normal', 'glorot-uniform', 'normal'].includes(c.hypercomplex_nonlinearity as string)) {
-    throw new ConfigError(`hypercomplex_nonlinearity must be one of phm, glorot-normal, glorot-uniform, normal, got ${JSON.stringify(c.hypercomplex_nonlinearity)}`, 'hypercomplex_nonlinearity');
+    throw new ConfigError(
+      `hypercomplex_nonlinearity must be one of phm, glorot-normal, glorot-uniform, normal, got ${JSON.stringify(c.hypercomplex_nonlinearity)}`,
+      'hypercomplex_nonlinearity',
+    );
   }
   // adapters' shared non-factorized W refers to an undefined size, and mam_adapter/houlsby init read `.weight` of a PHM layer (which has none): both crash there.
   if (c.shared_W_phm) throw new UnsupportedError('shared_W_phm (one W shared by every Compacter layer) is not implemented in @adapterkit/bottleneck', 'shared_W_phm');
   if (!c.learn_phm) throw new UnsupportedError('learn_phm: false (a frozen PHM rule) is not implemented in @adapterkit/bottleneck', 'learn_phm');
-  if (c.init_weights !== 'bert') throw new ConfigError(`init_weights '${String(c.init_weights)}' has no rule for PHM layers (adapters fails on it too); Compacter uses 'bert'`, 'init_weights');
+  if (c.init_weights !== 'bert')
+    throw new ConfigError(`init_weights '${String(c.init_weights)}' has no rule for PHM layers (adapters fails on it too); Compacter uses 'bert'`, 'init_weights');
 }
 
 /** Reduction factor at one global layer id (a map needs the layer or 'default'). */

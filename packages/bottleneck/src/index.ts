@@ -1,22 +1,9 @@
-import { registerMethod, type AdapterMethod, type BlockType, type ModelAccess } from '@adapterkit/core';
-import { normalizeBottleneckConfig, PRESETS } from './config.js';
-import { BottleneckRuntime } from './runtime.js';
-
-/**
- * Bottleneck adapters (AdapterHub `adapters`' BnConfig): seq_bn (Pfeiffer), double_seq_bn (Houlsby), par_bn
- * (He et al.), scaled_par_bn and the general `bn` config. Importing this package registers the method.
- */
-export const bottleneckMethod: AdapterMethod = {
-  name: 'bottleneck',
-  configMethods: ['bottleneck'],
-  presets: PRESETS,
-  // Fuse needs its fusion layers first: addAdapterFusion(model, Fuse('a', 'b')).
-  supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average', 'Split', 'Fuse']),
-  normalizeConfig: normalizeBottleneckConfig,
-  attach: (model: ModelAccess) => new BottleneckRuntime(model),
-};
+import { registerMethod } from '@adapterkit/core';
+import { bottleneckMethod } from './method.js';
 
 registerMethod(bottleneckMethod);
+
+export { bottleneckMethod } from './method.js';
 
 export { normalizeBottleneckConfig, reductionFactorAt, PRESETS, NON_LINEARITIES, BN_INITS, type BottleneckConfig } from './config.js';
 export { BottleneckRuntime } from './runtime.js';
@@ -28,7 +15,5 @@ export {
   fusionRegularizationLoss,
   saveAdapterFusion,
   loadAdapterFusion,
-  normalizeFusionConfig,
-  FUSION_PRESETS,
-  type AdapterFusionConfig,
-} from './fusion.js';
+} from './fusion-api.js';
+export { normalizeFusionConfig, FUSION_PRESETS, type AdapterFusionConfig } from './fusion.js';

@@ -1,7 +1,27 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { ConfigError, AdapterError, InputError, SeededRandom, sequenceMeanGate, type AdapterComposition, type AdapterConfig, type CompositionBlock, type ForwardContext, type MethodRuntime, type ModelAccess, type SublayerLocation, type SublayerSite } from '@adapterkit/core';
-import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
+import {
+  AdapterTable,
+  concatRows,
+  TableRuntime,
+  ConfigError,
+  AdapterError,
+  InputError,
+  SeededRandom,
+  sequenceMeanGate,
+  type AdapterComposition,
+  type AdapterConfig,
+  type CompositionBlock,
+  type ForwardContext,
+  type MethodRuntime,
+  type ModelAccess,
+  type SublayerLocation,
+  type SublayerSite,
+  type HookKind,
+  type AnySite,
+} from '@adapterkit/core';
+import { composeLayer, dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam, type ParamRole } from '@adapterkit/init';
+import { activation, matMulLast } from '@adapterkit/kernels';
 import { normalizeBottleneckConfig, reductionFactorAt, type BottleneckConfig } from './config.js';
 import { createFusionModules, fusionForward, type AdapterFusionConfig, type FusionEntry } from './fusion.js';
 
@@ -52,55 +72,32 @@ const LOCATION_OPTION: Record<SublayerLocation, 'mh_adapter' | 'cross_adapter' |
 
 let variableCounter = 0;
 
-function activation(name: string, x: Tensor): Tensor {
-  switch (name) {
-    case 'relu':
-      return tf.relu(x);
-    case 'swish':
-    case 'silu':
-      return x.mul(tf.sigmoid(x));
-    case 'gelu':
-      // transformers' GELUActivation: exact, erf-based.
-      return x.mul(0.5).mul(tf.erf(x.mul(Math.SQRT1_2)).add(1));
-    case 'gelu_new':
-    case 'gelu_pytorch_tanh': {
-      const inner = x.add(x.pow(3).mul(0.044715)).mul(Math.sqrt(2 / Math.PI));
-      return x.mul(0.5).mul(tf.tanh(inner).add(1));
-    }
-    case 'tanh':
-      return tf.tanh(x);
-    case 'sigmoid':
-      return tf.sigmoid(x);
-    case 'leakyrelu':
-      // torch.nn.functional.leaky_relu default negative_slope.
-      return tf.leakyRelu(x, 0.01);
-    default:
-      return x; // identity / linear
-  }
-}
-
 /** PyTorch nn.LayerNorm over the last axis (mean and variance, eps 1e-5, weight and bias). */
 function layerNorm(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
   const { mean, variance } = tf.moments(x, -1, true);
   return x.sub(mean).mul(variance.add(1e-5).rsqrt()).mul(weight).add(bias);
 }
 
-/** x [..., in] · kernel [in, out] + bias. */
-function dense(x: Tensor, kernel: Tensor, bias: Tensor): Tensor {
-  const shape = x.shape;
-  const y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), kernel).add(bias);
-  return y.reshape([...shape.slice(0, -1), kernel.shape[1] as number]);
+/** An adapter's variables by save name: `${site.key}.adapters.${location}.${param}` (e.g. `encoder.block.0.layer.1.adapters.output.adapter_down.weight`), the invertible adapter's and the shared PHM rule's. */
+function variablesByName(entry: AdapterEntry): Map<string, Variable> {
+  const out = new Map<string, Variable>();
+  for (const m of entry.modules.values()) for (const [k, v] of m.vars) out.set(`${m.site.key}.adapters.${m.site.location}.${k}`, v);
+  for (const [k, v] of entry.inv ?? []) out.set(`encoder.invertible_adapters.${k}`, v);
+  for (const [k, v] of entry.shared ?? []) out.set(`shared_parameters.${k}`, v);
+  return out;
 }
 
-export class BottleneckRuntime implements MethodRuntime {
-  private readonly adapters = new Map<string, AdapterEntry>();
+export class BottleneckRuntime extends TableRuntime<AdapterEntry> implements MethodRuntime {
+  protected readonly adapters = new AdapterTable<AdapterEntry>('bottleneck', variablesByName);
   private readonly fusions = new Map<string, FusionEntry>();
 
-  constructor(private readonly model: ModelAccess) {}
+  constructor(private readonly model: ModelAccess) {
+    super();
+  }
 
   // ------------------------------------------------------------------ life cycle
   add(name: string, config: AdapterConfig, seed: number): void {
-    if (this.adapters.has(name)) throw new AdapterError(`bottleneck adapter '${name}' already exists`, name);
+    this.adapters.assertNew(name);
     const cfg = normalizeBottleneckConfig(config);
     const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
     for (const l of cfg.leave_out) if (l >= total) throw new ConfigError(`leave_out entry ${l} is not a layer id of this model (0..${total - 1})`, 'leave_out');
@@ -116,7 +113,10 @@ export class BottleneckRuntime implements MethodRuntime {
         const down = Math.floor(hidden / rf);
         if (down < 1) throw new ConfigError(`reduction_factor ${rf} at layer ${site.layer} leaves ${hidden}/${rf} < 1 bottleneck unit (hidden size ${hidden})`, 'reduction_factor');
         if (cfg.phm_layer && (hidden % cfg.phm_dim !== 0 || down % cfg.phm_dim !== 0)) {
-          throw new ConfigError(`phm_dim ${cfg.phm_dim} must divide the hidden size ${hidden} and the bottleneck size ${down} (reduction_factor ${rf}) at layer ${site.layer}`, 'phm_dim');
+          throw new ConfigError(
+            `phm_dim ${cfg.phm_dim} must divide the hidden size ${hidden} and the bottleneck size ${down} (reduction_factor ${rf}) at layer ${site.layer}`,
+            'phm_dim',
+          );
         }
         modules.set(site.key, { site, config: cfg, hidden, down, vars: this.createVariables(name, site, cfg, hidden, down, rng), salt, shared });
       });
@@ -126,7 +126,7 @@ export class BottleneckRuntime implements MethodRuntime {
       for (const v of shared?.values() ?? []) v.dispose();
       throw e;
     }
-    this.adapters.set(name, { config: cfg, modules, inv, shared });
+    this.adapters.add(name, { config: cfg, modules, inv, shared });
   }
 
   /**
@@ -143,8 +143,14 @@ export class BottleneckRuntime implements MethodRuntime {
     const kG = Math.floor(s1 / rf);
     if (kF < 1 || kG < 1) throw new ConfigError(`inv_adapter_reduction_factor ${rf} leaves < 1 unit in the invertible adapter (d_model ${H})`, 'inv_adapter_reduction_factor');
     const shapes: [string, ParamRole, number[]][] = [
-      ['F.0.weight', 'down', [s2, kF]], ['F.0.bias', 'down', [kF]], ['F.2.weight', 'up', [kF, s1]], ['F.2.bias', 'up', [s1]],
-      ['G.0.weight', 'down', [s1, kG]], ['G.0.bias', 'down', [kG]], ['G.2.weight', 'up', [kG, s2]], ['G.2.bias', 'up', [s2]],
+      ['F.0.weight', 'down', [s2, kF]],
+      ['F.0.bias', 'down', [kF]],
+      ['F.2.weight', 'up', [kF, s1]],
+      ['F.2.bias', 'up', [s1]],
+      ['G.0.weight', 'down', [s1, kG]],
+      ['G.0.bias', 'down', [kG]],
+      ['G.2.weight', 'up', [kG, s2]],
+      ['G.2.bias', 'up', [s2]],
     ];
     const vars = new Map<string, Variable>();
     for (const [param, role, shape] of shapes) {
@@ -159,7 +165,7 @@ export class BottleneckRuntime implements MethodRuntime {
   private nice(entry: AdapterEntry, x: Tensor, reverse: boolean): Tensor {
     const v = (k: string) => entry.inv!.get(k)!;
     const act = entry.config.non_linearity;
-    const sub = (p: 'F' | 'G', t: Tensor) => dense(activation(act, dense(t, v(`${p}.0.weight`), v(`${p}.0.bias`))), v(`${p}.2.weight`), v(`${p}.2.bias`));
+    const sub = (p: 'F' | 'G', t: Tensor) => matMulLast(activation(act.toLowerCase(), matMulLast(t, v(`${p}.0.weight`), v(`${p}.0.bias`))), v(`${p}.2.weight`), v(`${p}.2.bias`));
     const H = x.shape[x.rank - 1] as number;
     const s1 = Math.floor(H / 2);
     const begin = new Array(x.rank).fill(0);
@@ -184,32 +190,26 @@ export class BottleneckRuntime implements MethodRuntime {
    */
   embeddings(stack: 'encoder' | 'decoder', embeds: Tensor, ctx: ForwardContext, inverse: boolean): Tensor | undefined {
     const comp = ctx.composition;
-    if (!comp || (stack === 'encoder') === inverse) return undefined;
-    if (![...this.adapters.values()].some((a) => a.inv)) return undefined;
-    const apply = (node: AdapterComposition, x: Tensor): Tensor => {
-      if (typeof node === 'string') {
-        const entry = this.adapters.get(node);
-        return entry?.inv ? this.nice(entry, x, inverse) : x;
-      }
-      const rows = x.shape[0];
-      const sl = (start: number, n: number) => x.slice([start, ...new Array(x.rank - 1).fill(0)], [n, ...new Array(x.rank - 1).fill(-1)]);
-      if (node.type === 'Parallel') {
-        const b = rows / node.children.length;
-        return tf.concat(node.children.map((c, i) => apply(c, sl(i * b, b))), 0);
-      }
-      if (node.type === 'BatchSplit') {
-        const parts: Tensor[] = [];
-        let start = 0;
-        node.children.forEach((c, i) => {
-          const n = node.batchSizes[i] * ctx.rowMultiplier;
-          if (n > 0) parts.push(apply(c, sl(start, n)));
-          start += n;
-        });
-        return parts.length === 1 ? parts[0] : tf.concat(parts, 0);
-      }
-      return apply(node.children[0], x); // Stack, Average, Fuse, Split: the first child (adapters' first())
+    if (!comp || (stack === 'encoder') === inverse || !this.actsAt('embeddings', stack, ctx)) return undefined;
+    const prims: LayerPrimitives<Tensor> = {
+      has: (n) => !!this.adapters.find(n)?.inv,
+      single: (n, x) => this.nice(this.adapters.get(n), x, inverse),
+      rows: (x) => x.shape[0] as number,
+      sliceRows: (x, start, end) => x.slice([start, ...new Array(x.rank - 1).fill(0)], [end - start, ...new Array(x.rank - 1).fill(-1)]),
+      concatRows: (parts) => (parts.length === 1 ? parts[0] : tf.concat(parts, 0)),
     };
-    return tf.tidy(() => apply(comp, embeds));
+    return tf.tidy(() => composeLayer(firstPerBranch(comp), embeds, prims, ctx));
+  }
+
+  /** Whether an active adapter of ours acts at a sub-layer, or (invertible adapters) at a stack's embeddings. */
+  actsAt(hook: HookKind, site: AnySite, ctx: ForwardContext): boolean {
+    const comp = ctx.composition;
+    if (!comp) return false;
+    if (hook === 'embeddings') return [...this.adapters.values()].some((a) => a.inv) && touches(firstPerBranch(comp), { has: (n: string) => !!this.adapters.find(n)?.inv });
+    if (hook !== 'sublayer') return false;
+    const sub = site as SublayerSite;
+    if (ctx.isSkipped(sub.layer) || ![...this.adapters.values()].some((a) => a.modules.has(sub.key))) return false;
+    return touches(comp, this.primitives(sub, ctx));
   }
 
   /**
@@ -220,14 +220,16 @@ export class BottleneckRuntime implements MethodRuntime {
     // init_weights_seed: adapters reseeds per module, so every layer starts identical.
     const rng = cfg.init_weights_seed !== null ? new SeededRandom(cfg.init_weights_seed) : shared;
     const specs: { name: string; role: ParamRole; shape: number[]; fanIn?: number }[] = [];
-    if (cfg.ln_before) specs.push({ name: 'adapter_norm_before.weight', role: 'layer_norm_weight', shape: [H] }, { name: 'adapter_norm_before.bias', role: 'layer_norm_bias', shape: [H] });
+    if (cfg.ln_before)
+      specs.push({ name: 'adapter_norm_before.weight', role: 'layer_norm_weight', shape: [H] }, { name: 'adapter_norm_before.bias', role: 'layer_norm_bias', shape: [H] });
     // Compacter: PHM layers keep their own init (adapters' bert init only touches nn.Linear); made below.
     const phm: PhmSpec[] = cfg.phm_layer ? [...phmSpecs('adapter_down', H, d, cfg), ...phmSpecs('adapter_up', d, H, cfg)] : [];
     if (!cfg.phm_layer) {
       specs.push({ name: 'adapter_down.weight', role: 'down', shape: [H, d] }, { name: 'adapter_down.bias', role: 'down', shape: [d], fanIn: H });
       specs.push({ name: 'adapter_up.weight', role: 'up', shape: [d, H] }, { name: 'adapter_up.bias', role: 'up', shape: [H], fanIn: d });
     }
-    if (cfg.ln_after) specs.push({ name: 'adapter_norm_after.weight', role: 'layer_norm_weight', shape: [H] }, { name: 'adapter_norm_after.bias', role: 'layer_norm_bias', shape: [H] });
+    if (cfg.ln_after)
+      specs.push({ name: 'adapter_norm_after.weight', role: 'layer_norm_weight', shape: [H] }, { name: 'adapter_norm_after.bias', role: 'layer_norm_bias', shape: [H] });
     if (cfg.use_gating) specs.push({ name: 'gate.weight', role: 'gate', shape: [H, 1] }, { name: 'gate.bias', role: 'gate', shape: [1], fanIn: H });
     if (cfg.scaling === 'learned') specs.push({ name: 'scaling', role: 'scaling', shape: [1] });
     if (cfg.scaling === 'channel') specs.push({ name: 'scaling', role: 'scaling', shape: [H] });
@@ -258,7 +260,7 @@ export class BottleneckRuntime implements MethodRuntime {
   private project(m: Module, which: 'adapter_down' | 'adapter_up', x: Tensor): Tensor {
     const cfg = m.config;
     const v = (k: string) => m.vars.get(k)!;
-    if (!cfg.phm_layer) return dense(x, v(`${which}.weight`), v(`${which}.bias`));
+    if (!cfg.phm_layer) return matMulLast(x, v(`${which}.weight`), v(`${which}.bias`));
     const p = cfg.phm_dim;
     const W = cfg.factorized_phm_W ? tf.matMul(v(`${which}.W_left`), v(`${which}.W_right`)) : v(`${which}.W`); // [p, a, b]
     const [, a, b] = W.shape as number[];
@@ -266,20 +268,16 @@ export class BottleneckRuntime implements MethodRuntime {
     const rp = cfg.shared_phm_rule ? '' : `${which}.`;
     const rule = cfg.factorized_phm_rule ? tf.matMul(ruleVars.get(`${rp}phm_rule_left`)!, ruleVars.get(`${rp}phm_rule_right`)!) : ruleVars.get(`${rp}phm_rule`)!; // [p, p, p]
     // kron(ruleᵢ [p, p], Wᵢ [a, b])[r·a + s, c·b + t] = ruleᵢ[r, c]·Wᵢ[s, t], summed over i.
-    const kernel = rule.reshape([p, p, 1, p, 1]).mul(W.reshape([p, 1, a, 1, b])).sum(0).reshape([p * a, p * b]);
-    const shape = x.shape;
-    let y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), kernel);
-    if (cfg.phm_bias) y = y.add(v(`${which}.b`));
-    return y.reshape([...shape.slice(0, -1), p * b]);
+    const kernel = rule
+      .reshape([p, p, 1, p, 1])
+      .mul(W.reshape([p, 1, a, 1, b]))
+      .sum(0)
+      .reshape([p * a, p * b]);
+    return matMulLast(x, kernel, cfg.phm_bias ? v(`${which}.b`) : undefined);
   }
 
-  remove(name: string): void {
-    const entry = this.adapters.get(name);
-    if (!entry) return;
-    for (const m of entry.modules.values()) for (const v of m.vars.values()) v.dispose();
-    for (const v of entry.inv?.values() ?? []) v.dispose();
-    for (const v of entry.shared?.values() ?? []) v.dispose();
-    this.adapters.delete(name);
+  override remove(name: string): void {
+    if (!this.adapters.remove(name)) return;
     // A fusion over a deleted adapter cannot run any more.
     for (const f of [...this.fusions.values()]) if (f.adapters.includes(name)) this.deleteFusion(f.name);
   }
@@ -290,7 +288,7 @@ export class BottleneckRuntime implements MethodRuntime {
     if (this.fusions.has(name)) throw new AdapterError(`an AdapterFusion named '${name}' already exists`, name);
     if (adapters.length === 0) throw new AdapterError('AdapterFusion needs at least one adapter');
     for (const a of adapters) if (!this.adapters.has(a)) throw new AdapterError(`cannot fuse '${a}': it is not a bottleneck adapter of this model`, a);
-    const sites = this.model.sublayerSites().filter((s) => adapters.some((a) => this.adapters.get(a)!.modules.has(s.key)));
+    const sites = this.model.sublayerSites().filter((s) => adapters.some((a) => this.adapters.get(a).modules.has(s.key)));
     this.fusions.set(name, { name, adapters: [...adapters], config, modules: createFusionModules(name, sites, config, seed) });
   }
 
@@ -313,21 +311,6 @@ export class BottleneckRuntime implements MethodRuntime {
     return out;
   }
 
-  has(name: string): boolean {
-    return this.adapters.has(name);
-  }
-
-  /** Stable names: `${site.key}.adapters.${location}.${param}`, e.g. `encoder.block.0.layer.1.adapters.output.adapter_down.weight`. */
-  variables(name: string): Map<string, Variable> {
-    const entry = this.adapters.get(name);
-    if (!entry) throw new AdapterError(`unknown bottleneck adapter '${name}'`, name);
-    const out = new Map<string, Variable>();
-    for (const m of entry.modules.values()) for (const [k, v] of m.vars) out.set(`${m.site.key}.adapters.${m.site.location}.${k}`, v);
-    for (const [k, v] of entry.inv ?? []) out.set(`encoder.invertible_adapters.${k}`, v);
-    for (const [k, v] of entry.shared ?? []) out.set(`shared_parameters.${k}`, v);
-    return out;
-  }
-
   setWeights(name: string, tensors: Map<string, Tensor>): void {
     const vars = this.variables(name);
     for (const [k, t] of tensors) {
@@ -339,32 +322,37 @@ export class BottleneckRuntime implements MethodRuntime {
 
   /** The config an adapter was created with (normalised). */
   config(name: string): BottleneckConfig | undefined {
-    return this.adapters.get(name)?.config;
+    return this.adapters.find(name)?.config;
   }
 
   // ------------------------------------------------------------------ forward
   sublayer(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor | undefined {
-    const comp = ctx.composition;
-    if (!comp || ctx.isSkipped(site.layer) || ![...this.adapters.values()].some((a) => a.modules.has(site.key))) return undefined;
-    const prims = this.primitives(site, ctx);
     // Nothing of ours acts here (no active adapter of ours at this site): the model's plain path.
-    if (!touches(comp, prims)) return undefined;
+    if (!this.actsAt('sublayer', site, ctx)) return undefined;
+    const prims = this.primitives(site, ctx);
     return tf.tidy(() => {
       const rows = output.shape[0];
       const state = dispatch<BnState>(site.layer, { hs: output, r: residual, f: output, segs: [{ rows, last: null }] }, prims, ctx)!;
-      return this.postForward(state);
+      return this.postForward(state, this.originalNorm(site));
     });
   }
 
+  /**
+   * The sub-layer's own norm where `adapters` hands it to the bottleneck (post-norm models); pre-norm models
+   * pass layer_norm=None, and the "original LN" before/after the adapter is the residual add alone.
+   */
+  private originalNorm(site: SublayerSite): (x: Tensor) => Tensor {
+    const post = this.model.postNorm;
+    return site.norm === 'post' && post ? (x) => post.call(this.model, site, x) : (x) => x;
+  }
+
   /** adapters' post_forward of the last adapter, per row range (rows of different adapters may differ in config). */
-  private postForward(s: BnState): Tensor {
+  private postForward(s: BnState, ln: (x: Tensor) => Tensor): Tensor {
     const finish = (name: string | null, hs: Tensor, f: Tensor, r: Tensor): Tensor => {
-      const cfg = name === null ? null : this.adapters.get(name)!.config;
+      const cfg = name === null ? null : this.adapters.get(name).config;
       if (!cfg) return hs.add(r); // no adapter acted on these rows: the plain residual add
-      let out = cfg.is_parallel ? hs.add(f) : hs;
-      // T5 passes layer_norm=None, so the "original LN" after the adapter is the residual add alone.
-      if (cfg.original_ln_after) out = out.add(r);
-      return out;
+      const out = cfg.is_parallel ? hs.add(f) : hs;
+      return cfg.original_ln_after ? ln(out.add(r)) : out;
     };
     const segs = mergeSegments(s.segs);
     if (segs.length === 1) return finish(segs[0].last, s.hs, s.f, s.r);
@@ -379,7 +367,7 @@ export class BottleneckRuntime implements MethodRuntime {
   }
 
   private primitives(site: SublayerSite, ctx: ForwardContext): LayerPrimitives<BnState> {
-    const moduleOf = (name: string) => this.adapters.get(name)?.modules.get(site.key);
+    const moduleOf = (name: string) => this.adapters.find(name)?.modules.get(site.key);
     const sliceRows = (s: BnState, start: number, end: number): BnState => {
       const sl = (t: Tensor) => t.slice([start, 0, 0], [end - start, -1, -1]);
       return { hs: sl(s.hs), r: sl(s.r), f: sl(s.f), segs: sliceSegments(s.segs, start, end), up: s.up && sl(s.up) };
@@ -393,11 +381,11 @@ export class BottleneckRuntime implements MethodRuntime {
         parts.length === 1
           ? parts[0]
           : {
-              hs: tf.concat(parts.map((p) => p.hs), 0),
-              r: tf.concat(parts.map((p) => p.r), 0),
-              f: tf.concat(parts.map((p) => p.f), 0),
+              hs: concatRows(parts, (p) => p.hs),
+              r: concatRows(parts, (p) => p.r),
+              f: concatRows(parts, (p) => p.f),
               segs: parts.flatMap((p) => p.segs),
-              up: parts.every((p) => p.up) ? tf.concat(parts.map((p) => p.up!), 0) : undefined,
+              up: parts.every((p) => p.up) ? concatRows(parts, (p) => p.up!) : undefined,
             },
       // Σ wᵢ·hsᵢ with the block's weights (already normalised to sum 1; adapters' extra 1/n is not copied).
       average: (results, weights, input) => ({
@@ -425,10 +413,13 @@ export class BottleneckRuntime implements MethodRuntime {
     const lastLeaf = (c: AdapterComposition): string => (typeof c === 'string' ? c : lastLeaf(c.children[c.children.length - 1]));
     const leaves = block.children.filter((c) => touches(c, prims)).map(lastLeaf);
     const last = leaves[leaves.length - 1];
-    const cfg = this.adapters.get(last)!.config;
-    const { x, residual } = preForward(cfg, input);
+    const cfg = this.adapters.get(last).config;
+    const { x, residual } = preForward(cfg, input, this.originalNorm(site));
     const query = cfg.is_parallel ? input.r : fusion.config.query_before_ln ? input.hs : x;
-    const ups = tf.stack(ran.map((r) => r.up!), 2); // [B, S, N, H]
+    const ups = tf.stack(
+      ran.map((r) => r.up!),
+      2,
+    ); // [B, S, N, H]
     const hs = fusionForward(m, fusion.config, query, ups, residual, { training: ctx.training, seed: ctx.dropoutSeed(7919 + site.layer) });
     return { hs, r: input.r, f: input.f, segs: [{ rows: input.hs.shape[0], last }] };
   }
@@ -452,7 +443,13 @@ export class BottleneckRuntime implements MethodRuntime {
       }
       start += n;
     });
-    return { hs: parts.length === 1 ? parts[0].hs : tf.concat(parts.map((p) => p.hs), 1), r: s.r, f: s.f, segs };
+    const segments = parts.map((p) => p.hs); // of the sequence, in order
+    return {
+      hs: segments.length === 1 ? segments[0] : tf.concat(segments, 1),
+      r: s.r,
+      f: s.f,
+      segs,
+    };
   }
 
   /**
@@ -463,17 +460,21 @@ export class BottleneckRuntime implements MethodRuntime {
   private runModule(m: Module, name: string, s: BnState, ctx: ForwardContext): BnState {
     const cfg = m.config;
     const v = (k: string) => m.vars.get(k)!;
-    const { x, residual } = preForward(cfg, s);
+    const { x, residual } = preForward(cfg, s, this.originalNorm(m.site));
     // ---- forward
     let h = cfg.ln_before ? layerNorm(x, v('adapter_norm_before.weight'), v('adapter_norm_before.bias')) : x;
-    h = activation(cfg.non_linearity, this.project(m, 'adapter_down', h));
+    h = activation(cfg.non_linearity.toLowerCase(), this.project(m, 'adapter_down', h));
     let up = this.project(m, 'adapter_up', h);
     up = typeof cfg.scaling === 'number' ? (cfg.scaling === 1 ? up : up.mul(cfg.scaling)) : up.mul(v('scaling'));
     let out = ctx.training && cfg.dropout > 0 ? tf.dropout(up, cfg.dropout, undefined, ctx.dropoutSeed(m.salt * 31 + 17)) : up;
     if (cfg.use_gating) {
       // mean over the sequence of sigmoid(gate(x)): [B, 1, 1] in the encoder; causal [B, L, 1] in the decoder
       // (so cached decoding matches the full pass; see sequenceMeanGate)
-      const gate = sequenceMeanGate(tf.sigmoid(dense(x, v('gate.weight'), v('gate.bias'))), { causal: m.site.stack === 'decoder', key: `bottleneck:${name}:${m.site.key}` }, ctx);
+      const gate = sequenceMeanGate(
+        tf.sigmoid(matMulLast(x, v('gate.weight'), v('gate.bias'))),
+        { causal: m.site.stack === 'decoder', key: `bottleneck:${name}:${m.site.key}` },
+        ctx,
+      );
       out = out.mul(gate);
     }
     if (cfg.is_parallel) {
@@ -510,7 +511,11 @@ function phmRuleSpecs(prefix: string, cfg: BottleneckConfig, shared: boolean): P
   const p = cfg.phm_dim;
   const init = (n: number) => (rng: SeededRandom) =>
     cfg.phm_c_init === 'normal' ? normals(n, shared ? cfg.phm_init_range : 0.01, rng) : new Float32Array(n).map(() => rng.uniform(shared ? -1 : -0.01, shared ? 1 : 0.01));
-  if (cfg.factorized_phm_rule) return [{ name: `${prefix}phm_rule_left`, shape: [p, p, 1], init: init(p * p) }, { name: `${prefix}phm_rule_right`, shape: [p, 1, p], init: init(p * p) }];
+  if (cfg.factorized_phm_rule)
+    return [
+      { name: `${prefix}phm_rule_left`, shape: [p, p, 1], init: init(p * p) },
+      { name: `${prefix}phm_rule_right`, shape: [p, 1, p], init: init(p * p) },
+    ];
   return [{ name: `${prefix}phm_rule`, shape: [p, p, p], init: init(p * p * p) }];
 }
 
@@ -532,16 +537,16 @@ function phmSpecs(prefix: string, inF: number, outF: number, cfg: BottleneckConf
 }
 
 /**
- * adapters' pre_forward (T5 passes layer_norm=None, so "original LN before" is the residual add alone):
+ * adapters' pre_forward (`ln`: the sub-layer's own norm for post-norm models, the identity for pre-norm ones):
  * the adapter's input `x` and the residual its forward adds back.
  */
-function preForward(cfg: BottleneckConfig, s: BnState): { x: Tensor; residual: Tensor } {
+function preForward(cfg: BottleneckConfig, s: BnState, ln: (x: Tensor) => Tensor): { x: Tensor; residual: Tensor } {
   // ParallelAdapter reads the sub-layer input.
   if (cfg.is_parallel) return { x: s.r, residual: s.r };
   let x = s.hs;
   let residual = s.hs; // residual_before_ln true: the sub-layer output before the residual add
   if (cfg.original_ln_before) {
-    x = s.hs.add(s.r);
+    x = ln(s.hs.add(s.r));
     if (cfg.residual_before_ln === 'post_add') residual = x;
   }
   if (cfg.residual_before_ln === false) residual = x;
@@ -568,4 +573,15 @@ function mergeSegments(segs: BnState['segs']): BnState['segs'] {
     else out.push({ ...g });
   }
   return out;
+}
+
+/**
+ * The composition an invertible adapter follows: `adapters` takes the first adapter of the active setup; here
+ * that rule holds per row range, so Parallel and BatchSplit keep their branches and every other block
+ * reduces to its first child.
+ */
+function firstPerBranch(node: AdapterComposition): AdapterComposition {
+  if (typeof node === 'string') return node;
+  if (node.type === 'Parallel' || node.type === 'BatchSplit') return { ...node, children: node.children.map(firstPerBranch) };
+  return firstPerBranch(node.children[0]);
 }

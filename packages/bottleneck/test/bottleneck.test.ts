@@ -4,7 +4,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tf, initBackend } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { AdapterError, AdapterkitError, ConfigError, ForwardContext, ModelMismatchError, UnsupportedError, normalizeComposition, resolveConfig, type AdapterConfig } from '@adapterkit/core';
+import {
+  AdapterError,
+  AdapterkitError,
+  ConfigError,
+  ForwardContext,
+  ModelMismatchError,
+  UnsupportedError,
+  normalizeComposition,
+  resolveConfig,
+  type AdapterConfig,
+} from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { BottleneckRuntime } from '../src/index.js';
 import { FIXTURE_DIR, baseLogits, loadModel, logits, maxDiff, setVariables, trainStep } from './helpers.js';
@@ -28,10 +38,41 @@ const IDENTITY_CONFIGS: (string | AdapterConfig)[] = [
   'compacter++[reduction_factor=4,shared_phm_rule=false,factorized_phm_W=false,phm_dim=2]',
   'seq_bn[reduction_factor=8,non_linearity=gelu]',
   { method: 'bottleneck', mh_adapter: true, output_adapter: true, cross_adapter: true, reduction_factor: 4, non_linearity: 'tanh' },
-  { method: 'bottleneck', mh_adapter: false, output_adapter: true, cross_adapter: true, reduction_factor: { '2': 4, default: 8 }, non_linearity: 'leakyrelu', ln_before: true, use_gating: true, init_weights: 'houlsby' },
+  {
+    method: 'bottleneck',
+    mh_adapter: false,
+    output_adapter: true,
+    cross_adapter: true,
+    reduction_factor: { '2': 4, default: 8 },
+    non_linearity: 'leakyrelu',
+    ln_before: true,
+    use_gating: true,
+    init_weights: 'houlsby',
+  },
   { method: 'bottleneck', mh_adapter: true, output_adapter: false, reduction_factor: 2, non_linearity: 'sigmoid', scaling: 'channel', leave_out: [0, 3] },
-  { method: 'bottleneck', mh_adapter: true, output_adapter: true, cross_adapter: true, reduction_factor: 16, non_linearity: 'swish', is_parallel: true, ln_after: true, use_gating: true, scaling: 'learned', init_weights: 'bert' },
-  { method: 'bottleneck', mh_adapter: true, output_adapter: true, reduction_factor: 8, non_linearity: 'identity', original_ln_before: true, residual_before_ln: true, dropout: 0.1 },
+  {
+    method: 'bottleneck',
+    mh_adapter: true,
+    output_adapter: true,
+    cross_adapter: true,
+    reduction_factor: 16,
+    non_linearity: 'swish',
+    is_parallel: true,
+    ln_after: true,
+    use_gating: true,
+    scaling: 'learned',
+    init_weights: 'bert',
+  },
+  {
+    method: 'bottleneck',
+    mh_adapter: true,
+    output_adapter: true,
+    reduction_factor: 8,
+    non_linearity: 'identity',
+    original_ln_before: true,
+    residual_before_ln: true,
+    dropout: 0.1,
+  },
 ];
 
 /**
@@ -51,14 +92,18 @@ const IDENTITY_CONFIGS: (string | AdapterConfig)[] = [
  */
 function adaptersParamCount(c: AdapterConfig): number {
   const perModule = (layer: number) => {
-    const rf = typeof c.reduction_factor === 'number' ? c.reduction_factor : ((c.reduction_factor as Record<string, number>)[String(layer)] ?? (c.reduction_factor as Record<string, number>).default);
+    const rf =
+      typeof c.reduction_factor === 'number'
+        ? c.reduction_factor
+        : ((c.reduction_factor as Record<string, number>)[String(layer)] ?? (c.reduction_factor as Record<string, number>).default);
     const d = Math.floor(H / rf);
     let n = H * d + d + d * H + H;
     if (c.phm_layer) {
       const p = c.phm_dim as number;
       const k = c.phm_rank as number;
       const rule = c.factorized_phm_rule ? 2 * p * p : p * p * p;
-      const phm = (i: number, o: number) => (c.factorized_phm_W ? p * (i / p) * k + p * k * (o / p) : p * (i / p) * (o / p)) + (c.phm_bias ? o : 0) + (c.shared_phm_rule ? 0 : rule);
+      const phm = (i: number, o: number) =>
+        (c.factorized_phm_W ? p * (i / p) * k + p * k * (o / p) : p * (i / p) * (o / p)) + (c.phm_bias ? o : 0) + (c.shared_phm_rule ? 0 : rule);
       n = phm(H, d) + phm(d, H);
     }
     if (c.ln_before) n += 2 * H;
@@ -100,23 +145,48 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       model.setActiveAdapters(null);
     });
 
-    it('presets carry adapters\' defaults', () => {
+    it("presets carry adapters' defaults", () => {
       const seq = resolveConfig('seq_bn');
-      expect(seq).toMatchObject({ method: 'bottleneck', original_ln_before: true, original_ln_after: true, residual_before_ln: true, mh_adapter: false, output_adapter: true, non_linearity: 'relu', reduction_factor: 16, init_weights: 'bert', scaling: 1, is_parallel: false });
+      expect(seq).toMatchObject({
+        method: 'bottleneck',
+        original_ln_before: true,
+        original_ln_after: true,
+        residual_before_ln: true,
+        mh_adapter: false,
+        output_adapter: true,
+        non_linearity: 'relu',
+        reduction_factor: 16,
+        init_weights: 'bert',
+        scaling: 1,
+        is_parallel: false,
+      });
       expect(resolveConfig('double_seq_bn')).toMatchObject({ original_ln_before: false, mh_adapter: true, output_adapter: true, non_linearity: 'swish', reduction_factor: 16 });
-      expect(resolveConfig('par_bn')).toMatchObject({ is_parallel: true, scaling: 4, init_weights: 'mam_adapter', reduction_factor: 2, non_linearity: 'relu', output_adapter: true, mh_adapter: false });
+      expect(resolveConfig('par_bn')).toMatchObject({
+        is_parallel: true,
+        scaling: 4,
+        init_weights: 'mam_adapter',
+        reduction_factor: 2,
+        non_linearity: 'relu',
+        output_adapter: true,
+        mh_adapter: false,
+      });
       expect(resolveConfig('scaled_par_bn')).toMatchObject({ is_parallel: true, scaling: 'learned' });
       expect(resolveConfig('seq_bn_inv')).toEqual({ ...resolveConfig('seq_bn'), inv_adapter: 'nice', inv_adapter_reduction_factor: 2 });
       expect(resolveConfig('double_seq_bn_inv')).toMatchObject({ inv_adapter: 'nice', inv_adapter_reduction_factor: 2, non_linearity: 'swish' });
       expect(resolveConfig('pfeiffer')).toEqual(seq);
       expect(resolveConfig('double_seq_bn[reduction_factor=8]')).toMatchObject({ reduction_factor: 8, non_linearity: 'swish' });
-      expect(resolveConfig('bn[mh_adapter=true,output_adapter=false,reduction_factor=4,non_linearity=relu]')).toMatchObject({ mh_adapter: true, output_adapter: false, original_ln_before: false, original_ln_after: true });
+      expect(resolveConfig('bn[mh_adapter=true,output_adapter=false,reduction_factor=4,non_linearity=relu]')).toMatchObject({
+        mh_adapter: true,
+        output_adapter: false,
+        original_ln_before: false,
+        original_ln_after: true,
+      });
       // A normalised config normalises to itself (what save/load relies on).
       expect(resolveConfig(seq)).toEqual(seq);
     });
 
     it('bad configs give typed errors naming the option', () => {
-      const expectErr = (cfg: string | AdapterConfig, type: Function, field: string) => {
+      const expectErr = (cfg: string | AdapterConfig, type: new (...args: never[]) => Error, field: string) => {
         let err: unknown;
         try {
           model.addAdapter('bad', cfg);
@@ -153,9 +223,30 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       expect(() => model.setActiveAdapters('nope')).toThrow(AdapterError);
     });
 
-    it('parameter counts equal adapters\' formula', () => {
-      const configs: (string | AdapterConfig)[] = [...IDENTITY_CONFIGS, { method: 'bottleneck', mh_adapter: true, output_adapter: true, cross_adapter: true, reduction_factor: 4, non_linearity: 'relu', ln_before: true, ln_after: true, use_gating: true, scaling: 'channel' }];
-      const known: Record<string, number> = { seq_bn: 4 * 162, double_seq_bn: 8 * 162, par_bn: 4 * 1072, scaled_par_bn: 4 * 1073, seq_bn_inv: 4 * 162 + 2 * 280, 'compacter[reduction_factor=8]': 8 * 108 + 64 };
+    it("parameter counts equal adapters' formula", () => {
+      const configs: (string | AdapterConfig)[] = [
+        ...IDENTITY_CONFIGS,
+        {
+          method: 'bottleneck',
+          mh_adapter: true,
+          output_adapter: true,
+          cross_adapter: true,
+          reduction_factor: 4,
+          non_linearity: 'relu',
+          ln_before: true,
+          ln_after: true,
+          use_gating: true,
+          scaling: 'channel',
+        },
+      ];
+      const known: Record<string, number> = {
+        seq_bn: 4 * 162,
+        double_seq_bn: 8 * 162,
+        par_bn: 4 * 1072,
+        scaled_par_bn: 4 * 1073,
+        seq_bn_inv: 4 * 162 + 2 * 280,
+        'compacter[reduction_factor=8]': 8 * 108 + 64,
+      };
       configs.forEach((cfg, i) => {
         model.addAdapter(`p${i}`, cfg);
         const row = model.adapterSummary().find((r) => r.name === `p${i}`)!;
@@ -183,7 +274,11 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     });
 
     it('ln_before + mam_adapter init (adapters #745)', async () => {
-      model.addAdapter('r', { method: 'bottleneck', mh_adapter: true, output_adapter: true, reduction_factor: 4, non_linearity: 'relu', ln_before: true, init_weights: 'mam_adapter' }, { seed: 3 });
+      model.addAdapter(
+        'r',
+        { method: 'bottleneck', mh_adapter: true, output_adapter: true, reduction_factor: 4, non_linearity: 'relu', ln_before: true, init_weights: 'mam_adapter' },
+        { seed: 3 },
+      );
       const vars = model.adapters.adapterVariables('r');
       const key = 'encoder.block.0.layer.1.adapters.output';
       const down = (await vars.get(`${key}.adapter_down.weight`)!.data()) as Float32Array;
@@ -208,7 +303,8 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     it('hook output matches hand-computed T5 formulas (seq_bn, par_bn, double_seq_bn, Stack)', async () => {
       const site = model.sublayerSites().find((s) => s.key === 'decoder.block.1.layer.2')!; // an FFN sub-layer
       const mhSite = model.sublayerSites().find((s) => s.key === 'encoder.block.1.layer.0')!; // self-attention
-      const rt = model.adapters.runtimeFor('bottleneck') ?? (model.addAdapter('tmp', 'seq_bn'), model.adapters.runtimeFor('bottleneck'));
+      if (!model.adapters.runtimeFor('bottleneck')) model.addAdapter('tmp', 'seq_bn');
+      const rt = model.adapters.runtimeFor('bottleneck');
       expect(rt).toBeInstanceOf(BottleneckRuntime);
       const f = tf.randomNormal([2, 5, H], 0, 1, 'float32', 7);
       const r = tf.randomNormal([2, 5, H], 0, 1, 'float32', 8);
@@ -218,10 +314,14 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         ctx.dispose();
         return y;
       };
-      const W = (name: string, key: string, p: string) => model.adapters.adapterVariables(name).get(`${key}.adapters.${site.location === 'output' && key === site.key ? 'output' : 'mh'}.${p}`)!;
+      const W = (name: string, key: string, p: string) =>
+        model.adapters.adapterVariables(name).get(`${key}.adapters.${site.location === 'output' && key === site.key ? 'output' : 'mh'}.${p}`)!;
       const A = (name: string, x: tf.Tensor, act: (t: tf.Tensor) => tf.Tensor, key = site.key) => {
         const down = act(tf.matMul(x.reshape([-1, H]), W(name, key, 'adapter_down.weight')).add(W(name, key, 'adapter_down.bias')));
-        return tf.matMul(down, W(name, key, 'adapter_up.weight')).add(W(name, key, 'adapter_up.bias')).reshape(x.shape);
+        return tf
+          .matMul(down, W(name, key, 'adapter_up.weight'))
+          .add(W(name, key, 'adapter_up.bias'))
+          .reshape(x.shape);
       };
       const swish = (t: tf.Tensor) => t.mul(tf.sigmoid(t));
 
@@ -257,7 +357,16 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 
       // Split over the sequence: positions [0, 2) to seq, [2, 5) to seq2, each as that adapter alone there.
       const ySplit = hook({ type: 'Split', children: ['seq', 'seq2'], splits: [2, 3] });
-      const eSplit = tf.concat([eSeq.slice([0, 0, 0], [-1, 2, -1]), r.add(f).add(A('seq2', f.add(r), tf.relu)).slice([0, 2, 0], [-1, 3, -1])], 1);
+      const eSplit = tf.concat(
+        [
+          eSeq.slice([0, 0, 0], [-1, 2, -1]),
+          r
+            .add(f)
+            .add(A('seq2', f.add(r), tf.relu))
+            .slice([0, 2, 0], [-1, 3, -1]),
+        ],
+        1,
+      );
       expect(maxDiff(await ySplit.data(), await eSplit.data())).toBeLessThan(1e-5);
 
       // Gating: output scaled by the mean of sigmoid(gate(x)) — at this decoder site a causal mean (position t
@@ -266,9 +375,21 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       setVariables(model, 'gated', /./, 'random', 15);
       const yG = hook('gated');
       const x = f.add(r);
-      const sg = tf.sigmoid(tf.matMul(x.reshape([-1, H]), W('gated', site.key, 'gate.weight')).add(W('gated', site.key, 'gate.bias')).reshape([2, 5, 1]));
-      const g = tf.concat(Array.from({ length: 5 }, (_, t) => sg.slice([0, 0, 0], [-1, t + 1, -1]).mean(1, true)), 1);
-      const eG = r.add(f).add(A('gated', x, tf.relu).mul(W('gated', site.key, 'scaling')).mul(g));
+      const sg = tf.sigmoid(
+        tf
+          .matMul(x.reshape([-1, H]), W('gated', site.key, 'gate.weight'))
+          .add(W('gated', site.key, 'gate.bias'))
+          .reshape([2, 5, 1]),
+      );
+      const g = tf.concat(
+        Array.from({ length: 5 }, (_, t) => sg.slice([0, 0, 0], [-1, t + 1, -1]).mean(1, true)),
+        1,
+      );
+      const eG = r.add(f).add(
+        A('gated', x, tf.relu)
+          .mul(W('gated', site.key, 'scaling'))
+          .mul(g),
+      );
       expect(maxDiff(await yG.data(), await eG.data())).toBeLessThan(1e-5);
 
       // Residual policies of pre_forward/post_forward (T5: no original LN), same weights as 'seq':
@@ -291,13 +412,26 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 
       // ln_before (real LayerNorm, eps 1e-5) + ln_after with adapter_residual_before_ln = true:
       // y = LN_after(up(act(down(LN_before(x)))) + residual) + r, residual = f, x = f (original_ln_before false)
-      model.addAdapter('ln', { method: 'bottleneck', mh_adapter: false, output_adapter: true, reduction_factor: 4, non_linearity: 'relu', ln_before: true, ln_after: true, adapter_residual_before_ln: true });
+      model.addAdapter('ln', {
+        method: 'bottleneck',
+        mh_adapter: false,
+        output_adapter: true,
+        reduction_factor: 4,
+        non_linearity: 'relu',
+        ln_before: true,
+        ln_after: true,
+        adapter_residual_before_ln: true,
+      });
       setVariables(model, 'ln', /./, 'random', 16);
       const yLn = hook('ln');
       const ln = (t: tf.Tensor, p: string) => {
         const mean = t.mean(-1, true);
         const variance = t.sub(mean).square().mean(-1, true);
-        return t.sub(mean).div(variance.add(1e-5).sqrt()).mul(W('ln', site.key, `${p}.weight`)).add(W('ln', site.key, `${p}.bias`));
+        return t
+          .sub(mean)
+          .div(variance.add(1e-5).sqrt())
+          .mul(W('ln', site.key, `${p}.weight`))
+          .add(W('ln', site.key, `${p}.bias`));
       };
       const eLn = ln(A('ln', ln(f, 'adapter_norm_before'), tf.relu, site.key).add(f), 'adapter_norm_after').add(r);
       // A() applied to LN(f) computes up(act(down(LN(f)))) as the adapter does with ln_before inside adapter_down.
@@ -323,8 +457,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         for (let i = 0; i < p; i++)
           for (let r = 0; r < p; r++)
             for (let c = 0; c < p; c++)
-              for (let s = 0; s < a; s++)
-                for (let t = 0; t < b; t++) K[(r * a + s) * outF + c * b + t] += rule[i * p * p + r * p + c] * L[i * a + s] * R[i * b + t];
+              for (let s = 0; s < a; s++) for (let t = 0; t < b; t++) K[(r * a + s) * outF + c * b + t] += rule[i * p * p + r * p + c] * L[i * a + s] * R[i * b + t];
         return tf.tensor2d(K, [inF, outF]);
       };
       const d = H / 8;
@@ -339,7 +472,12 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       ctx.dispose();
       const gelu = (t: tf.Tensor) => t.mul(0.5).mul(tf.erf(t.mul(Math.SQRT1_2)).add(1));
       const x = f.add(r).reshape([-1, H]);
-      const e = r.add(f).add(tf.matMul(gelu(tf.matMul(x, Kd).add(bd)), Ku).add(bu).reshape([2, 3, H]));
+      const e = r.add(f).add(
+        tf
+          .matMul(gelu(tf.matMul(x, Kd).add(bd)), Ku)
+          .add(bu)
+          .reshape([2, 3, H]),
+      );
       expect(maxDiff(await y.data(), await e.data())).toBeLessThan(1e-5);
       tf.dispose([Kd, Ku, f, r, y, x, e]);
       model.setActiveAdapters('c');
@@ -363,8 +501,11 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       ctx.dispose();
       const v = (k: string) => model.adapters.adapterVariables('inv').get(`encoder.invertible_adapters.${k}`)!;
       const sub = (p: string, t: tf.Tensor) => {
-        const hdn = tf.relu(tf.matMul(t.reshape([-1, t.shape[2]]), v(`${p}.0.weight`)).add(v(`${p}.0.bias`)));
-        return tf.matMul(hdn, v(`${p}.2.weight`)).add(v(`${p}.2.bias`)).reshape([2, 5, -1]);
+        const hdn = tf.relu(tf.matMul(t.reshape([-1, t.shape[2]!]), v(`${p}.0.weight`)).add(v(`${p}.0.bias`))); // t is 3-D: shape[2] is defined
+        return tf
+          .matMul(hdn, v(`${p}.2.weight`))
+          .add(v(`${p}.2.bias`))
+          .reshape([2, 5, -1]);
       };
       const x1 = x.slice([0, 0, 0], [-1, -1, H / 2]);
       const x2 = x.slice([0, 0, H / 2], [-1, -1, -1]);

@@ -59,8 +59,9 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const av = (n: string, p: string) => model.adapters.adapterVariables(n).get(`${site.key}.adapters.output.${p}`)!;
       const fv = (p: string) => vars.get(`${site.key}.adapter_fusion_layer.a,b.${p}`)!;
       const lin = (x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor) => {
-        const y2 = tf.matMul(x.reshape([-1, x.shape[x.rank - 1]]), w);
-        return (b ? y2.add(b) : y2).reshape([...x.shape.slice(0, -1), w.shape[1]]);
+        // x has rank ≥ 2 and w is 2-D, so both indexed dims exist
+        const y2 = tf.matMul(x.reshape([-1, x.shape[x.rank - 1]!]), w);
+        return (b ? y2.add(b) : y2).reshape([...x.shape.slice(0, -1), w.shape[1]!]);
       };
       // seq_bn: x = f + r (original_ln_before), residual = f; up = up(relu(down(x)))
       const x = f.add(r);
@@ -85,7 +86,10 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       reg.dispose();
       const fusionVars = trainAdapterFusion(model, Fuse('a', 'b'));
       const adapterBefore = await Promise.all([...model.adapters.adapterVariables('a').values()].map(async (v) => Float32Array.from(await v.data())));
-      const { value, grads } = tf.variableGrads(() => model.loss({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, labels }).add(fusionRegularizationLoss(model, 'a,b')) as tf.Scalar, fusionVars);
+      const { value, grads } = tf.variableGrads(
+        () => model.loss({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, labels }).add(fusionRegularizationLoss(model, 'a,b')) as tf.Scalar,
+        fusionVars,
+      );
       expect(Number.isFinite((await value.data())[0])).toBe(true);
       let nonZero = 0;
       for (const v of fusionVars) {

@@ -1,49 +1,18 @@
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { tf } from '@adapterkit/backend';
-import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import type { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { inputs, labels, logitsOf } from '@adapterkit/t5/test';
 import '../src/index.js';
 
-/** The tiny real T5 checkpoint of @adapterkit/t5's tests (d_model 32, 2+2 layers, gated-gelu). */
-export const FIXTURE_DIR = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
-
-const ref = JSON.parse(readFileSync(`${FIXTURE_DIR}/reference.json`, 'utf8'));
-function to2d(t: { shape: number[]; data: number[] }): number[][] {
-  const [r, c] = t.shape;
-  return Array.from({ length: r }, (_, i) => t.data.slice(i * c, (i + 1) * c));
-}
-export const inputs = {
-  inputIds: to2d(ref.inputs.input_ids),
-  attentionMask: to2d(ref.inputs.attention_mask),
-  decoderInputIds: to2d(ref.inputs.decoder_input_ids),
-};
-export const labels = to2d(ref.inputs.labels);
-
-export function loadModel(): Promise<T5ForConditionalGeneration> {
-  return T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
-}
+export { FIXTURE_DIR, inputs, labels, loadFixtureModel as loadModel, maxDiff } from '@adapterkit/t5/test';
 
 /** Logits of one forward as a Float32Array (the composition is the model's active one unless given). */
 export async function logits(model: T5ForConditionalGeneration, extra: Record<string, unknown> = {}, input = inputs): Promise<Float32Array> {
-  const out = model.forward({ ...input, ...extra });
-  const data = (await out.logits.data()) as Float32Array;
-  tf.dispose([out.logits, out.encoderLastHiddenState]);
-  return data;
+  return (await logitsOf(model, input, extra)).data;
 }
 
 /** Base-model logits: no active composition. */
 export async function baseLogits(model: T5ForConditionalGeneration, input = inputs): Promise<Float32Array> {
   return logits(model, { composition: null }, input);
-}
-
-export function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
 }
 
 /** Sets every variable of an adapter whose name matches `pattern` to `value` (or seeded noise when value is 'random'). */

@@ -21,7 +21,20 @@ for (const init_weights of INITS)
       for (const is_parallel of BOOLS)
         for (const use_gating of BOOLS)
           for (const scaling of SCALINGS)
-            configs.push({ method: 'bottleneck', mh_adapter: true, output_adapter: true, cross_adapter: true, reduction_factor: 8, non_linearity: 'relu', init_weights, ln_before, ln_after, is_parallel, use_gating, scaling });
+            configs.push({
+              method: 'bottleneck',
+              mh_adapter: true,
+              output_adapter: true,
+              cross_adapter: true,
+              reduction_factor: 8,
+              non_linearity: 'relu',
+              init_weights,
+              ln_before,
+              ln_after,
+              is_parallel,
+              use_gating,
+              scaling,
+            });
 
 // wasm when available: this loop is op-dispatch bound and wasm is ~1.6× faster than cpu here.
 const listed = backendsUnderTest(['cpu', 'wasm']);

@@ -1,5 +1,5 @@
 import type { AdapterComposition, CompositionBlock, ForwardContext } from '@adapterkit/core';
-import { CompositionError, InputError } from '@adapterkit/core';
+import { branchRows, CompositionError, InputError } from '@adapterkit/core';
 
 /**
  * What a method's layer supplies so that one dispatcher can walk every composition block for it
@@ -27,7 +27,7 @@ export interface LayerPrimitives<S> {
 }
 
 /** Does any adapter in this subtree live at this layer? Untouched subtrees cost nothing. */
-export function touches<S>(node: AdapterComposition, prims: LayerPrimitives<S>): boolean {
+export function touches(node: AdapterComposition, prims: Pick<LayerPrimitives<unknown>, 'has'>): boolean {
   return typeof node === 'string' ? prims.has(node) : node.children.some((c) => touches(c, prims));
 }
 
@@ -46,14 +46,19 @@ export function composeLayer<S>(node: AdapterComposition, state: S, prims: Layer
       const rows = prims.rows(state);
       const n = node.children.length;
       if (rows % n !== 0) throw new CompositionError(`Parallel over ${n} adapters needs a replicated batch, got ${rows} rows`, 'Parallel');
-      const b = rows / n;
-      return prims.concatRows(node.children.map((child, i) => ctx.withRowOffset(i * b, () => run(child, prims.sliceRows(state, i * b, (i + 1) * b)))));
+      return prims.concatRows(
+        node.children.map((child, i) => {
+          const [start, end] = branchRows(i, rows, n);
+          return ctx.withRowOffset(start, () => run(child, prims.sliceRows(state, start, end)));
+        }),
+      );
     }
     case 'BatchSplit': {
       const rows = prims.rows(state);
       const sizes = node.batchSizes.map((s) => s * ctx.rowMultiplier);
       const total = sizes.reduce((a, c) => a + c, 0);
-      if (total !== rows) throw new InputError(`BatchSplit batchSizes [${node.batchSizes}] sum to ${total / ctx.rowMultiplier} but the batch has ${rows / ctx.rowMultiplier} rows`, 'batchSizes');
+      if (total !== rows)
+        throw new InputError(`BatchSplit batchSizes [${node.batchSizes}] sum to ${total / ctx.rowMultiplier} but the batch has ${rows / ctx.rowMultiplier} rows`, 'batchSizes');
       const parts: S[] = [];
       let start = 0;
       node.children.forEach((child, i) => {
@@ -69,11 +74,19 @@ export function composeLayer<S>(node: AdapterComposition, state: S, prims: Layer
     }
     case 'Average': {
       if (!prims.average) throw new CompositionError('Average is not supported by this method', 'Average');
-      return prims.average(node.children.map((c) => run(c, state)), node.weights, state);
+      return prims.average(
+        node.children.map((c) => run(c, state)),
+        node.weights,
+        state,
+      );
     }
     case 'Fuse': {
       if (!prims.fuse) throw new CompositionError('Fuse is not supported by this method', 'Fuse');
-      return prims.fuse(node, node.children.map((c) => run(c, state)), state);
+      return prims.fuse(
+        node,
+        node.children.map((c) => run(c, state)),
+        state,
+      );
     }
     case 'Split': {
       if (!prims.split) throw new CompositionError('Split is not supported by this method', 'Split');

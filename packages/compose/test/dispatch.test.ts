@@ -31,9 +31,18 @@ describe('composition dispatcher', () => {
 
   it('BatchSplit partitions rows and skips empty parts (never sees a 0-row slice)', () => {
     for (const [sizes, expected] of [
-      [[2, 0], [1, 1]],
-      [[0, 2], [10, 10]],
-      [[1, 1], [1, 10]],
+      [
+        [2, 0],
+        [1, 1],
+      ],
+      [
+        [0, 2],
+        [10, 10],
+      ],
+      [
+        [1, 1],
+        [1, 10],
+      ],
     ] as const) {
       calls.length = 0;
       const block = BatchSplit('a', 'b', { batchSizes: [...sizes] });

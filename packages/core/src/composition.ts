@@ -1,3 +1,4 @@
+import { tf, type Tensor } from '@adapterkit/backend';
 import { CompositionError } from './errors.js';
 
 /**
@@ -8,12 +9,34 @@ import { CompositionError } from './errors.js';
 export type BlockType = 'Stack' | 'Parallel' | 'BatchSplit' | 'Fuse' | 'Average' | 'Split';
 export type AdapterComposition = string | CompositionBlock;
 
-export interface StackBlock { type: 'Stack'; children: AdapterComposition[] }
-export interface ParallelBlock { type: 'Parallel'; children: AdapterComposition[] }
-export interface BatchSplitBlock { type: 'BatchSplit'; children: AdapterComposition[]; batchSizes: number[] }
-export interface FuseBlock { type: 'Fuse'; children: AdapterComposition[]; name: string }
-export interface AverageBlock { type: 'Average'; children: AdapterComposition[]; weights: number[] }
-export interface SplitBlock { type: 'Split'; children: AdapterComposition[]; splits: number[] }
+export interface StackBlock {
+  type: 'Stack';
+  children: AdapterComposition[];
+}
+export interface ParallelBlock {
+  type: 'Parallel';
+  children: AdapterComposition[];
+}
+export interface BatchSplitBlock {
+  type: 'BatchSplit';
+  children: AdapterComposition[];
+  batchSizes: number[];
+}
+export interface FuseBlock {
+  type: 'Fuse';
+  children: AdapterComposition[];
+  name: string;
+}
+export interface AverageBlock {
+  type: 'Average';
+  children: AdapterComposition[];
+  weights: number[];
+}
+export interface SplitBlock {
+  type: 'Split';
+  children: AdapterComposition[];
+  splits: number[];
+}
 export type CompositionBlock = StackBlock | ParallelBlock | BatchSplitBlock | FuseBlock | AverageBlock | SplitBlock;
 
 type Child = AdapterComposition;
@@ -117,7 +140,11 @@ export function normalizeComposition(comp: AdapterComposition): CompositionBlock
       const kind = typeof child === 'string' ? 'name' : child && typeof child === 'object' ? child.type : undefined;
       if (!ALLOWED_NESTINGS[node.type].includes(kind as BlockType | 'name')) {
         const shown = kind === undefined ? JSON.stringify(child) : describe(child);
-        throw new CompositionError(`${node.type} cannot contain ${shown} (allowed: ${ALLOWED_NESTINGS[node.type].join(', ')})`, node.type, typeof child === 'string' ? child : String(kind ?? shown));
+        throw new CompositionError(
+          `${node.type} cannot contain ${shown} (allowed: ${ALLOWED_NESTINGS[node.type].join(', ')})`,
+          node.type,
+          typeof child === 'string' ? child : String(kind ?? shown),
+        );
       }
       visit(child, level + 1);
     }
@@ -164,4 +191,23 @@ export function parallelChannels(comp: AdapterComposition | null | undefined): n
 export function compositionToString(comp: AdapterComposition): string {
   if (typeof comp === 'string') return comp;
   return `${comp.type}(${comp.children.map(compositionToString).join(', ')})`;
+}
+
+/**
+ * Parallel's row layout — defined here and nowhere else: a model replicates its batch once per branch at
+ * its input, branch-major, so rows [i·B, (i+1)·B) belong to branch i (and generation returns them so).
+ */
+export function replicateRows(t: Tensor, channels: number): Tensor {
+  return channels === 1 ? t : tf.tile(t, [channels, ...new Array(t.rank - 1).fill(1)]);
+}
+
+/** One field of every part, stacked along the rows (a composition's branches or splits joined back). */
+export function concatRows<P>(parts: readonly P[], field: (part: P) => Tensor): Tensor {
+  return tf.concat(parts.map(field), 0);
+}
+
+/** Rows [start, end) of branch `i` among `channels` branches over `rows` replicated rows. */
+export function branchRows(i: number, rows: number, channels: number): [number, number] {
+  const b = rows / channels;
+  return [i * b, (i + 1) * b];
 }

@@ -6,35 +6,45 @@ import type { CompositionBlock } from './composition.js';
  * layers, the Parallel replication factor, training mode, and a memo for states computed once per call
  * (prefix keys/values). Tensors memoised here survive tf.tidy and are freed by dispose().
  */
+/** What a forward (or a whole generation) is run with; fixed when the context is created. */
+export interface ForwardOptions {
+  /** Training mode: adapters' dropout, AdapterDrop in training. Default false. */
+  readonly training?: boolean;
+  /** Dropout in the base model too (training only; transformers' behaviour, off by default for adapters). */
+  readonly baseDropout?: boolean;
+  /** Layers AdapterDrop skips. */
+  readonly skipLayers?: ReadonlySet<number>;
+  /** Branches of the composition's Parallel block: the batch is replicated this many times at the input. */
+  readonly parallelChannels?: number;
+  readonly seed?: number;
+  /** Keep the gate values of gated adapters in `gates` (inspection). */
+  readonly recordGates?: boolean;
+  /** Rows per input example (beam search expands each row into numBeams rows); scales BatchSplit sizes. */
+  readonly rowMultiplier?: number;
+}
+
 export class ForwardContext {
   readonly memo = new Map<string, unknown>();
   /** Gating outputs by adapter/site, for inspection (not kept unless `recordGates`). */
   readonly gates = new Map<string, Tensor>();
   private readonly owned: Tensor[] = [];
+  readonly options: ForwardOptions;
 
   constructor(
     readonly composition: CompositionBlock | null,
-    readonly options: {
-      training?: boolean;
-      skipLayers?: ReadonlySet<number>;
-      parallelChannels?: number;
-      /** Rows per Parallel channel (the user's batch size). */
-      originalBatchSize?: number;
-      seed?: number;
-      recordGates?: boolean;
-      /** Rows per input example (beam search expands each row into numBeams rows); scales BatchSplit sizes. */
-      rowMultiplier?: number;
-    } = {},
-  ) {}
+    options: ForwardOptions = {},
+  ) {
+    this.options = Object.freeze({ ...options });
+  }
 
   get training(): boolean {
     return this.options.training ?? false;
   }
+  get baseDropout(): boolean {
+    return this.training && (this.options.baseDropout ?? false);
+  }
   get parallelChannels(): number {
     return this.options.parallelChannels ?? 1;
-  }
-  get originalBatchSize(): number {
-    return this.options.originalBatchSize ?? 0;
   }
   get rowMultiplier(): number {
     return this.options.rowMultiplier ?? 1;
@@ -61,11 +71,26 @@ export class ForwardContext {
     return value;
   }
 
+  private position: number | undefined = undefined;
+
   /**
    * Position of the token being decoded in a cached generation step (undefined in full passes). Methods
    * whose decoder-side computation spans positions (sequence gates) use it to continue running statistics.
    */
-  decodingPosition: number | undefined = undefined;
+  get decodingPosition(): number | undefined {
+    return this.position;
+  }
+
+  /** Runs one cached decoding step at position `t` (the model's decoding loop; nothing else sets it). */
+  atDecodingPosition<T>(t: number, step: () => T): T {
+    if (this.position !== undefined) throw new Error(`a decoding step at position ${this.position} is already running`);
+    this.position = t;
+    try {
+      return step();
+    } finally {
+      this.position = undefined;
+    }
+  }
 
   private readonly offsets: number[] = [0];
   private readonly rowStates = new Map<string, { offset: number; value: Tensor }>();

@@ -14,42 +14,60 @@ export class AdapterkitError extends Error {
 
 /** A config.json / adapter_config.json / adapter config value is missing, of the wrong type or out of range. */
 export class ConfigError extends AdapterkitError {
-  constructor(message: string, readonly field?: string) {
+  constructor(
+    message: string,
+    readonly field?: string,
+  ) {
     super('CONFIG_ERROR', message);
   }
 }
 
 /** A safetensors file is malformed (header, offsets, dtype, sizes). */
 export class SafetensorsError extends AdapterkitError {
-  constructor(message: string, readonly file?: string) {
+  constructor(
+    message: string,
+    readonly file?: string,
+  ) {
     super('SAFETENSORS_ERROR', file ? `${file}: ${message}` : message);
   }
 }
 
 /** A weight is missing, unexpected, or has the wrong shape for the model. */
 export class WeightError extends AdapterkitError {
-  constructor(message: string, readonly weight?: string) {
+  constructor(
+    message: string,
+    readonly weight?: string,
+  ) {
     super('WEIGHT_ERROR', message);
   }
 }
 
 /** A required file is missing or unreadable. */
 export class FileError extends AdapterkitError {
-  constructor(message: string, readonly path?: string) {
+  constructor(
+    message: string,
+    readonly path?: string,
+  ) {
     super('FILE_ERROR', message);
   }
 }
 
 /** Inputs to forward/generate are malformed: shapes, ranges, empty batch. */
 export class InputError extends AdapterkitError {
-  constructor(message: string, readonly argument?: string) {
+  constructor(
+    message: string,
+    readonly argument?: string,
+  ) {
     super('INPUT_ERROR', message);
   }
 }
 
 /** An adapter name is unknown, duplicated, or in the wrong state. */
 export class AdapterError extends AdapterkitError {
-  constructor(message: string, readonly adapter?: string) {
+  constructor(
+    message: string,
+    readonly adapter?: string,
+  ) {
     super('ADAPTER_ERROR', message);
   }
 }
@@ -82,14 +100,20 @@ export class LayoutError extends AdapterkitError {
 
 /** A feature of an imported format that adapterkit does not support (e.g. PEFT use_dora). */
 export class UnsupportedError extends AdapterkitError {
-  constructor(message: string, readonly option?: string) {
+  constructor(
+    message: string,
+    readonly option?: string,
+  ) {
     super('UNSUPPORTED', message);
   }
 }
 
 /** Training produced a non-finite loss. */
 export class NonFiniteLossError extends AdapterkitError {
-  constructor(message: string, readonly step?: number) {
+  constructor(
+    message: string,
+    readonly step?: number,
+  ) {
     super('NON_FINITE_LOSS', message);
   }
 }

@@ -8,29 +8,35 @@ import type { ForwardContext } from './context.js';
  * checkpoint names map onto them directly.
  */
 export type StackName = 'encoder' | 'decoder';
-export type LinearName = 'q' | 'k' | 'v' | 'o' | 'wi' | 'wi_0' | 'wi_1' | 'wo';
+/**
+ * What a linear does in its block — the vocabulary methods select linears by, whatever a model names them
+ * (q/k/v/o and wi/wi₀/wi₁/wo in one, q_proj…out_proj and fc1/fc2 in another): an attention's query, key, value
+ * and output projections; a feed-forward's input projection (`ffn_in`), a gated feed-forward's two input
+ * projections (`ffn_gate` goes through the activation, `ffn_up` multiplies it) and its output (`ffn_out`).
+ */
+export type LinearRole = 'query' | 'key' | 'value' | 'output' | 'ffn_in' | 'ffn_gate' | 'ffn_up' | 'ffn_out';
 
 export interface LayerRef {
-  /** Global layer id as in `adapters` for T5: encoder 0..N-1, decoder N..N+M-1 (leave_out, AdapterDrop). */
+  /** Global layer id as in `adapters` for encoder-decoder models: encoder 0..N-1, decoder N..N+M-1 (leave_out, AdapterDrop). */
   layer: number;
   stack: StackName;
   /** Index of the block inside its stack. */
   index: number;
 }
 
-/** A linear projection: q/k/v/o of self- or cross-attention, or wi/wi_0/wi_1/wo of the feed-forward. */
+/** A linear projection of a self-attention, a cross-attention or a feed-forward. */
 export interface LinearSite extends LayerRef {
   block: 'selfattn' | 'crossattn' | 'ffn';
-  linear: LinearName;
+  role: LinearRole;
   inFeatures: number;
   outFeatures: number;
-  /** HF module path, e.g. `decoder.block.0.layer.1.EncDecAttention.q`. */
+  /** The model's module path (Hugging Face's, so that PEFT target_modules and checkpoint names map onto it). */
   key: string;
 }
 
 /**
  * Linears a model computes as one projection — q|k|v of a self-attention, k|v of a cross-attention,
- * wi_0|wi_1 of a gated feed-forward — each member owning a column range [start, end) of the group's
+ * the two input projections of a gated feed-forward — each member owning a column range [start, end) of the group's
  * kernel. Adapter terms of every member enter the one fused kernel (see AdapterHost.linearInputs).
  */
 export interface LinearGroup {
@@ -67,6 +73,11 @@ export interface SublayerSite extends LayerRef {
   location: SublayerLocation;
   hiddenSize: number;
   key: string;
+  /**
+   * Where the sub-layer's norm sits: 'pre' (on the sub-layer's input — `adapters` hands the bottleneck
+   * no layer norm) or 'post' (BERT, BART: on output + residual — `ModelAccess.postNorm` applies it).
+   */
+  norm: 'pre' | 'post';
 }
 
 /** An attention's keys/values, where prefix tuning prepends its per-layer prefixes. */
@@ -84,9 +95,9 @@ export interface PrefixKV {
   /** [batch, prefix]: 1 where a prefix position is real, 0 where it pads a shorter prefix (BatchSplit). */
   mask: Tensor;
   /**
-   * How T5's relative position bias treats the prefix. 'zero' (adapterkit's own prefix tuning): prefix
-   * columns get zero bias and real↔real bias is unchanged. 'past' (PEFT): the prefix acts as past keys at
-   * positions 0..P-1, queries and real keys sit after it. Default 'zero'.
+   * How a model's position information treats the prefix. 'zero' (adapterkit's own prefix tuning): prefix
+   * columns get no position bias and real↔real positions are unchanged. 'past' (PEFT): the prefix acts as
+   * past keys at positions 0..P-1, queries and real keys sit after it. Default 'zero'.
    */
   positionRule?: 'zero' | 'past';
 }
@@ -113,6 +124,14 @@ export interface ModelAccess {
   readLinearWeight(key: string): Tensor;
   /** Replaces a linear's kernel [in, out] (the model keeps its own copy; the caller still owns `kernel`). */
   writeLinearWeight(key: string, kernel: Tensor): void;
+  /** A post-norm sub-layer's own norm (what `adapters` passes to the bottleneck as layer_norm). */
+  postNorm?(site: SublayerSite, x: Tensor): Tensor;
+  /**
+   * PEFT's defaults for this model type when an adapter_config.json has no target_modules (PEFT's
+   * TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING): module names per PEFT type, and IA3's feed-forward
+   * (input-side) modules.
+   */
+  readonly peftTargets?: { LORA?: string[]; IA3?: string[]; IA3_FEEDFORWARD?: string[] };
 }
 
 /** A method's config: plain JSON with a `method` field plus the method's options. */
@@ -125,7 +144,7 @@ export interface AdapterConfig {
  * A method plugin (bottleneck, lora, prefix…). Registered with core by its package; a model attaches one
  * runtime per method and dispatches its hook calls to it.
  */
-export interface AdapterMethod {
+export interface AdapterMethod<R extends MethodRuntime = MethodRuntime> {
   readonly name: string;
   /** Config `method` values this method owns, e.g. ['lora', 'ia3']. */
   readonly configMethods: readonly string[];
@@ -135,7 +154,7 @@ export interface AdapterMethod {
   readonly supportedBlocks: ReadonlySet<BlockType>;
   /** Fills defaults and validates; throws ConfigError naming the option. */
   normalizeConfig(raw: AdapterConfig): AdapterConfig;
-  attach(model: ModelAccess): MethodRuntime;
+  attach(model: ModelAccess): R;
   /** PEFT `peft_type`s this method imports. */
   readonly peftTypes?: readonly string[];
 }
@@ -174,6 +193,11 @@ export interface MethodRuntime {
   setWeights?(name: string, tensors: Map<string, Tensor>): void;
   /** Method-specific import of a PEFT adapter directory's contents. */
   importPeft?(name: string, peftConfig: Record<string, unknown>, tensors: Map<string, { shape: number[]; data: Float32Array }>): AdapterConfig;
+  /** Folds an adapter into the model's weights (LoRA/IA3) and back. */
+  merge?(name: string): void;
+  unmerge?(name: string): void;
+  /** Replaces a reparameterised adapter by what it produces (prefix tuning's MLP by its prefixes). */
+  eject?(name: string): void;
   /** Method-specific export to PEFT (LoRA). */
   exportPeft?(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> };
 }

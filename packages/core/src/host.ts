@@ -2,10 +2,26 @@ import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import { type AdapterComposition, type CompositionBlock, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
 import { ForwardContext } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
-import type { AdapterConfig, AdapterMethod, AnySite, AttentionSite, HookKind, LinearGroup, LinearSite, LinearTerm, MethodRuntime, ModelAccess, PrefixKV, RowRange, StackName, SublayerSite } from './hooks.js';
-import { exists, joinPath, readBytes, readJson, writeFilesAtomic } from './io.js';
+import type {
+  AdapterConfig,
+  AdapterMethod,
+  AnySite,
+  AttentionSite,
+  HookKind,
+  LinearGroup,
+  LinearSite,
+  LinearTerm,
+  MethodRuntime,
+  ModelAccess,
+  PrefixKV,
+  RowRange,
+  StackName,
+  SublayerSite,
+} from './hooks.js';
+import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.js';
 import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { fnv1a } from './rng.js';
 
 export const ADAPTER_FORMAT_VERSION = 1;
 
@@ -44,12 +60,6 @@ export interface AdapterSummaryRow {
 /** An adapter serialised to files (what saveAdapter writes, what a browser download carries). */
 export type AdapterFiles = Record<string, Uint8Array>;
 
-function hashName(name: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
-  return h >>> 0;
-}
-
 /**
  * The adapter life cycle on one model: add/delete, activate a composition, choose what trains, save/load,
  * and the hook implementations the model calls. Model-agnostic: the model hands in a ModelAccess.
@@ -65,7 +75,8 @@ export class AdapterHost {
 
   // ---------------------------------------------------------------- life cycle
   addAdapter(name: string, config: string | AdapterConfig = 'seq_bn', options: { seed?: number; overwrite?: boolean; source?: string } = {}): void {
-    if (typeof name !== 'string' || !name || /[\s,()]/.test(name)) throw new AdapterError(`adapter name ${JSON.stringify(name)} must be a non-empty string without spaces, commas or parentheses`, String(name));
+    if (typeof name !== 'string' || !name || /[\s,()]/.test(name))
+      throw new AdapterError(`adapter name ${JSON.stringify(name)} must be a non-empty string without spaces, commas or parentheses`, String(name));
     if (this.adapters.has(name)) {
       if (!options.overwrite) throw new AdapterError(`an adapter named '${name}' already exists (delete it first or pass overwrite: true)`, name);
       this.deleteAdapter(name);
@@ -73,7 +84,7 @@ export class AdapterHost {
     const resolved = resolveConfig(config);
     const partConfigs = resolved.method === 'union' ? (resolved.configs as AdapterConfig[]) : [resolved];
     const parts = partConfigs.map((c) => ({ method: methodForConfig(c), config: c }));
-    const seed = options.seed ?? hashName(name);
+    const seed = options.seed ?? fnv1a(name);
     const added: MethodRuntime[] = [];
     try {
       parts.forEach((p, i) => {
@@ -122,7 +133,12 @@ export class AdapterHost {
       for (const block of ancestors) {
         for (const part of rec.parts) {
           if (!part.method.supportedBlocks.has(block.type)) {
-            throw new CompositionError(`${block.type} is not supported by ${part.method.name} adapters: '${name}' (${part.method.name}) cannot be a child of ${block.type}`, block.type, name, part.method.name);
+            throw new CompositionError(
+              `${block.type} is not supported by ${part.method.name} adapters: '${name}' (${part.method.name}) cannot be a child of ${block.type}`,
+              block.type,
+              name,
+              part.method.name,
+            );
           }
         }
       }
@@ -185,7 +201,14 @@ export class AdapterHost {
     const activeNames = new Set(this.active ? leavesWithAncestors(this.active).map((l) => l.name) : []);
     return [...this.adapters.values()].map((rec) => {
       const parameters = [...this.adapterVariables(rec.name).values()].reduce((a, v) => a + v.size, 0);
-      return { name: rec.name, method: rec.config.method, parameters, percent: base ? (100 * parameters) / base : 0, active: activeNames.has(rec.name), trainable: this.trainable.has(rec.name) };
+      return {
+        name: rec.name,
+        method: rec.config.method,
+        parameters,
+        percent: base ? (100 * parameters) / base : 0,
+        active: activeNames.has(rec.name),
+        trainable: this.trainable.has(rec.name),
+      };
     });
   }
 
@@ -211,23 +234,30 @@ export class AdapterHost {
     }
   }
 
-  /** Runs an optional method-specific operation (merge, unmerge, eject…) on every part that has it. */
-  callMethod(name: string, op: string, ...args: unknown[]): void {
+  /** Runs a method-specific operation (merge, unmerge, eject) on every part of an adapter that has it. */
+  callMethod(name: string, op: 'merge' | 'unmerge' | 'eject'): void {
     const rec = this.get(name);
     let done = false;
     for (const p of rec.parts) {
-      const rt = this.runtime(p.method) as unknown as Record<string, (...a: unknown[]) => void>;
-      if (typeof rt[op] === 'function') {
-        rt[op](name, ...args);
+      const rt = this.runtime(p.method);
+      const fn = rt[op];
+      if (fn) {
+        fn.call(rt, name);
         done = true;
       }
     }
     if (!done) throw new UnsupportedError(`${op} is not available for adapter '${name}' (method ${rec.config.method})`, op);
   }
 
+  /** The runtime a method has on this model, if one is attached (by name: inspection and tests). */
   runtimeFor(methodName: string): MethodRuntime | undefined {
     for (const [m, rt] of this.runtimes) if (m === methodName) return rt;
     return undefined;
+  }
+
+  /** A method's runtime on this model, attached now if needed, typed by the method's own `attach`. */
+  runtimeOf<R extends MethodRuntime>(method: AdapterMethod<R>): R {
+    return this.runtime(method) as R;
   }
 
   // ---------------------------------------------------------------- save / load
@@ -254,10 +284,10 @@ export class AdapterHost {
       name,
       config: rec.config,
       model_type: d.modelType,
-      dims: { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers, vocab_size: d.vocabSize, feed_forward_proj: d.feedForwardProj },
+      dims: { ...this.shapeDims(), vocab_size: d.vocabSize, feed_forward_proj: d.feedForwardProj },
     };
     return {
-      'adapter_config.json': new TextEncoder().encode(JSON.stringify(config, null, 2) + '\n'),
+      'adapter_config.json': new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`),
       'adapter_model.safetensors': writeSafetensors(tensors, { format: 'adapterkit' }),
     };
   }
@@ -271,7 +301,7 @@ export class AdapterHost {
       await Promise.all([...vars.values()].map((v) => v.data()));
       const { config, tensors } = rt.exportPeft(name);
       await writeFilesAtomic(dir, {
-        'adapter_config.json': JSON.stringify(config, null, 2) + '\n',
+        'adapter_config.json': `${JSON.stringify(config, null, 2)}\n`,
         'adapter_model.safetensors': writeSafetensors(tensors, { format: 'pt' }),
       });
       return;
@@ -298,12 +328,7 @@ export class AdapterHost {
     const cfgBytes = files['adapter_config.json'];
     const weightBytes = files['adapter_model.safetensors'];
     if (!cfgBytes || !weightBytes) throw new FileError('an adapter needs adapter_config.json and adapter_model.safetensors');
-    let cfg: any;
-    try {
-      cfg = JSON.parse(new TextDecoder().decode(cfgBytes));
-    } catch (e) {
-      throw new FileError(`adapter_config.json is not valid JSON: ${(e as Error).message}`, 'adapter_config.json');
-    }
+    const cfg = parseJson(new TextDecoder().decode(cfgBytes), 'adapter_config.json');
     if (!cfg || typeof cfg !== 'object') throw new FileError('adapter_config.json is not a JSON object', 'adapter_config.json');
     const { tensors } = readSafetensors(weightBytes, 'adapter_model.safetensors');
     const floats = new Map<string, { shape: number[]; data: Float32Array }>();
@@ -311,7 +336,11 @@ export class AdapterHost {
 
     if (typeof cfg.peft_type === 'string') {
       const method = methodForPeftType(cfg.peft_type);
-      if (!method) throw new UnsupportedError(`PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING)`, 'peft_type');
+      if (!method)
+        throw new UnsupportedError(
+          `PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING)`,
+          'peft_type',
+        );
       const name = options.name ?? options.fallbackName ?? 'default';
       this.prepareName(name, options.overwrite);
       const rt = this.runtime(method);
@@ -321,7 +350,8 @@ export class AdapterHost {
       return name;
     }
 
-    if (cfg.format !== 'adapterkit' || !cfg.config) throw new FileError("adapter_config.json is neither an adapterkit adapter (format: 'adapterkit') nor a PEFT adapter (peft_type)", 'adapter_config.json');
+    if (cfg.format !== 'adapterkit' || !cfg.config)
+      throw new FileError("adapter_config.json is neither an adapterkit adapter (format: 'adapterkit') nor a PEFT adapter (peft_type)", 'adapter_config.json');
     this.checkDims(cfg);
     const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
     this.prepareName(name, options.overwrite);
@@ -352,26 +382,42 @@ export class AdapterHost {
     }
   }
 
-  private checkDims(cfg: any) {
+  /** The model dimensions an adapter file records (config.json names) and a loaded one must match. */
+  private shapeDims(): Record<string, number> {
+    const d = this.model.dims;
+    return { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers };
+  }
+
+  private checkDims(cfg: { model_type?: unknown; dims?: Record<string, unknown> }) {
     const d = this.model.dims;
     if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`adapter was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
-    const want: Record<string, number | string> = { d_model: d.dModel, d_kv: d.dKv, num_heads: d.numHeads, d_ff: d.dFf, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers };
-    for (const [k, v] of Object.entries(want)) {
+    for (const [k, v] of Object.entries(this.shapeDims())) {
       if (cfg.dims && cfg.dims[k] !== undefined && cfg.dims[k] !== v) throw new ModelMismatchError(`adapter was made for ${k}=${cfg.dims[k]}, this model has ${k}=${v}`);
     }
   }
 
   // ---------------------------------------------------------------- forward
   /** A context for one forward call (or one whole generation). */
-  createContext(options: { training?: boolean; originalBatchSize: number; seed?: number; rowMultiplier?: number; composition?: AdapterComposition | null; skipLayers?: Iterable<number> }): ForwardContext {
+  createContext(
+    options: {
+      training?: boolean;
+      baseDropout?: boolean;
+      seed?: number;
+      rowMultiplier?: number;
+      composition?: AdapterComposition | null;
+      skipLayers?: Iterable<number>;
+      recordGates?: boolean;
+    } = {},
+  ): ForwardContext {
     const comp = options.composition !== undefined ? (options.composition === null ? null : normalizeComposition(options.composition)) : this.active;
     return new ForwardContext(comp, {
       training: options.training,
       skipLayers: options.skipLayers ? new Set(options.skipLayers) : this.skipLayers,
       parallelChannels: parallelChannels(comp),
-      originalBatchSize: options.originalBatchSize,
       seed: options.seed,
       rowMultiplier: options.rowMultiplier,
+      baseDropout: options.baseDropout,
+      recordGates: options.recordGates,
     });
   }
 
@@ -431,20 +477,32 @@ export class AdapterHost {
     return ctx.remember(key, () => assembleLinearInputs(group, rows, perMember));
   }
 
+  /**
+   * The sub-layer hook. One method owns a sub-layer's output in a forward: two methods acting at the same
+   * sub-layer (each would replace the residual add) is a CompositionError naming both, never a silent pick.
+   */
   sublayer(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor {
-    for (const rt of this.runtimes.values()) {
-      const y = rt.sublayer?.(site, output, residual, ctx);
-      if (y) return y;
-    }
-    return output.add(residual);
+    const rts = this.acting('sublayer', site, ctx);
+    if (rts.length === 0) return output.add(residual);
+    return rts[0][1].sublayer!(site, output, residual, ctx) ?? output.add(residual);
   }
 
+  /** The prefix hook; as for sub-layers, at most one method may put a prefix at an attention. */
   attentionPrefix(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined {
-    for (const rt of this.runtimes.values()) {
-      const p = rt.attentionPrefix?.(site, hidden, ctx);
-      if (p) return p;
+    const rts = this.acting('attentionPrefix', site, ctx);
+    return rts.length === 0 ? undefined : rts[0][1].attentionPrefix!(site, hidden, ctx);
+  }
+
+  /** Runtimes with the hook that act at the site; more than one is refused by name. */
+  private acting(hook: 'sublayer' | 'attentionPrefix', site: SublayerSite | AttentionSite, ctx: ForwardContext): [string, MethodRuntime][] {
+    const rts = [...this.runtimes].filter(([, rt]) => rt[hook] && (rt.actsAt ? rt.actsAt(hook, site, ctx) : true));
+    if (rts.length > 1) {
+      throw new CompositionError(
+        `methods ${rts.map(([m]) => m).join(' and ')} both act at ${hook === 'sublayer' ? 'sub-layer' : 'attention'} ${site.key}; only one method may own a ${hook === 'sublayer' ? "sub-layer's output" : "attention's prefix"}`,
+        'Stack',
+      );
     }
-    return undefined;
+    return rts;
   }
 
   embeddings(stack: StackName, embeds: Tensor, ctx: ForwardContext, inverse = false): Tensor {
@@ -506,11 +564,28 @@ function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { mem
         if (t.kind === 'lora') {
           const r = t.a.shape[1] as number;
           downs.push(t.a);
-          ups.push(member.start === 0 && member.end === total ? t.b : tf.pad(t.b, [[0, 0], [member.start, total - member.end]]));
+          ups.push(
+            member.start === 0 && member.end === total
+              ? t.b
+              : tf.pad(t.b, [
+                  [0, 0],
+                  [member.start, total - member.end],
+                ]),
+          );
           for (let i = 0; i < r; i++) scaleColumns.push(t.rows);
         } else if (t.kind === 'outScale') {
           const vector = t.scale === 1 ? t.vector : t.vector.mul(t.scale);
-          const wide = member.start === 0 && member.end === total ? vector : tf.pad(vector, [[0, 0], [member.start, total - member.end]], 1);
+          const wide =
+            member.start === 0 && member.end === total
+              ? vector
+              : tf.pad(
+                  vector,
+                  [
+                    [0, 0],
+                    [member.start, total - member.end],
+                  ],
+                  1,
+                );
           const v = onRows(wide, t.rows);
           outScale = outScale ? outScale.mul(v) : v;
         } else {
@@ -528,7 +603,12 @@ function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { mem
         for (const r of ranges) for (let i = r.start; i < r.end; i++) s[i * R + j] = r.scale;
       });
       let uniform = true;
-      for (let i = 1; i < rows && uniform; i++) for (let j = 0; j < R; j++) if (s[i * R + j] !== s[j]) { uniform = false; break; }
+      for (let i = 1; i < rows && uniform; i++)
+        for (let j = 0; j < R; j++)
+          if (s[i * R + j] !== s[j]) {
+            uniform = false;
+            break;
+          }
       out.loraScale = uniform ? tf.tensor2d(s.subarray(0, R), [1, R]) : tf.tensor2d(s, [rows, R]);
     }
     if (outScale) out.outScale = outScale;

@@ -8,3 +8,5 @@ export * from './io.js';
 export * from './host.js';
 export * from './rng.js';
 export * from './gating.js';
+export * from './generation.js';
+export * from './adapter-table.js';

@@ -1,12 +1,10 @@
+import { isNode, nodeImport } from '@adapterkit/backend';
 import { FileError } from './errors.js';
 
 /**
  * File access that works in Node (paths) and browsers (URLs, via fetch). Writes are Node-only and atomic:
  * each file goes to a temporary name in the same directory and is renamed into place.
  */
-const isNode = typeof process !== 'undefined' && !!process.versions?.node && typeof (globalThis as any).window === 'undefined';
-const nodeImport = (name: string): Promise<any> => import(/* @vite-ignore */ name);
-
 export function isUrl(source: string): boolean {
   return /^(https?|blob|data|file):/i.test(source) || (!isNode && !source.startsWith('/'));
 }
@@ -18,7 +16,7 @@ export function joinPath(base: string, name: string): string {
 
 export async function readBytes(source: string): Promise<Uint8Array> {
   if (isNode && !/^(https?|blob|data):/i.test(source)) {
-    const fs = await nodeImport('node:fs/promises');
+    const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
     try {
       const buf: Uint8Array = await fs.readFile(source);
       return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -43,7 +41,7 @@ export async function readText(source: string): Promise<string> {
 
 export async function exists(source: string): Promise<boolean> {
   if (isNode && !/^(https?|blob|data):/i.test(source)) {
-    const fs = await nodeImport('node:fs');
+    const fs = await nodeImport<typeof import('node:fs')>('node:fs');
     return fs.existsSync(source);
   }
   try {
@@ -54,7 +52,11 @@ export async function exists(source: string): Promise<boolean> {
   }
 }
 
-/** Parses JSON, turning syntax errors into a FileError that names the file. */
+/**
+ * Parses JSON, turning syntax errors into a FileError that names the file. The result is whatever the file
+ * holds: every caller validates it field by field (config parsers), so it is typed as such.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: untrusted JSON, validated field by field by each caller
 export function parseJson(text: string, source: string): any {
   try {
     return JSON.parse(text);
@@ -63,6 +65,7 @@ export function parseJson(text: string, source: string): any {
   }
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: as parseJson
 export async function readJson(source: string): Promise<any> {
   return parseJson(await readText(source), source);
 }
@@ -70,8 +73,8 @@ export async function readJson(source: string): Promise<any> {
 /** Writes every file into `dir` atomically (temp file + rename); creates `dir`. Node only. */
 export async function writeFilesAtomic(dir: string, files: Record<string, Uint8Array | string>): Promise<void> {
   if (!isNode) throw new FileError('writing files needs Node; in a browser use the serialised bytes (e.g. a download)', dir);
-  const fs = await nodeImport('node:fs/promises');
-  const path = await nodeImport('node:path');
+  const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
+  const path = await nodeImport<typeof import('node:path')>('node:path');
   const temps: [string, string][] = [];
   try {
     // Inside the try: a `dir` that exists as a file (or cannot be created) is a FileError too.

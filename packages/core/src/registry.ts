@@ -43,7 +43,7 @@ export function methodForPeftType(peftType: string): AdapterMethod | undefined {
   return [...methods.values()].find((m) => m.peftTypes?.includes(peftType));
 }
 
-const STRING_CONFIG = /^([A-Za-z0-9_+\-]+)(?:\[(.*)\])?$/s;
+const STRING_CONFIG = /^([A-Za-z0-9_+-]+)(?:\[(.*)\])?$/s;
 
 function parseValue(raw: string): unknown {
   const v = raw.trim();

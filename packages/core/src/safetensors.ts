@@ -20,7 +20,7 @@ export function readSafetensorsHeader(bytes: Uint8Array, file?: string) {
   if (headerLen === 0 || headerLen > MAX_HEADER || 8 + headerLen > bytes.byteLength) {
     throw new SafetensorsError(`header length ${headerLen} exceeds the file (${bytes.byteLength} bytes)`, file);
   }
-  let header: Record<string, any>;
+  let header: Record<string, unknown>;
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)));
   } catch (e) {
@@ -42,10 +42,11 @@ export function readSafetensorsHeader(bytes: Uint8Array, file?: string) {
       continue;
     }
     if (!info || typeof info !== 'object') throw new SafetensorsError(`entry '${name}' is not an object`, file);
-    const { dtype, shape, data_offsets } = info as any;
+    const { dtype, shape, data_offsets } = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) throw new SafetensorsError(`tensor '${name}' has unknown dtype ${JSON.stringify(dtype)}`, file);
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new SafetensorsError(`tensor '${name}' has an invalid shape ${JSON.stringify(shape)}`, file);
-    if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    if (!Array.isArray(shape) || !shape.every((d: unknown) => Number.isSafeInteger(d) && (d as number) >= 0))
+      throw new SafetensorsError(`tensor '${name}' has an invalid shape ${JSON.stringify(shape)}`, file);
+    if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every((d: unknown) => Number.isSafeInteger(d) && (d as number) >= 0)) {
       throw new SafetensorsError(`tensor '${name}' has invalid data_offsets ${JSON.stringify(data_offsets)}`, file);
     }
     const [begin, end] = data_offsets as [number, number];
@@ -73,6 +74,18 @@ function f16ToF32(h: number): number {
   return s * 2 ** (e - 15) * (1 + f / 1024);
 }
 
+/** The other dtypes, element by element: floats load as float32, integers (I64 included) as int32. */
+const ELEMENT_READERS: Record<string, { float: boolean; read: (view: DataView, at: number) => number } | undefined> = {
+  F64: { float: true, read: (v, at) => v.getFloat64(at, true) },
+  F16: { float: true, read: (v, at) => f16ToF32(v.getUint16(at, true)) },
+  I64: { float: false, read: (v, at) => Number(v.getBigInt64(at, true)) },
+  I32: { float: false, read: (v, at) => v.getInt32(at, true) },
+  I16: { float: false, read: (v, at) => v.getInt16(at, true) },
+  I8: { float: false, read: (v, at) => v.getInt8(at) },
+  U8: { float: false, read: (v, at) => v.getUint8(at) },
+  BOOL: { float: false, read: (v, at) => v.getUint8(at) },
+};
+
 /**
  * Reads every tensor of a safetensors file. Float dtypes become Float32Array, integer dtypes Int32Array.
  * F32 data is copied once from the file bytes (the copy also fixes alignment); nothing else is duplicated.
@@ -85,45 +98,19 @@ export function readSafetensors(bytes: Uint8Array, file?: string): { tensors: Ma
     const off = dataStart + begin;
     const n = (end - begin) / DTYPE_BYTES[dtype];
     let data: Float32Array | Int32Array;
-    switch (dtype) {
-      case 'F32': {
-        data = new Float32Array(n);
-        new Uint8Array(data.buffer).set(bytes.subarray(off, off + n * 4));
-        break;
-      }
-      case 'F64':
-        data = new Float32Array(n);
-        for (let i = 0; i < n; i++) data[i] = view.getFloat64(off + i * 8, true);
-        break;
-      case 'F16':
-        data = new Float32Array(n);
-        for (let i = 0; i < n; i++) data[i] = f16ToF32(view.getUint16(off + i * 2, true));
-        break;
-      case 'BF16': {
-        const u = new Uint32Array(n);
-        for (let i = 0; i < n; i++) u[i] = view.getUint16(off + i * 2, true) << 16;
-        data = new Float32Array(u.buffer);
-        break;
-      }
-      case 'I64':
-        data = new Int32Array(n);
-        for (let i = 0; i < n; i++) data[i] = Number(view.getBigInt64(off + i * 8, true));
-        break;
-      case 'I32':
-        data = new Int32Array(n);
-        for (let i = 0; i < n; i++) data[i] = view.getInt32(off + i * 4, true);
-        break;
-      case 'I16':
-        data = new Int32Array(n);
-        for (let i = 0; i < n; i++) data[i] = view.getInt16(off + i * 2, true);
-        break;
-      case 'I8':
-        data = new Int32Array(n);
-        for (let i = 0; i < n; i++) data[i] = view.getInt8(off + i);
-        break;
-      default: // U8, BOOL
-        data = new Int32Array(n);
-        for (let i = 0; i < n; i++) data[i] = view.getUint8(off + i);
+    if (dtype === 'F32') {
+      data = new Float32Array(n);
+      new Uint8Array(data.buffer).set(bytes.subarray(off, off + n * 4));
+    } else if (dtype === 'BF16') {
+      // bfloat16 is the top half of a float32
+      const u = new Uint32Array(n);
+      for (let i = 0; i < n; i++) u[i] = view.getUint16(off + i * 2, true) << 16;
+      data = new Float32Array(u.buffer);
+    } else {
+      const { float, read } = ELEMENT_READERS[dtype]!;
+      const size = DTYPE_BYTES[dtype];
+      data = float ? new Float32Array(n) : new Int32Array(n);
+      for (let i = 0; i < n; i++) data[i] = read(view, off + i * size);
     }
     tensors.set(name, { dtype, shape, data });
   }
@@ -131,7 +118,10 @@ export function readSafetensors(bytes: Uint8Array, file?: string): { tensors: Ma
 }
 
 /** Serialises float32 tensors to safetensors bytes (names sorted, 8-byte aligned header, as HF writes). */
-export function writeSafetensors(tensors: Map<string, { shape: number[]; data: Float32Array }> | Record<string, { shape: number[]; data: Float32Array }>, metadata?: Record<string, string>): Uint8Array {
+export function writeSafetensors(
+  tensors: Map<string, { shape: number[]; data: Float32Array }> | Record<string, { shape: number[]; data: Float32Array }>,
+  metadata?: Record<string, string>,
+): Uint8Array {
   const map = tensors instanceof Map ? tensors : new Map(Object.entries(tensors));
   const names = [...map.keys()].sort();
   const header: Record<string, unknown> = {};

@@ -6,7 +6,10 @@ describe('sequenceMeanGate', () => {
   let gates: tf.Tensor;
   beforeAll(async () => {
     await initBackend('cpu');
-    gates = tf.tensor3d([[[0.1], [0.5], [0.9]], [[0.2], [0.4], [0.0]]]); // [2 rows, 3 positions, 1]
+    gates = tf.tensor3d([
+      [[0.1], [0.5], [0.9]],
+      [[0.2], [0.4], [0.0]],
+    ]); // [2 rows, 3 positions, 1]
   });
 
   it('over an encoder sequence: the plain mean, [rows, 1, k]', async () => {
@@ -23,8 +26,7 @@ describe('sequenceMeanGate', () => {
     const ctx = new ForwardContext(null);
     const stepwise: number[][] = [[], []];
     for (let t = 0; t < 3; t++) {
-      ctx.decodingPosition = t;
-      const g = sequenceMeanGate(gates.slice([0, t, 0], [2, 1, 1]), { causal: true, key: 'k' }, ctx);
+      const g = ctx.atDecodingPosition(t, () => sequenceMeanGate(gates.slice([0, t, 0], [2, 1, 1]), { causal: true, key: 'k' }, ctx));
       const d = await g.data();
       stepwise[0].push(d[0]);
       stepwise[1].push(d[1]);
@@ -34,8 +36,7 @@ describe('sequenceMeanGate', () => {
     expect(stepwise[1]).toEqual(full[1].map((r) => expect.closeTo(r[0], 6)));
     // a beam reorder swaps rows: the running sums follow
     ctx.reorderRows([1, 0]);
-    ctx.decodingPosition = 3;
-    const next = await sequenceMeanGate(tf.tensor3d([[[1]], [[1]]]), { causal: true, key: 'k' }, ctx).data();
+    const next = await ctx.atDecodingPosition(3, () => sequenceMeanGate(tf.tensor3d([[[1]], [[1]]]), { causal: true, key: 'k' }, ctx)).data();
     expect(next[0]).toBeCloseTo((0.2 + 0.4 + 0.0 + 1) / 4, 6);
     expect(next[1]).toBeCloseTo((0.1 + 0.5 + 0.9 + 1) / 4, 6);
     const before = tf.memory().numTensors;

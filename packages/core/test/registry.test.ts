@@ -22,9 +22,7 @@ function fakeMethod(name: string, defaults: Record<string, unknown>, presets: Re
   };
 }
 
-const fake = registerMethod(
-  fakeMethod('fake', { r: 8, alpha: 8, flag: false }, { fake: { method: 'fake' }, fake_big: { method: 'fake', r: 64, alpha: 128 } }, ['FAKE']),
-);
+const fake = registerMethod(fakeMethod('fake', { r: 8, alpha: 8, flag: false }, { fake: { method: 'fake' }, fake_big: { method: 'fake', r: 64, alpha: 128 } }, ['FAKE']));
 const other = registerMethod(fakeMethod('other', { k: 1 }, { other: { method: 'other' } }));
 
 function expectConfigError(fn: () => unknown, message?: RegExp): ConfigError {
@@ -80,7 +78,7 @@ describe('config strings', () => {
   });
 
   it('value types: numbers, booleans (both spellings), null/None, strings, quoted strings', () => {
-    const c = resolveConfig("fake[n=-2.5,e=1e-3,t=True,f=false,z=None,nn=null,s=relu,q='x y', dq=\"q\"]");
+    const c = resolveConfig('fake[n=-2.5,e=1e-3,t=True,f=false,z=None,nn=null,s=relu,q=\'x y\', dq="q"]');
     expect(c).toMatchObject({ n: -2.5, e: 0.001, t: true, f: false, z: null, nn: null, s: 'relu', q: 'x y', dq: 'q' });
   });
 
@@ -128,7 +126,13 @@ describe('config strings', () => {
 describe('union configs', () => {
   it('resolves each part (objects and strings) with its defaults', () => {
     const u = resolveConfig({ method: 'union', configs: [{ method: 'fake', r: 4 }, 'other[k=3]'] });
-    expect(u).toEqual({ method: 'union', configs: [{ method: 'fake', r: 4, alpha: 8, flag: false }, { method: 'other', k: 3 }] });
+    expect(u).toEqual({
+      method: 'union',
+      configs: [
+        { method: 'fake', r: 4, alpha: 8, flag: false },
+        { method: 'other', k: 3 },
+      ],
+    });
   });
 
   it('two parts of the same method are rejected', () => {
@@ -146,9 +150,21 @@ describe('union configs', () => {
 
   it('a registered union preset takes "<index>.<option>" overrides, for object and string parts', () => {
     registerPreset('combo', { method: 'union', configs: [{ method: 'fake', r: 16 }, 'other'] });
-    expect(resolveConfig('combo')).toEqual({ method: 'union', configs: [{ method: 'fake', r: 16, alpha: 8, flag: false }, { method: 'other', k: 1 }] });
+    expect(resolveConfig('combo')).toEqual({
+      method: 'union',
+      configs: [
+        { method: 'fake', r: 16, alpha: 8, flag: false },
+        { method: 'other', k: 1 },
+      ],
+    });
     const c = resolveConfig('combo[0.r=4|1.k=9]');
-    expect(c).toEqual({ method: 'union', configs: [{ method: 'fake', r: 4, alpha: 8, flag: false }, { method: 'other', k: 9 }] });
+    expect(c).toEqual({
+      method: 'union',
+      configs: [
+        { method: 'fake', r: 4, alpha: 8, flag: false },
+        { method: 'other', k: 9 },
+      ],
+    });
     // the preset itself is unchanged
     expect((resolveConfig('combo').configs as AdapterConfig[])[1]).toEqual({ method: 'other', k: 1 });
     expectConfigError(() => resolveConfig('combo[r=4]'), /'<index>.<option>'/);

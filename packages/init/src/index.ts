@@ -132,10 +132,7 @@ function bertInit(spec: ParamSpec, isBias: boolean, rng: SeededRandom): Float32A
 }
 
 function noRule(strategy: InitName, spec: ParamSpec, isBias: boolean): never {
-  throw new ConfigError(
-    `init strategy '${strategy}' has no rule for ${isBias ? 'the bias of ' : ''}role '${spec.role}' (use it for ${RULE_ROLES[strategy]})`,
-    'init_weights',
-  );
+  throw new ConfigError(`init strategy '${strategy}' has no rule for ${isBias ? 'the bias of ' : ''}role '${spec.role}' (use it for ${RULE_ROLES[strategy]})`, 'init_weights');
 }
 
 const RULE_ROLES: Record<InitName, string> = {
@@ -149,6 +146,18 @@ const RULE_ROLES: Record<InitName, string> = {
   normal: 'any role',
   kaiming_uniform: 'any role',
 };
+
+/**
+ * The rule of mam_adapter and LoRA: the down projection kaiming_uniform_(a=√5) = U(±1/√fan_in), the up
+ * projection and every bias 0 (the module starts as an exact no-op), the gate N(0, 0.02).
+ */
+function startsAsNoOp(strategy: InitName, spec: ParamSpec, isBias: boolean, rng: SeededRandom, down: ParamRole, up: ParamRole): Float32Array {
+  const n = count(spec.shape);
+  if (isBias || spec.role === up) return fill(n, 0);
+  if (spec.role === down) return uniform(n, kaimingUniformBound(fanInOf(spec, false), Math.sqrt(5)), rng);
+  if (spec.role === 'gate') return bertInit(spec, false, rng);
+  return noRule(strategy, spec, isBias);
+}
 
 /**
  * Initial values of one parameter. Consumes draws from `rng` (none for constant rules), so initialising a
@@ -200,11 +209,7 @@ export function initParam(strategy: InitName, spec: ParamSpec, rng: SeededRandom
       // adapters Adapter.__init__ (init_weights == "mam_adapter"): every Linear in adapter_down
       // kaiming_uniform_(a=√5) = U(±1/√fan_in), bias 0; adapter_up weight 0 and bias 0 (exact no-op at start);
       // gate init_bert_weights.
-      if (isBias) return fill(n, 0);
-      if (role === 'down') return uniform(n, kaimingUniformBound(fanInOf(spec, false), Math.sqrt(5)), rng);
-      if (role === 'up') return fill(n, 0);
-      if (role === 'gate') return bertInit(spec, false, rng);
-      return noRule(strategy, spec, isBias);
+      return startsAsNoOp(strategy, spec, isBias, rng, 'down', 'up');
 
     case 'houlsby':
       // adapters Adapter.__init__ (init_weights == "houlsby"): Linear weights in adapter_down/adapter_up
@@ -218,11 +223,7 @@ export function initParam(strategy: InitName, spec: ParamSpec, rng: SeededRandom
     case 'lora':
       // adapters LoRA.__init__ (init_weights == "lora"): lora_A kaiming_uniform_(a=√5), lora_B zeros;
       // the LoRA gate (use_gating) is N(0, 0.02) with bias 0.
-      if (isBias) return fill(n, 0);
-      if (role === 'lora_A') return uniform(n, kaimingUniformBound(fanInOf(spec, false), Math.sqrt(5)), rng);
-      if (role === 'lora_B') return fill(n, 0);
-      if (role === 'gate') return bertInit(spec, false, rng);
-      return noRule(strategy, spec, isBias);
+      return startsAsNoOp(strategy, spec, isBias, rng, 'lora_A', 'lora_B');
 
     case 'ia3':
       // adapters LoRA.__init__ (init_weights == "ia3"): lora_A and lora_B ones (IA3's vector is lora_B);

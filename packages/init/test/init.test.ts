@@ -284,7 +284,15 @@ describe('role addressing', () => {
 
   it('initParams refuses a duplicated name', () => {
     expectThrows(
-      () => initParams('bert', [{ name: 'w', role: 'down', shape: [2, 2] }, { name: 'w', role: 'up', shape: [2, 2] }], new SeededRandom(1)),
+      () =>
+        initParams(
+          'bert',
+          [
+            { name: 'w', role: 'down', shape: [2, 2] },
+            { name: 'w', role: 'up', shape: [2, 2] },
+          ],
+          new SeededRandom(1),
+        ),
       InputError,
       /'w' is listed twice/,
     );

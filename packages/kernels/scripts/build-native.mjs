@@ -43,7 +43,19 @@ if (!nodeInclude) skip(`node_api.h not found (looked in ${nodeIncludes.join(', '
 const compiler = process.env.CXX ?? 'c++';
 // no errno, no FP traps: lets the exp/erf polynomials in `omp simd` loops vectorise (neither is ever read)
 // -march=native: built where it runs (at install); -ffp-contract=fast: fused multiply-adds in the GEMM
-const flags = ['-O3', '-march=native', '-fopenmp', '-ffp-contract=fast', '-fno-math-errno', '-fno-trapping-math', '-shared', '-fPIC', '-std=c++17', '-fvisibility=hidden', `-I${nodeInclude}`];
+const flags = [
+  '-O3',
+  '-march=native',
+  '-fopenmp',
+  '-ffp-contract=fast',
+  '-fno-math-errno',
+  '-fno-trapping-math',
+  '-shared',
+  '-fPIC',
+  '-std=c++17',
+  '-fvisibility=hidden',
+  `-I${nodeInclude}`,
+];
 mkdirSync(dirname(target), { recursive: true });
 const started = Date.now();
 try {

@@ -25,7 +25,7 @@ export const ACTIVATIONS = {
 export type ActivationName = keyof typeof ACTIVATIONS;
 
 export function isActivation(name: string): name is ActivationName {
-  return Object.prototype.hasOwnProperty.call(ACTIVATIONS, name);
+  return Object.hasOwn(ACTIVATIONS, name);
 }
 
 /** Applies a named activation; an unknown name is an error, never the identity. */

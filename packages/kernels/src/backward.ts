@@ -10,7 +10,10 @@ import type { AttentionOptions, LinearOptions, PackedKeysValues } from './types.
 /** Memoises a thunk within one gradient evaluation. */
 export function once(make: () => Tensor): () => Tensor {
   let value: Tensor | undefined;
-  return () => (value && !value.isDisposed ? value : (value = make()));
+  return () => {
+    if (!value || value.isDisposed) value = make();
+    return value;
+  };
 }
 
 /** dy · wᵀ over the last axis: [..., out] × [in, out] → [..., in]. */
@@ -40,14 +43,25 @@ export function activationDerivative(name: FusedActivation, x: Tensor): Tensor {
     case 'relu':
       return tf.step(x);
     case 'gelu': {
-      const pdf = x.square().mul(-0.5).exp().mul(1 / Math.sqrt(2 * Math.PI));
+      const pdf = x
+        .square()
+        .mul(-0.5)
+        .exp()
+        .mul(1 / Math.sqrt(2 * Math.PI));
       return tf.erf(x.mul(Math.SQRT1_2)).add(1).mul(0.5).add(x.mul(pdf));
     }
     case 'gelu_new': {
       const c = Math.sqrt(2 / Math.PI);
       const t = tf.tanh(x.add(x.square().mul(x).mul(0.044715)).mul(c));
-      const du = x.square().mul(3 * 0.044715).add(1).mul(c);
-      return t.add(1).mul(0.5).add(x.mul(0.5).mul(tf.sub(1, t.square())).mul(du));
+      const du = x
+        .square()
+        .mul(3 * 0.044715)
+        .add(1)
+        .mul(c);
+      return t
+        .add(1)
+        .mul(0.5)
+        .add(x.mul(0.5).mul(tf.sub(1, t.square())).mul(du));
     }
     case 'silu': {
       const s = tf.sigmoid(x);
@@ -80,9 +94,12 @@ export function rmsNormWeightGrad(x: Tensor, eps: number, scale: number, g: Tens
 export function intoColumns(g: Tensor, offset: number, width: number): Tensor {
   const w = g.shape[2] as number;
   if (offset === 0 && w === width) return g;
-  return tf.pad(g, [[0, 0], [0, 0], [offset, width - offset - w]]);
+  return tf.pad(g, [
+    [0, 0],
+    [0, 0],
+    [offset, width - offset - w],
+  ]);
 }
-
 
 /** The inputs of `linear` whose gradients the backward kernels compute (frozen weights are never asked). */
 export const LINEAR_GRADIENTS = ['x', 'loraA', 'loraB', 'inScale', 'outScale', 'bias'] as const;
@@ -109,7 +126,10 @@ export function linearBackwardReference(dy: Tensor, x: Tensor, kernel: Tensor, o
     loraB: () => outer(a.loraScale ? loraDown().mul(perRow(a.loraScale, x.rank)) : loraDown(), dpre()),
     inScale: () => toPerRow(xn().mul(matMulLastT(dBase(), kernel)), a.inScale!),
     outScale: () => toPerRow(dpre().mul(matMulLast(a.inScale ? xn().mul(perRow(a.inScale, x.rank)) : xn(), kernel)), a.outScale!),
-    bias: () => dpre().reshape([-1, dpre().shape[dpre().rank - 1] as number]).sum(0),
+    bias: () =>
+      dpre()
+        .reshape([-1, dpre().shape[dpre().rank - 1] as number])
+        .sum(0),
   };
   const out: Partial<Record<LinearGradient, Tensor>> = {};
   for (const w of wants) out[w] = make[w]();
@@ -130,9 +150,10 @@ export function preActivationGrad(dy: Tensor, xn: Tensor, kernel: Tensor, o: Lin
 
 export const ATTENTION_GRADIENTS = ['q', 'kv', 'prefixKeys', 'prefixValues'] as const;
 export type AttentionGradient = (typeof ATTENTION_GRADIENTS)[number];
+export type AttentionGradients = Partial<Record<AttentionGradient, Tensor>>;
 
 /** Gradients of attention(q, kv, o) given dy: the queries' and the packed keys/values' (zero outside their columns), the prefix's. */
-export function attentionBackwardReference(dy: Tensor, q: Tensor, kv: PackedKeysValues, o: AttentionOptions, wants: readonly AttentionGradient[]): Partial<Record<AttentionGradient, Tensor>> {
+export function attentionBackwardReference(dy: Tensor, q: Tensor, kv: PackedKeysValues, o: AttentionOptions, wants: readonly AttentionGradient[]): AttentionGradients {
   const h = o.numHeads;
   const d = o.headDim;
   const [b, lq] = q.shape as number[];

@@ -5,10 +5,21 @@
  */
 import { tf, type Tensor } from '@adapterkit/backend';
 import { matMulLast, normalisedInput, perRow } from './reference.js';
-import { ATTENTION_GRADIENTS, attentionScoresGrad, intoColumns, LINEAR_GRADIENTS, matMulLastT, once, outer, preActivationGrad, rmsNormInputGrad, rmsNormWeightGrad, toPerRow } from './backward.js';
+import {
+  ATTENTION_GRADIENTS,
+  attentionScoresGrad,
+  intoColumns,
+  LINEAR_GRADIENTS,
+  matMulLastT,
+  once,
+  outer,
+  preActivationGrad,
+  rmsNormInputGrad,
+  rmsNormWeightGrad,
+  toPerRow,
+} from './backward.js';
 import { attentionBackward, linearBackward } from './ops.js';
-import { KERNEL, namedInputs, type AttentionOptions, type LinearOptions } from './types.js';
-import type { FusedActivation } from './activations.js';
+import { attentionFromKernel, KERNEL, linearFromKernel, namedInputs } from './types.js';
 
 type Thunks = Record<string, () => Tensor>;
 
@@ -23,146 +34,115 @@ function positional(attrs: Record<string, unknown>, byName: Thunks): Thunks {
   return out;
 }
 
-function linearOptions(n: Record<string, Tensor>, attrs: Record<string, unknown>): LinearOptions {
-  return {
-    norm: n.normWeight ? { weight: n.normWeight, eps: attrs.eps as number, scale: attrs.normScale as number } : undefined,
-    bias: n.bias,
-    residual: n.residual,
-    activation: attrs.activation as FusedActivation,
-    gated: attrs.gated as boolean,
-    adapters: { loraA: n.loraA, loraB: n.loraB, loraScale: n.loraScale, inScale: n.inScale, outScale: n.outScale },
-  };
+/**
+ * Registers a fused kernel's gradient: `thunks` gets the saved inputs by name, the attributes and dy, and
+ * returns a gradient thunk per input name (mapped back to the kernel's positional inputs here).
+ */
+function registerNamedGradient(kernelName: string, thunks: (n: Record<string, Tensor>, at: Record<string, unknown>, dy: Tensor) => Thunks): void {
+  tf.registerGradient({
+    kernelName,
+    saveAllInputs: true,
+    gradFunc: (dy, saved, attrs) => {
+      const at = attrs as Record<string, unknown>;
+      return positional(at, thunks(namedInputs(saved as Tensor[], at), at, dy as Tensor)); // every fused kernel with a gradient has one output
+    },
+  });
 }
 
 function registerLinearGradient() {
-  tf.registerGradient({
-    kernelName: KERNEL.linear,
-    saveAllInputs: true,
-    gradFunc: (dy, saved, attrs) => {
-      const n = namedInputs(saved as Tensor[], attrs as Record<string, unknown>);
-      const o = linearOptions(n, attrs as Record<string, unknown>);
-      const g = dy as Tensor;
-      // Every trainable input's gradient at once (one fused kernel), computed here rather than in the thunks:
-      // tfjs runs each thunk in its own tidy, and these must outlive the first one.
-      const wants = LINEAR_GRADIENTS.filter((w) => w === 'x' || n[w] !== undefined);
-      const grads = linearBackward(g, n.x, n.kernel, o, wants);
-      const xn = once(() => normalisedInput(n.x, o));
-      const dxn = once(() => {
-        const a = o.adapters!;
-        const dBase = a.outScale ? preActivationGrad(g, xn(), n.kernel, o).mul(perRow(a.outScale, n.x.rank)) : preActivationGrad(g, xn(), n.kernel, o);
-        return matMulLastT(dBase, n.kernel);
-      });
-      const thunks: Thunks = { residual: () => g };
-      for (const w of wants) thunks[w] = () => grads[w]!;
-      // frozen weights: never on the path in adapter training, computed by the reference if ever asked
-      thunks.kernel = () => {
-        const a = o.adapters!;
-        const dBase = a.outScale ? preActivationGrad(g, xn(), n.kernel, o).mul(perRow(a.outScale, n.x.rank)) : preActivationGrad(g, xn(), n.kernel, o);
-        return outer(a.inScale ? xn().mul(perRow(a.inScale, n.x.rank)) : xn(), dBase);
-      };
-      thunks.normWeight = () => rmsNormWeightGrad(n.x, o.norm!.eps, o.norm!.scale ?? 1, dxn());
-      thunks.loraScale = () => toPerRow(matMulLast(xn(), n.loraA).mul(matMulLastT(preActivationGrad(g, xn(), n.kernel, o), n.loraB)), n.loraScale);
-      return positional(attrs as Record<string, unknown>, thunks);
-    },
+  registerNamedGradient(KERNEL.linear, (n, at, dy) => {
+    const o = linearFromKernel(n, at);
+    const g = dy;
+    // Every trainable input's gradient at once (one fused kernel), computed here rather than in the thunks:
+    // tfjs runs each thunk in its own tidy, and these must outlive the first one.
+    const wants = LINEAR_GRADIENTS.filter((w) => w === 'x' || n[w] !== undefined);
+    const grads = linearBackward(g, n.x, n.kernel, o, wants);
+    const xn = once(() => normalisedInput(n.x, o));
+    const dxn = once(() => {
+      const a = o.adapters!;
+      const dBase = a.outScale ? preActivationGrad(g, xn(), n.kernel, o).mul(perRow(a.outScale, n.x.rank)) : preActivationGrad(g, xn(), n.kernel, o);
+      return matMulLastT(dBase, n.kernel);
+    });
+    const thunks: Thunks = { residual: () => g };
+    for (const w of wants) thunks[w] = () => grads[w]!;
+    // frozen weights: never on the path in adapter training, computed by the reference if ever asked
+    thunks.kernel = () => {
+      const a = o.adapters!;
+      const dBase = a.outScale ? preActivationGrad(g, xn(), n.kernel, o).mul(perRow(a.outScale, n.x.rank)) : preActivationGrad(g, xn(), n.kernel, o);
+      return outer(a.inScale ? xn().mul(perRow(a.inScale, n.x.rank)) : xn(), dBase);
+    };
+    thunks.normWeight = () => rmsNormWeightGrad(n.x, o.norm!.eps, o.norm!.scale ?? 1, dxn());
+    thunks.loraScale = () => toPerRow(matMulLast(xn(), n.loraA).mul(matMulLastT(preActivationGrad(g, xn(), n.kernel, o), n.loraB)), n.loraScale);
+    return thunks;
   });
 }
 
 function registerAttentionGradient() {
-  tf.registerGradient({
-    kernelName: KERNEL.attention,
-    saveAllInputs: true,
-    gradFunc: (dy, saved, attrs) => {
-      const at = attrs as Record<string, unknown>;
-      const n = namedInputs(saved as Tensor[], at);
-      const o: AttentionOptions = {
-        numHeads: at.numHeads as number,
-        headDim: at.headDim as number,
-        qOffset: at.qOffset as number,
-        prefix: n.prefixKeys ? { keys: n.prefixKeys, values: n.prefixValues } : undefined,
-        bias: n.biasTable ? { table: n.biasTable, index: n.biasIndex } : undefined,
-        mask: n.mask,
-        causalOffset: at.causal ? (at.causalOffset as number) : undefined,
-      };
-      const kv = { source: n.kv, kOffset: at.kOffset as number, vOffset: at.vOffset as number };
-      const wants = ATTENTION_GRADIENTS.filter((w) => n[w] !== undefined);
-      const grads = attentionBackward(dy as Tensor, n.q, kv, o, wants);
-      const thunks: Thunks = {};
-      for (const w of wants) thunks[w] = () => grads[w]!;
-      // frozen inputs: the relative-attention table (reference), the bucket index and the mask
-      const dScores = once(() => attentionScoresGrad(dy as Tensor, n.q, kv, o));
-      const h = o.numHeads;
-      thunks.biasTable = () => {
-        const index = n.biasIndex.reshape([-1]);
-        const valid = index.greaterEqual(0).cast('float32').expandDims(1);
-        const perColumn = dScores().sum(0).transpose([1, 2, 0]).reshape([-1, h]).mul(valid); // [Lq·(P+Lk), h]
-        return tf.unsortedSegmentSum(perColumn, tf.maximum(index, tf.scalar(0, 'int32')) as tf.Tensor1D, n.biasTable.shape[0] as number);
-      };
-      thunks.biasIndex = () => tf.zerosLike(n.biasIndex);
-      thunks.mask = () => {
-        const g = dScores().sum([1, 2]); // [b, P + Lk]
-        return n.mask.shape[0] === 1 && g.shape[0] !== 1 ? g.sum(0, true) : g;
-      };
-      return positional(at, thunks);
-    },
+  registerNamedGradient(KERNEL.attention, (n, at, dy) => {
+    const { kv, options: o } = attentionFromKernel(n, at);
+    const wants = ATTENTION_GRADIENTS.filter((w) => n[w] !== undefined);
+    const grads = attentionBackward(dy, n.q, kv, o, wants);
+    const thunks: Thunks = {};
+    for (const w of wants) thunks[w] = () => grads[w]!;
+    // frozen inputs: the relative-attention table (reference), the bucket index and the mask
+    const dScores = once(() => attentionScoresGrad(dy, n.q, kv, o));
+    const h = o.numHeads;
+    thunks.biasTable = () => {
+      const index = n.biasIndex.reshape([-1]);
+      const valid = index.greaterEqual(0).cast('float32').expandDims(1);
+      const perColumn = dScores().sum(0).transpose([1, 2, 0]).reshape([-1, h]).mul(valid); // [Lq·(P+Lk), h]
+      return tf.unsortedSegmentSum(perColumn, tf.maximum(index, tf.scalar(0, 'int32')) as tf.Tensor1D, n.biasTable.shape[0] as number);
+    };
+    thunks.biasIndex = () => tf.zerosLike(n.biasIndex);
+    thunks.mask = () => {
+      const g = dScores().sum([1, 2]); // [b, P + Lk]
+      return n.mask.shape[0] === 1 && g.shape[0] !== 1 ? g.sum(0, true) : g;
+    };
+    return thunks;
   });
 }
 
 function registerCacheWriteGradient() {
-  tf.registerGradient({
-    kernelName: KERNEL.cacheWrite,
-    saveAllInputs: true,
-    gradFunc: (dy, saved, attrs) => {
-      const at = attrs as Record<string, unknown>;
-      const n = namedInputs(saved as Tensor[], at);
-      const g = dy as Tensor;
-      const [b, capacity, c] = n.cache.shape as number[];
-      const pos = at.position as number;
-      const keep = new Float32Array(capacity).fill(1);
-      keep[pos] = 0;
-      return positional(at, {
-        cache: () => g.mul(tf.tensor3d(keep, [1, capacity, 1])),
-        source: () => intoColumns(g.slice([0, pos, 0], [b, 1, c]), at.sourceOffset as number, n.source.shape[2] as number),
-      });
-    },
+  registerNamedGradient(KERNEL.cacheWrite, (n, at, dy) => {
+    const g = dy;
+    const [b, capacity, c] = n.cache.shape as number[];
+    const pos = at.position as number;
+    const keep = new Float32Array(capacity).fill(1);
+    keep[pos] = 0;
+    return {
+      cache: () => g.mul(tf.tensor3d(keep, [1, capacity, 1])),
+      source: () => intoColumns(g.slice([0, pos, 0], [b, 1, c]), at.sourceOffset as number, n.source.shape[2] as number),
+    };
   });
 }
 
 function registerCrossEntropyGradient() {
-  tf.registerGradient({
-    kernelName: KERNEL.crossEntropy,
-    saveAllInputs: true,
-    gradFunc: (dy, saved, attrs) => {
-      const at = attrs as Record<string, unknown>;
-      const n = namedInputs(saved as Tensor[], at);
-      const eps = at.labelSmoothing as number;
-      const [, v] = n.logits.shape as number[];
-      return positional(at, {
-        logits: () => {
-          const valid = n.labels.notEqual(-100);
-          const safe = tf.where(valid, n.labels, tf.zerosLike(n.labels));
-          const target = tf.oneHot(safe as tf.Tensor1D, v).mul(1 - eps).add(eps / v);
-          const perRowScale = (dy as Tensor).mul(valid.cast('float32')).expandDims(1);
-          return tf.softmax(n.logits).sub(target).mul(perRowScale);
-        },
-        labels: () => tf.zerosLike(n.labels),
-      });
-    },
+  registerNamedGradient(KERNEL.crossEntropy, (n, at, dy) => {
+    const eps = at.labelSmoothing as number;
+    const [, v] = n.logits.shape as number[];
+    return {
+      logits: () => {
+        const valid = n.labels.notEqual(-100);
+        const safe = tf.where(valid, n.labels, tf.zerosLike(n.labels));
+        const target = tf
+          .oneHot(safe as tf.Tensor1D, v)
+          .mul(1 - eps)
+          .add(eps / v);
+        const perRowScale = dy.mul(valid.cast('float32')).expandDims(1);
+        return tf.softmax(n.logits).sub(target).mul(perRowScale);
+      },
+      labels: () => tf.zerosLike(n.labels),
+    };
   });
 }
 
 function registerRmsNormGradient() {
-  tf.registerGradient({
-    kernelName: KERNEL.rmsNorm,
-    saveAllInputs: true,
-    gradFunc: (dy, saved, attrs) => {
-      const at = attrs as Record<string, unknown>;
-      const n = namedInputs(saved as Tensor[], at);
-      const eps = at.eps as number;
-      return positional(at, {
-        x: () => rmsNormInputGrad(n.x, n.weight, eps, 1, dy as Tensor),
-        weight: () => rmsNormWeightGrad(n.x, eps, 1, dy as Tensor),
-      });
-    },
+  registerNamedGradient(KERNEL.rmsNorm, (n, at, dy) => {
+    const eps = at.eps as number;
+    return {
+      x: () => rmsNormInputGrad(n.x, n.weight, eps, 1, dy),
+      weight: () => rmsNormWeightGrad(n.x, eps, 1, dy),
+    };
   });
 }
 

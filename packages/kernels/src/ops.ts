@@ -7,8 +7,8 @@ import { tf, type Tensor } from '@adapterkit/backend';
 import { FUSED_ACTIVATIONS } from './activations.js';
 import { fusedKernelActive } from './mode.js';
 import { attentionReference, cacheWriteReference, crossEntropyReference, linearReference, rmsNormReference } from './reference.js';
-import { attentionBackwardReference, linearBackwardReference, type AttentionGradient, type LinearGradient } from './backward.js';
-import { KERNEL, type AttentionOptions, type LinearOptions, type PackedKeysValues } from './types.js';
+import { attentionBackwardReference, linearBackwardReference, type AttentionGradient, type AttentionGradients, type LinearGradient } from './backward.js';
+import { attentionToKernel, KERNEL, type KernelAttrs, linearToKernel, type AttentionOptions, type LinearOptions, type PackedKeysValues } from './types.js';
 
 /** A named op was called with tensors that do not fit together (a bug in the caller, named precisely). */
 export class KernelArgumentError extends Error {
@@ -32,14 +32,14 @@ function perRowOk(t: Tensor | undefined, rows: number, width: number): boolean {
  * `inputNames`: optional inputs are simply absent, and the registered gradient (saveAllInputs) gets exactly
  * the tensors the call had.
  */
-function runFused(kernelName: string, named: Record<string, Tensor | undefined>, attrs: Record<string, number | boolean | string | string[]>): Tensor {
+function runFused(kernelName: string, named: Record<string, Tensor | undefined>, attrs: KernelAttrs): Tensor {
   const present = Object.entries(named).filter((e): e is [string, Tensor] => e[1] !== undefined);
   const tensors = present.map(([, t]) => t) as unknown as tf.NamedTensorMap; // an array is a map keyed '0', '1', …
   return tf.engine().runKernel(kernelName, tensors, { ...attrs, inputNames: present.map(([k]) => k) }) as Tensor;
 }
 
 /** A fused kernel with several outputs (returned in order). */
-function runFusedMulti(kernelName: string, named: Record<string, Tensor | undefined>, attrs: Record<string, number | boolean | string | string[]>): Tensor[] {
+function runFusedMulti(kernelName: string, named: Record<string, Tensor | undefined>, attrs: KernelAttrs): Tensor[] {
   const out = runFused(kernelName, named, attrs) as unknown as Tensor | Tensor[];
   return Array.isArray(out) ? out : [out];
 }
@@ -69,28 +69,34 @@ export function linear(x: Tensor, kernel: Tensor, options: LinearOptions = {}): 
   check(o.activation === undefined || (FUSED_ACTIVATIONS as readonly string[]).includes(o.activation), op, () => `unknown activation '${o.activation}'`);
   if (o.norm) check(o.norm.weight.rank === 1 && o.norm.weight.shape[0] === inF, op, () => `norm weight [${o.norm!.weight.shape}] does not fit ${inF} features`);
   if (o.bias) check(o.bias.rank === 1 && o.bias.shape[0] === pre, op, () => `bias [${o.bias!.shape}] does not fit ${pre} columns`);
-  if (o.residual) check(o.residual.shape.join() === [...x.shape.slice(0, -1), outF].join(), op, () => `residual [${o.residual!.shape}] is not the result's shape [${[...x.shape.slice(0, -1), outF]}]`);
+  if (o.residual)
+    check(
+      o.residual.shape.join() === [...x.shape.slice(0, -1), outF].join(),
+      op,
+      () => `residual [${o.residual!.shape}] is not the result's shape [${[...x.shape.slice(0, -1), outF]}]`,
+    );
   const a = o.adapters ?? {};
   check(!a.loraA === !a.loraB, op, () => 'loraA and loraB go together');
   if (a.loraA && a.loraB) {
     const r = a.loraA.shape[1] as number;
     check(a.loraA.rank === 2 && a.loraA.shape[0] === inF, op, () => `loraA [${a.loraA!.shape}] does not take ${inF} features`);
-    check(a.loraB.rank === 2 && a.loraB.shape[0] === r && a.loraB.shape[1] === pre, op, () => `loraB [${a.loraB!.shape}] does not fit loraA [${a.loraA!.shape}] and ${pre} columns`);
+    check(
+      a.loraB.rank === 2 && a.loraB.shape[0] === r && a.loraB.shape[1] === pre,
+      op,
+      () => `loraB [${a.loraB!.shape}] does not fit loraA [${a.loraA!.shape}] and ${pre} columns`,
+    );
     check(perRowOk(a.loraScale, rows, r), op, () => `loraScale [${a.loraScale!.shape}] must be [${rows} | 1, ${r}]`);
   } else check(!a.loraScale, op, () => 'loraScale without loraA/loraB');
   check(perRowOk(a.inScale, rows, inF), op, () => `inScale [${a.inScale!.shape}] must be [${rows} | 1, ${inF}]`);
   check(perRowOk(a.outScale, rows, pre), op, () => `outScale [${a.outScale!.shape}] must be [${rows} | 1, ${pre}]`);
 
   if (!fusedKernelActive(KERNEL.linear)) return linearReference(x, kernel, o);
-  return runFused(
-    KERNEL.linear,
-    { x, kernel, normWeight: o.norm?.weight, bias: o.bias, residual: o.residual, loraA: a.loraA, loraB: a.loraB, loraScale: a.loraScale, inScale: a.inScale, outScale: a.outScale },
-    { eps: o.norm?.eps ?? 0, normScale: o.norm?.scale ?? 1, activation: o.activation ?? 'linear', gated: o.gated ?? false },
-  );
+  const k = linearToKernel(x, kernel, o);
+  return runFused(KERNEL.linear, k.inputs, k.attrs);
 }
 
 /**
- * Multi-head attention as T5 computes it: softmax(q·kᵀ + position bias + mask) · v (no 1/√d scaling),
+ * Multi-head attention with a learned relative position bias: softmax(q·kᵀ + bias + mask) · v (unscaled),
  * over optional prefix keys/values and packed keys/values; causal when asked. q [B, Lq, ≥ qOffset + H·d],
  * keys/values packed [B, Lk, C] → [B, Lq, H·d] (heads merged, ready for the output projection).
  */
@@ -104,7 +110,11 @@ export function attention(q: Tensor, kv: PackedKeysValues, options: AttentionOpt
   const [b, lq] = q.shape as number[];
   const s = kv.source;
   check(s.rank === 3 && s.shape[0] === b, op, () => `keys/values must be packed rows [${b}, Lk, C] (the queries' batch), got [${s.shape}]`);
-  check(kv.kOffset >= 0 && kv.kOffset + width <= (s.shape[2] as number) && kv.vOffset >= 0 && kv.vOffset + width <= (s.shape[2] as number), op, () => `key/value columns [${kv.kOffset}, ${kv.vOffset}] + ${width} exceed the ${s.shape[2]} columns of the keys/values`);
+  check(
+    kv.kOffset >= 0 && kv.kOffset + width <= (s.shape[2] as number) && kv.vOffset >= 0 && kv.vOffset + width <= (s.shape[2] as number),
+    op,
+    () => `key/value columns [${kv.kOffset}, ${kv.vOffset}] + ${width} exceed the ${s.shape[2]} columns of the keys/values`,
+  );
   const lk = s.shape[1] as number;
   let p = 0;
   if (o.prefix) {
@@ -116,25 +126,35 @@ export function attention(q: Tensor, kv: PackedKeysValues, options: AttentionOpt
   }
   if (o.bias) {
     check(o.bias.table.rank === 2 && o.bias.table.shape[1] === h, op, () => `bias table [${o.bias!.table.shape}] must be [buckets, ${h}]`);
-    check(o.bias.index.dtype === 'int32' && o.bias.index.shape.join() === [lq, p + lk].join(), op, () => `bias index [${o.bias!.index.shape}] (${o.bias!.index.dtype}) must be int32 [${lq}, ${p + lk}]`);
+    check(
+      o.bias.index.dtype === 'int32' && o.bias.index.shape.join() === [lq, p + lk].join(),
+      op,
+      () => `bias index [${o.bias!.index.shape}] (${o.bias!.index.dtype}) must be int32 [${lq}, ${p + lk}]`,
+    );
   }
-  if (o.mask) check(o.mask.rank === 2 && (o.mask.shape[0] === b || o.mask.shape[0] === 1) && o.mask.shape[1] === p + lk, op, () => `mask [${o.mask!.shape}] must be [${b} | 1, ${p + lk}]`);
+  if (o.mask)
+    check(o.mask.rank === 2 && (o.mask.shape[0] === b || o.mask.shape[0] === 1) && o.mask.shape[1] === p + lk, op, () => `mask [${o.mask!.shape}] must be [${b} | 1, ${p + lk}]`);
   if (o.causalOffset !== undefined) check(Number.isInteger(o.causalOffset), op, () => `causalOffset must be an integer, got ${o.causalOffset}`);
 
   const dropping = o.dropout !== undefined && o.dropout.rate > 0;
   if (dropping || !fusedKernelActive(KERNEL.attention)) return attentionReference(q, kv, o);
-  return runFused(
-    KERNEL.attention,
-    { q, kv: s, prefixKeys: o.prefix?.keys, prefixValues: o.prefix?.values, biasTable: o.bias?.table, biasIndex: o.bias?.index, mask: o.mask },
-    { numHeads: h, headDim: d, qOffset, kOffset: kv.kOffset, vOffset: kv.vOffset, causal: o.causalOffset !== undefined, causalOffset: o.causalOffset ?? 0 },
-  );
+  const k = attentionToKernel(q, kv, o);
+  return runFused(KERNEL.attention, k.inputs, k.attrs);
 }
 
 /** A cache [B, capacity, C] with row `position` replaced by source[:, 0, sourceOffset : sourceOffset + C]. */
 export function cacheWrite(cache: Tensor, source: Tensor, sourceOffset: number, position: number): Tensor {
   const op = 'cacheWrite';
-  check(cache.rank === 3 && source.rank === 3 && source.shape[0] === cache.shape[0] && source.shape[1] === 1, op, () => `cache [${cache.shape}] and one step's source [${source.shape}] do not fit ([batch, capacity, C] and [batch, 1, ≥ C])`);
-  check(sourceOffset >= 0 && sourceOffset + (cache.shape[2] as number) <= (source.shape[2] as number), op, () => `source columns ${sourceOffset} + ${cache.shape[2]} exceed ${source.shape[2]}`);
+  check(
+    cache.rank === 3 && source.rank === 3 && source.shape[0] === cache.shape[0] && source.shape[1] === 1,
+    op,
+    () => `cache [${cache.shape}] and one step's source [${source.shape}] do not fit ([batch, capacity, C] and [batch, 1, ≥ C])`,
+  );
+  check(
+    sourceOffset >= 0 && sourceOffset + (cache.shape[2] as number) <= (source.shape[2] as number),
+    op,
+    () => `source columns ${sourceOffset} + ${cache.shape[2]} exceed ${source.shape[2]}`,
+  );
   check(Number.isInteger(position) && position >= 0 && position < (cache.shape[1] as number), op, () => `position ${position} is outside the cache's ${cache.shape[1]} slots`);
   if (fusedKernelActive(KERNEL.cacheWrite)) return runFused(KERNEL.cacheWrite, { cache, source }, { sourceOffset, position });
   return cacheWriteReference(cache, source, sourceOffset, position);
@@ -156,23 +176,16 @@ export function crossEntropy(logits: Tensor, labels: Tensor, labelSmoothing = 0)
  */
 export function linearBackward(dy: Tensor, x: Tensor, kernel: Tensor, o: LinearOptions, wants: readonly LinearGradient[]): Partial<Record<LinearGradient, Tensor>> {
   if (!fusedKernelActive(KERNEL.linearBackward)) return linearBackwardReference(dy, x, kernel, o, wants);
-  const a = o.adapters ?? {};
-  const outs = runFusedMulti(
-    KERNEL.linearBackward,
-    { dy, x, kernel, normWeight: o.norm?.weight, bias: o.bias, loraA: a.loraA, loraB: a.loraB, loraScale: a.loraScale, inScale: a.inScale, outScale: a.outScale },
-    { eps: o.norm?.eps ?? 0, normScale: o.norm?.scale ?? 1, activation: o.activation ?? 'linear', gated: o.gated ?? false, wants: [...wants] },
-  );
+  const k = linearToKernel(x, kernel, { ...o, residual: undefined }); // the residual's gradient is dy itself
+  const outs = runFusedMulti(KERNEL.linearBackward, { dy, ...k.inputs }, { ...k.attrs, wants: [...wants] });
   return Object.fromEntries(wants.map((w, i) => [w, outs[i]]));
 }
 
 /** Gradients of `attention` w.r.t. the inputs in `wants` given dy (one kernel where a fused backward exists). */
-export function attentionBackward(dy: Tensor, q: Tensor, kv: PackedKeysValues, o: AttentionOptions, wants: readonly AttentionGradient[]): Partial<Record<AttentionGradient, Tensor>> {
+export function attentionBackward(dy: Tensor, q: Tensor, kv: PackedKeysValues, o: AttentionOptions, wants: readonly AttentionGradient[]): AttentionGradients {
   if (!fusedKernelActive(KERNEL.attentionBackward)) return attentionBackwardReference(dy, q, kv, o, wants);
-  const outs = runFusedMulti(
-    KERNEL.attentionBackward,
-    { dy, q, kv: kv.source, prefixKeys: o.prefix?.keys, prefixValues: o.prefix?.values, biasTable: o.bias?.table, biasIndex: o.bias?.index, mask: o.mask },
-    { numHeads: o.numHeads, headDim: o.headDim, qOffset: o.qOffset ?? 0, kOffset: kv.kOffset, vOffset: kv.vOffset, causal: o.causalOffset !== undefined, causalOffset: o.causalOffset ?? 0, wants: [...wants] },
-  );
+  const k = attentionToKernel(q, kv, o);
+  const outs = runFusedMulti(KERNEL.attentionBackward, { dy, ...k.inputs }, { ...k.attrs, wants: [...wants] });
   return Object.fromEntries(wants.map((w, i) => [w, outs[i]]));
 }
 
@@ -192,7 +205,11 @@ export interface AdamWStep {
  */
 export function adamW(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWStep): [Tensor, Tensor, Tensor] {
   const op = 'adamW';
-  check(p.shape.join() === g.shape.join() && p.shape.join() === m.shape.join() && p.shape.join() === v.shape.join(), op, () => `parameter [${p.shape}], gradient [${g.shape}] and moments [${m.shape}], [${v.shape}] differ`);
+  check(
+    p.shape.join() === g.shape.join() && p.shape.join() === m.shape.join() && p.shape.join() === v.shape.join(),
+    op,
+    () => `parameter [${p.shape}], gradient [${g.shape}] and moments [${m.shape}], [${v.shape}] differ`,
+  );
   const bc1 = 1 - s.beta1 ** s.step;
   const bc2 = 1 - s.beta2 ** s.step;
   if (fusedKernelActive(KERNEL.adamW)) {

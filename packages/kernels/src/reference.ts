@@ -6,10 +6,11 @@ import { tf, type Tensor } from '@adapterkit/backend';
 import { ACTIVATIONS } from './activations.js';
 import { MASK_VALUE, type AttentionOptions, type LinearOptions, type PackedKeysValues } from './types.js';
 
-/** x [..., in] · w [in, out] → [..., out] (one 2-D matMul: tfjs's batched path is slower for this). */
-export function matMulLast(x: Tensor, w: Tensor): Tensor {
+/** x [..., in] · w [in, out] (+ bias [out]) → [..., out] (one 2-D matMul: tfjs's batched path is slower for this). */
+export function matMulLast(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
   const shape = x.shape;
-  const y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), w);
+  let y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), w);
+  if (bias) y = y.add(bias);
   return y.reshape([...shape.slice(0, -1), w.shape[1] as number]);
 }
 
@@ -99,7 +100,7 @@ export function gatherBias(table: Tensor, index: Tensor): Tensor {
   });
 }
 
-/** softmax(q·kᵀ + bias + mask) (T5 does not scale by 1/√d), [B, heads, Lq, P + Lk]. */
+/** softmax(q·kᵀ + bias + mask) (unscaled: a model that wants 1/√d folds it into its query projection), [B, heads, Lq, P + Lk]. */
 export function attentionWeights(qh: Tensor, kh: Tensor, o: AttentionOptions, p: number, lk: number): Tensor {
   const lq = qh.shape[2] as number;
   let scores = tf.matMul(qh, kh, false, true);
@@ -135,7 +136,10 @@ export function attentionReference(q: Tensor, kv: PackedKeysValues, o: Attention
     const { kh, vh, p, lk } = keysValues(kv, o, b);
     let weights = attentionWeights(qh, kh, o, p, lk);
     if (o.dropout && o.dropout.rate > 0) weights = tf.dropout(weights, o.dropout.rate, undefined, o.dropout.seed);
-    return tf.matMul(weights, vh).transpose([0, 2, 1, 3]).reshape([b, lq, o.numHeads * o.headDim]);
+    return tf
+      .matMul(weights, vh)
+      .transpose([0, 2, 1, 3])
+      .reshape([b, lq, o.numHeads * o.headDim]);
   });
 }
 

@@ -97,3 +97,109 @@ export function namedInputs<T>(inputs: ArrayLike<T> | Record<string, T>, attrs: 
   names.forEach((name, i) => (out[name] = (inputs as Record<string, T>)[i]));
   return out;
 }
+
+/** Scalar attributes of a fused kernel (tfjs's NamedAttrMap values the ops use). */
+export type KernelAttrs = Record<string, number | boolean | string | string[]>;
+
+/**
+ * `linear`'s operands and options as its fused kernels take them: named tensors (absent ones undefined)
+ * and scalar attributes. The one place this mapping is written; `linearFromKernel` is its inverse.
+ */
+export function linearToKernel(x: Tensor, kernel: Tensor, o: LinearOptions): { inputs: Record<string, Tensor | undefined>; attrs: KernelAttrs } {
+  const a = o.adapters ?? {};
+  return {
+    inputs: {
+      x,
+      kernel,
+      normWeight: o.norm?.weight,
+      bias: o.bias,
+      residual: o.residual,
+      loraA: a.loraA,
+      loraB: a.loraB,
+      loraScale: a.loraScale,
+      inScale: a.inScale,
+      outScale: a.outScale,
+    },
+    attrs: { eps: o.norm?.eps ?? 0, normScale: o.norm?.scale ?? 1, activation: o.activation ?? 'linear', gated: o.gated ?? false },
+  };
+}
+
+/** The options of a `linear` from its kernel's named inputs and attributes (gradients, reference fallbacks). */
+export function linearFromKernel(n: Record<string, Tensor>, attrs: Record<string, unknown>): LinearOptions {
+  return {
+    norm: n.normWeight ? { weight: n.normWeight, eps: attrs.eps as number, scale: attrs.normScale as number } : undefined,
+    bias: n.bias,
+    residual: n.residual,
+    activation: attrs.activation as FusedActivation,
+    gated: attrs.gated as boolean,
+    adapters: { loraA: n.loraA, loraB: n.loraB, loraScale: n.loraScale, inScale: n.inScale, outScale: n.outScale },
+  };
+}
+
+/** `attention`'s operands and options as its fused kernels take them (inverse: `attentionFromKernel`). */
+export function attentionToKernel(q: Tensor, kv: PackedKeysValues, o: AttentionOptions): { inputs: Record<string, Tensor | undefined>; attrs: KernelAttrs } {
+  return {
+    inputs: { q, kv: kv.source, prefixKeys: o.prefix?.keys, prefixValues: o.prefix?.values, biasTable: o.bias?.table, biasIndex: o.bias?.index, mask: o.mask },
+    attrs: {
+      numHeads: o.numHeads,
+      headDim: o.headDim,
+      qOffset: o.qOffset ?? 0,
+      kOffset: kv.kOffset,
+      vOffset: kv.vOffset,
+      causal: o.causalOffset !== undefined,
+      causalOffset: o.causalOffset ?? 0,
+    },
+  };
+}
+
+/** The keys/values and options of an `attention` from its kernel's named inputs and attributes. */
+export function attentionFromKernel(n: Record<string, Tensor>, attrs: Record<string, unknown>): { kv: PackedKeysValues; options: AttentionOptions } {
+  return {
+    kv: { source: n.kv, kOffset: attrs.kOffset as number, vOffset: attrs.vOffset as number },
+    options: {
+      numHeads: attrs.numHeads as number,
+      headDim: attrs.headDim as number,
+      qOffset: attrs.qOffset as number,
+      prefix: n.prefixKeys ? { keys: n.prefixKeys, values: n.prefixValues } : undefined,
+      bias: n.biasTable ? { table: n.biasTable, index: n.biasIndex } : undefined,
+      mask: n.mask,
+      causalOffset: attrs.causal ? (attrs.causalOffset as number) : undefined,
+    },
+  };
+}
+
+/** Shapes every backend's `linear` kernel derives from its named inputs (any tensor-like with a shape). */
+export function linearGeometry(n: Record<string, { shape: number[] } | undefined>, gated: boolean) {
+  const x = n.x!;
+  const pre = n.kernel!.shape[1] as number;
+  const rows = x.shape.slice(0, -1).reduce((p, q) => p * q, 1);
+  return {
+    rows,
+    rowsPerBatch: rows / (x.shape[0] as number),
+    inF: x.shape[x.shape.length - 1] as number,
+    pre,
+    outF: gated ? pre / 2 : pre,
+    rank: n.loraA ? (n.loraA.shape[1] as number) : 0,
+    /** rows of each per-row tensor (1: shared by every row) */
+    loraScaleRows: n.loraScale?.shape[0] ?? 1,
+    inScaleRows: n.inScale?.shape[0] ?? 1,
+    outScaleRows: n.outScale?.shape[0] ?? 1,
+  };
+}
+
+/** Shapes every backend's `attention` kernel derives from its named inputs. */
+export function attentionGeometry(n: Record<string, { shape: number[] } | undefined>) {
+  const [b, lq, qCols] = n.q!.shape as [number, number, number];
+  const [, lk, kvCols] = n.kv!.shape as [number, number, number];
+  return {
+    b,
+    lq,
+    qCols,
+    lk,
+    kvCols,
+    /** prefix length */
+    p: n.prefixKeys ? (n.prefixKeys.shape[2] as number) : 0,
+    prefixRows: n.prefixKeys?.shape[0] ?? 1,
+    maskRows: n.mask?.shape[0] ?? 1,
+  };
+}

@@ -38,15 +38,19 @@ const impls: Record<string, (n: Record<string, Tensor>, a: Record<string, any>) 
       adapters: { loraA: n.loraA, loraB: n.loraB, loraScale: n.loraScale, inScale: n.inScale, outScale: n.outScale },
     }),
   [KERNEL.attention]: (n, a) =>
-    reference.attentionReference(n.q, { source: n.kv, kOffset: a.kOffset, vOffset: a.vOffset }, {
-      numHeads: a.numHeads,
-      headDim: a.headDim,
-      qOffset: a.qOffset,
-      prefix: n.prefixKeys ? { keys: n.prefixKeys, values: n.prefixValues } : undefined,
-      bias: n.biasTable ? { table: n.biasTable, index: n.biasIndex } : undefined,
-      mask: n.mask,
-      causalOffset: a.causal ? a.causalOffset : undefined,
-    }),
+    reference.attentionReference(
+      n.q,
+      { source: n.kv, kOffset: a.kOffset, vOffset: a.vOffset },
+      {
+        numHeads: a.numHeads,
+        headDim: a.headDim,
+        qOffset: a.qOffset,
+        prefix: n.prefixKeys ? { keys: n.prefixKeys, values: n.prefixValues } : undefined,
+        bias: n.biasTable ? { table: n.biasTable, index: n.biasIndex } : undefined,
+        mask: n.mask,
+        causalOffset: a.causal ? a.causalOffset : undefined,
+      },
+    ),
   [KERNEL.cacheWrite]: (n, a) => reference.cacheWriteReference(n.cache, n.source, a.sourceOffset, a.position),
   [KERNEL.crossEntropy]: (n, a) => reference.crossEntropyReference(n.logits, n.labels, a.labelSmoothing),
   [KERNEL.linearBackward]: (n, a) => {
@@ -57,14 +61,19 @@ const impls: Record<string, (n: Record<string, Tensor>, a: Record<string, any>) 
     const g = attentionBackwardReference(n.dy, n.q, { source: n.kv, kOffset: a.kOffset, vOffset: a.vOffset }, attentionOptions(n, a), a.wants);
     return (a.wants as string[]).map((w) => (g as Record<string, Tensor>)[w]);
   },
-  [KERNEL.adamW]: (n, a) => withKernelMode('reference', () => adamW(n.p, n.g, n.m, n.v, { lr: a.lr, beta1: a.beta1, beta2: a.beta2, eps: a.eps, weightDecay: a.weightDecay, step: a.step })),
+  [KERNEL.adamW]: (n, a) =>
+    withKernelMode('reference', () => adamW(n.p, n.g, n.m, n.v, { lr: a.lr, beta1: a.beta1, beta2: a.beta2, eps: a.eps, weightDecay: a.weightDecay, step: a.step })),
 };
 
 export function registerDelegatingKernels(backend: string): string[] {
   const added: string[] = [];
   for (const [name, impl] of Object.entries(impls)) {
     if (tf.getKernel(name, backend)) continue;
-    tf.registerKernel({ kernelName: name, backendName: backend, kernelFunc: ({ inputs, attrs }) => tf.tidy(() => impl(namedInputs(inputs as any, attrs as any), attrs as any)) as any });
+    tf.registerKernel({
+      kernelName: name,
+      backendName: backend,
+      kernelFunc: ({ inputs, attrs }) => tf.tidy(() => impl(namedInputs(inputs as any, attrs as any), attrs as any)) as any,
+    });
     added.push(name);
   }
   return added;

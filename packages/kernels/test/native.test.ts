@@ -24,7 +24,7 @@ describe.runIf(process.platform === 'linux' && hasCompiler() && process.env.ADAP
     for (const name of [KERNEL.linear, KERNEL.attention, KERNEL.linearBackward, KERNEL.adamW, 'BatchMatMul', 'GatherV2']) expect(tf.getKernel(name, 'wasm'), name).toBeDefined();
   });
 
-  it('gather rejects an out-of-range id with tfjs\'s message, and leaks nothing', async () => {
+  it("gather rejects an out-of-range id with tfjs's message, and leaks nothing", async () => {
     await initBackend('wasm');
     const table = tf.ones([4, 3]);
     const before = tf.memory().numTensors;

@@ -1,7 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '@adapterkit/backend';
 import { backendsUnderTest, maxAbsDiff } from '@adapterkit/backend/test';
-import { adamW, attention, cacheWrite, crossEntropy, KERNEL, linear, MASK_VALUE, reference, rmsNorm, setKernelMode, withKernelMode, type AttentionOptions, type LinearOptions } from '../src/index.node.js';
+import {
+  adamW,
+  attention,
+  cacheWrite,
+  crossEntropy,
+  KERNEL,
+  linear,
+  MASK_VALUE,
+  reference,
+  rmsNorm,
+  setKernelMode,
+  withKernelMode,
+  type AttentionOptions,
+  type LinearOptions,
+} from '../src/index.node.js';
 import { registerDelegatingKernels, unregisterDelegatingKernels } from './delegate.js';
 
 function values(shape: number[], seed: number, scale = 1): Tensor {
@@ -16,7 +30,16 @@ function values(shape: number[], seed: number, scale = 1): Tensor {
 }
 
 /** Naive T5 attention in plain JS (for the reference's own check). */
-function naiveAttention(q: number[][][], k: number[][][], v: number[][][], h: number, d: number, bias: (hh: number, i: number, j: number) => number, mask: (b: number, j: number) => number, causal?: number): number[][][] {
+function naiveAttention(
+  q: number[][][],
+  k: number[][][],
+  v: number[][][],
+  h: number,
+  d: number,
+  bias: (hh: number, i: number, j: number) => number,
+  mask: (b: number, j: number) => number,
+  causal?: number,
+): number[][][] {
   return q.map((rows, b) =>
     rows.map((qi, i) => {
       const out = new Array(h * d).fill(0);
@@ -50,8 +73,15 @@ describe('reference semantics (cpu)', () => {
     const q = values([b, lq, h * d], 1);
     const kv = values([b, lk, 2 * h * d], 2);
     const table = values([5, h], 3);
-    const index = tf.tensor2d(Array.from({ length: lq * lk }, (_, i) => (i % 6) - 1), [lq, lk], 'int32');
-    const maskArr = [[0, 0, MASK_VALUE, 0], [0, 0, 0, 0]];
+    const index = tf.tensor2d(
+      Array.from({ length: lq * lk }, (_, i) => (i % 6) - 1),
+      [lq, lk],
+      'int32',
+    );
+    const maskArr = [
+      [0, 0, MASK_VALUE, 0],
+      [0, 0, 0, 0],
+    ];
     const mask = tf.tensor2d(maskArr);
     const out = attention(q, { source: kv, kOffset: 0, vOffset: h * d }, { numHeads: h, headDim: d, bias: { table, index }, mask, causalOffset: 1 });
     const qa = (await q.array()) as number[][][];
@@ -60,7 +90,16 @@ describe('reference semantics (cpu)', () => {
     const v = kva.map((r) => r.map((c) => c.slice(h * d)));
     const ta = (await table.array()) as number[][];
     const ia = (await index.array()) as number[][];
-    const expected = naiveAttention(qa, k, v, h, d, (hh, i, j) => (ia[i][j] < 0 ? 0 : ta[ia[i][j]][hh]), (bb, j) => maskArr[bb][j], 1);
+    const expected = naiveAttention(
+      qa,
+      k,
+      v,
+      h,
+      d,
+      (hh, i, j) => (ia[i][j] < 0 ? 0 : ta[ia[i][j]][hh]),
+      (bb, j) => maskArr[bb][j],
+      1,
+    );
     expect(await maxAbsDiff(out, expected.flat(2))).toBeLessThan(1e-5);
     tf.dispose([q, kv, table, index, mask, out]);
   });
@@ -87,11 +126,21 @@ describe('reference semantics (cpu)', () => {
     const nw = values([inF], 10);
     const A = values([inF, r], 11);
     const B = values([r, 2 * out], 12);
-    const S = tf.tensor2d([[0.5, 0.5], [0, 0], [2, 1]]);
+    const S = tf.tensor2d([
+      [0.5, 0.5],
+      [0, 0],
+      [2, 1],
+    ]);
     const inS = values([1, inF], 13);
     const outS = values([rows, 2 * out], 14);
     const res = values([rows, len, out], 15);
-    const y = linear(x, w, { norm: { weight: nw, eps: 1e-6 }, gated: true, activation: 'relu', residual: res, adapters: { loraA: A, loraB: B, loraScale: S, inScale: inS, outScale: outS } });
+    const y = linear(x, w, {
+      norm: { weight: nw, eps: 1e-6 },
+      gated: true,
+      activation: 'relu',
+      residual: res,
+      adapters: { loraA: A, loraB: B, loraScale: S, inScale: inS, outScale: outS },
+    });
     // by hand, row by row
     const xa = (await x.array()) as number[][][];
     const [wa, nwa, Aa, Ba, Sa, inSa, outSa, resa] = (await Promise.all([w, nw, A, B, S, inS, outS, res].map((t) => t.array()))) as any[];
@@ -139,7 +188,12 @@ for (const backend of backendsUnderTest()) {
     async function compare(f: (...xs: Tensor[]) => Tensor, xs: Tensor[], tol = 1e-5) {
       const run = (mode: 'fused' | 'reference') =>
         withKernelMode(mode, () => {
-          const { value, grads } = tf.valueAndGrads((...args: Tensor[]) => f(...args).square().sum() as tf.Scalar)(xs);
+          const { value, grads } = tf.valueAndGrads(
+            (...args: Tensor[]) =>
+              f(...args)
+                .square()
+                .sum() as tf.Scalar,
+          )(xs);
           const y = f(...xs);
           return { y, value, grads };
         });
@@ -182,7 +236,11 @@ for (const backend of backendsUnderTest()) {
         const bias = values([pre], 34);
         const A = values([inF, r], 35, 0.5);
         const B = values([r, pre], 36, 0.5);
-        const S = tf.tensor2d([[1, 1, 0, 0], [0, 0, 2, 2], [0.5, 0.5, 0.5, 0.5]]);
+        const S = tf.tensor2d([
+          [1, 1, 0, 0],
+          [0, 0, 2, 2],
+          [0.5, 0.5, 0.5, 0.5],
+        ]);
         const inS = values([1, inF], 37);
         const outS = values([rows, pre], 38);
         // differentiate w.r.t. x, the kernel and whichever adapter inputs the case uses
@@ -214,9 +272,23 @@ for (const backend of backendsUnderTest()) {
       const pk = values([b, h, p, d], 41);
       const pv = values([b, h, p, d], 42);
       const table = values([6, h], 43);
-      const index = tf.tensor2d(Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)), [l, p + l], 'int32');
-      const mask = tf.tensor2d([[MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE], [0, 0, 0, 0, 0, 0, 0, 0]]);
-      const options = (pkk: Tensor, pvv: Tensor): AttentionOptions => ({ numHeads: h, headDim: d, prefix: { keys: pkk, values: pvv }, bias: { table, index }, mask, causalOffset: 0 });
+      const index = tf.tensor2d(
+        Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)),
+        [l, p + l],
+        'int32',
+      );
+      const mask = tf.tensor2d([
+        [MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+      ]);
+      const options = (pkk: Tensor, pvv: Tensor): AttentionOptions => ({
+        numHeads: h,
+        headDim: d,
+        prefix: { keys: pkk, values: pvv },
+        bias: { table, index },
+        mask,
+        causalOffset: 0,
+      });
       await compare((x, pkk, pvv) => attention(x, { source: x, kOffset: h * d, vOffset: 2 * h * d }, options(pkk, pvv)), [qkv, pk, pv]);
       tf.dispose([qkv, pk, pv, table, index, mask]);
     });
@@ -273,7 +345,13 @@ describe('argument checks', () => {
     const x = tf.zeros([2, 3, 4]);
     expect(() => linear(x, tf.zeros([5, 2]))).toThrow(/linear: kernel \[5,2\] does not take inputs of 4 features/);
     expect(() => attention(tf.zeros([2, 1, 8]), { source: tf.zeros([2, 3, 8]), kOffset: 0, vOffset: 4 }, { numHeads: 2, headDim: 4 })).toThrow(/exceed/);
-    expect(() => attention(tf.zeros([2, 1, 8]), { source: tf.zeros([2, 3, 16]), kOffset: 0, vOffset: 8 }, { numHeads: 2, headDim: 4, prefix: { keys: tf.zeros([2, 3, 4]), values: tf.zeros([2, 3, 4]) } })).toThrow(/prefix keys\/values must be \[batch, heads, P, d_kv\]/);
+    expect(() =>
+      attention(
+        tf.zeros([2, 1, 8]),
+        { source: tf.zeros([2, 3, 16]), kOffset: 0, vOffset: 8 },
+        { numHeads: 2, headDim: 4, prefix: { keys: tf.zeros([2, 3, 4]), values: tf.zeros([2, 3, 4]) } },
+      ),
+    ).toThrow(/prefix keys\/values must be \[batch, heads, P, d_kv\]/);
     expect(() => cacheWrite(tf.zeros([1, 4, 8]), tf.zeros([1, 1, 8]), 0, 4)).toThrow(/position 4 is outside the cache's 4 slots/);
     expect(() => crossEntropy(tf.zeros([2, 3]), tf.tensor1d([0, 1], 'float32'))).toThrow(/labels must be int32/);
     expect(KERNEL.linear).toBe('AdapterkitLinear');

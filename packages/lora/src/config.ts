@@ -8,7 +8,7 @@ import { ConfigError, UnsupportedError, type AdapterConfig } from '@adapterkit/c
 export interface LoraOptions {
   /** Adapt q/k/v (those in attn_matrices) of every attention: encoder self, decoder self and cross. */
   selfattn_lora: boolean;
-  /** Adapt the feed-forward input projection (`wi`, or `wi_1` only for gated feed-forwards). */
+  /** Adapt the feed-forward input projection (for gated feed-forwards the multiplied one, never the gate). */
   intermediate_lora: boolean;
   /** Adapt the feed-forward output projection (`wo`). */
   output_lora: boolean;

@@ -19,6 +19,7 @@ export const loraMethod: AdapterMethod = {
 
 registerMethod(loraMethod);
 
-export { LoraRuntime, moduleMatches } from './runtime.js';
+export { LoraRuntime } from './runtime.js';
+export { moduleMatches } from './peft.js';
 export { normalizeLoraConfig, scalingOf, LORA_DEFAULTS, IA3_DEFAULTS, PRESETS, type LoraConfig, type LoraOptions } from './config.js';
 export { importPeft, exportPeft } from './peft.js';

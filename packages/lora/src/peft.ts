@@ -1,18 +1,22 @@
 import { tf } from '@adapterkit/backend';
 import { ConfigError, UnsupportedError, WeightError, type AdapterConfig } from '@adapterkit/core';
 import { IA3_DEFAULTS, LORA_DEFAULTS, normalizeLoraConfig, type LoraConfig } from './config.js';
-import { moduleMatches, type LoraRuntime } from './runtime.js';
+import type { LoraAccess } from './types.js';
 
 type FloatTensor = { shape: number[]; data: Float32Array };
 
 /** PEFT's prefix for a seq2seq model's modules in adapter_model.safetensors. */
 const PREFIX = 'base_model.model.';
 
-/** PEFT defaults for T5 when target_modules is null (utils/constants.py). */
-const T5_DEFAULT_TARGETS: Record<string, string[]> = { LORA: ['q', 'v'], IA3: ['k', 'v', 'wo'] };
-const T5_DEFAULT_FEEDFORWARD = ['wo'];
+/** PEFT-style module matching: a list matches a path exactly or as a '.'-suffix; a string is a full-match regex. */
+export function moduleMatches(spec: string | string[] | null | undefined, key: string): boolean {
+  if (spec === null || spec === undefined) return false;
+  if (typeof spec === 'string') return new RegExp(`^(?:${spec})$`).test(key);
+  return spec.some((t) => key === t || key.endsWith(`.${t}`));
+}
 
-const isEmpty = (v: unknown) => v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);
+const isEmpty = (v: unknown) =>
+  v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);
 
 /**
  * Options that change what a PEFT adapter computes and that adapterkit does not implement: refused, never
@@ -42,9 +46,9 @@ function checkUnsupported(cfg: Record<string, unknown>): void {
   }
 }
 
-function targetSpec(cfg: Record<string, unknown>, field: string, fallback: string[]): string | string[] {
+function targetSpec(cfg: Record<string, unknown>, field: string, fallback: () => string[]): string | string[] {
   const v = cfg[field];
-  if (v === undefined || v === null) return fallback;
+  if (v === undefined || v === null) return fallback();
   if (typeof v === 'string' || (Array.isArray(v) && v.every((s) => typeof s === 'string'))) return v as string | string[];
   throw new ConfigError(`PEFT ${field} must be a list of module names or a regex string, got ${JSON.stringify(v)}`, field);
 }
@@ -60,12 +64,19 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
  * `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match regex,
  * exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
  */
-export function importPeft(rt: LoraRuntime, name: string, cfg: Record<string, unknown>, tensors: Map<string, FloatTensor>): AdapterConfig {
+/** The model's PEFT defaults for target_modules / feedforward_modules (PEFT's mapping by model type). */
+function defaultsOf(rt: LoraAccess, key: 'LORA' | 'IA3' | 'IA3_FEEDFORWARD'): string[] {
+  const defaults = rt.model.peftTargets?.[key];
+  if (!defaults) throw new UnsupportedError(`the adapter has no target_modules and this model (${rt.model.dims.modelType}) declares no PEFT default for ${key}`, 'target_modules');
+  return defaults;
+}
+
+export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unknown>, tensors: Map<string, FloatTensor>): AdapterConfig {
   const type = cfg.peft_type;
   if (type !== 'LORA' && type !== 'IA3') throw new UnsupportedError(`PEFT peft_type '${String(type)}' is not LoRA or IA3`, 'peft_type');
   checkUnsupported(cfg);
-  const targets = targetSpec(cfg, 'target_modules', T5_DEFAULT_TARGETS[type]);
-  const exclude = cfg.exclude_modules === undefined || cfg.exclude_modules === null ? null : targetSpec(cfg, 'exclude_modules', []);
+  const targets = targetSpec(cfg, 'target_modules', () => defaultsOf(rt, type));
+  const exclude = cfg.exclude_modules === undefined || cfg.exclude_modules === null ? null : targetSpec(cfg, 'exclude_modules', () => []);
   const all = rt.model.linearSites();
   const sites = all.filter((s) => (targets === 'all-linear' || moduleMatches(targets, s.key)) && !moduleMatches(exclude, s.key));
   if (sites.length === 0) throw new ConfigError(`PEFT target_modules ${JSON.stringify(targets)} match no linear layer of this model`, 'target_modules');
@@ -79,13 +90,22 @@ export function importPeft(rt: LoraRuntime, name: string, cfg: Record<string, un
     const alpha = cfg.lora_alpha ?? r;
     if (typeof alpha !== 'number') throw new ConfigError(`PEFT lora_alpha must be a number, got ${JSON.stringify(alpha)}`, 'lora_alpha');
     const dropout = typeof cfg.lora_dropout === 'number' ? cfg.lora_dropout : 0;
-    config = { method: 'lora', ...structuredClone(LORA_DEFAULTS), r: r as number, alpha, dropout, use_rslora: cfg.use_rslora === true, target_modules: keys, peft: structuredClone(cfg) };
+    config = {
+      method: 'lora',
+      ...structuredClone(LORA_DEFAULTS),
+      r: r as number,
+      alpha,
+      dropout,
+      use_rslora: cfg.use_rslora === true,
+      target_modules: keys,
+      peft: structuredClone(cfg),
+    };
     for (const s of sites) {
       expected.set(`${PREFIX}${s.key}.lora_A.weight`, { key: s.key, param: 'lora_A', shape: [r as number, s.inFeatures], transposeTo: [r as number, s.inFeatures] });
       expected.set(`${PREFIX}${s.key}.lora_B.weight`, { key: s.key, param: 'lora_B', shape: [s.outFeatures, r as number], transposeTo: [s.outFeatures, r as number] });
     }
   } else {
-    const ff = targetSpec(cfg, 'feedforward_modules', T5_DEFAULT_FEEDFORWARD);
+    const ff = targetSpec(cfg, 'feedforward_modules', () => defaultsOf(rt, 'IA3_FEEDFORWARD'));
     const inputSide = keys.filter((k) => moduleMatches(ff, k));
     config = { method: 'ia3', ...structuredClone(IA3_DEFAULTS), target_modules: keys, input_scale_modules: inputSide, peft: structuredClone(cfg) };
     for (const s of sites) {
@@ -120,9 +140,12 @@ export function importPeft(rt: LoraRuntime, name: string, cfg: Record<string, un
 }
 
 /** Short module names when they select exactly the adapter's sites, else the full module paths. */
-function targetNames(rt: LoraRuntime, keys: string[]): string[] {
+function targetNames(rt: LoraAccess, keys: string[]): string[] {
   const short = [...new Set(keys.map((k) => k.split('.').pop()!))].sort();
-  const matched = rt.model.linearSites().filter((s) => moduleMatches(short, s.key)).map((s) => s.key);
+  const matched = rt.model
+    .linearSites()
+    .filter((s) => moduleMatches(short, s.key))
+    .map((s) => s.key);
   const same = matched.length === keys.length && matched.every((k) => keys.includes(k));
   return same ? short : [...keys];
 }
@@ -133,11 +156,11 @@ function targetNames(rt: LoraRuntime, keys: string[]): string[] {
  * `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (IA3: `ia3_l.weight`).
  * Gated adapters have no PEFT equivalent and are refused.
  */
-export function exportPeft(rt: LoraRuntime, name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
+export function exportPeft(rt: LoraAccess, name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
   const c = rt.config(name);
   if (c.use_gating) throw new UnsupportedError(`adapter '${name}' uses gating (use_gating), which PEFT cannot represent`, 'use_gating');
   const vars = rt.variables(name);
-  const adapter = rt.adapters.get(name)!;
+  const adapter = rt.adapters.get(name);
   const keys = [...adapter.sites.keys()];
   const read = (k: string) => Float32Array.from(vars.get(k)!.dataSync() as Float32Array);
   const tensors = new Map<string, FloatTensor>();

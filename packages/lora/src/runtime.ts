@@ -1,34 +1,30 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { AdapterError, CompositionError, SeededRandom, sequenceMeanGate, UnsupportedError, type AdapterConfig, type ForwardContext, type HookKind, type LinearSite, type LinearTerm, type MethodRuntime, type ModelAccess, type RowRange } from '@adapterkit/core';
+import {
+  AdapterTable,
+  concatRows,
+  TableRuntime,
+  AdapterError,
+  CompositionError,
+  fnv1a,
+  SeededRandom,
+  sequenceMeanGate,
+  UnsupportedError,
+  type AdapterConfig,
+  type ForwardContext,
+  type HookKind,
+  type LinearRole,
+  type LinearSite,
+  type LinearTerm,
+  type MethodRuntime,
+  type ModelAccess,
+  type RowRange,
+} from '@adapterkit/core';
 import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam } from '@adapterkit/init';
+import { matMulLast } from '@adapterkit/kernels';
 import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
 import { exportPeft, importPeft } from './peft.js';
-
-/**
- * Parameters of one adapter at one linear, in tfjs layout (kernels [in, out]):
- *   `${key}.lora_A` [in, r], `${key}.lora_B` [r, out]        (add mode: Δ = scale · x·A·B)
- *   `${key}.lora_B` [1, out]                                  (scale mode, output side: y = base(x) · l)
- *   `${key}.ia3_in` [1, in]                                   (scale mode, input side:  y = base(x · l))
- *   `${key}.gate` [in, 1], `${key}.gate_bias` [1]             (use_gating)
- * `adapters` stores lora_A [r, in] and lora_B [out, r] (PyTorch layout): the transposes of these.
- */
-interface SiteParams {
-  site: LinearSite;
-  A?: Variable;
-  B?: Variable;
-  inVec?: Variable;
-  gate?: Variable;
-  gateBias?: Variable;
-}
-
-interface LoraAdapter {
-  name: string;
-  config: LoraConfig;
-  scale: number;
-  sites: Map<string, SiteParams>;
-  vars: Map<string, Variable>;
-}
+import type { LoraAccess, LoraAdapter, SiteParams } from './types.js';
 
 /**
  * The state LoRA passes through a composition at one linear: the layer input `x` and three optional parts
@@ -68,50 +64,35 @@ function restrict(terms: PlannedTerm[], start: number, end: number): PlannedTerm
 
 let variableCounter = 0;
 
-/** x [..., in] · W [in, out] → [..., out]. */
-function mm(x: Tensor, w: Tensor): Tensor {
-  const shape = x.shape;
-  const y = tf.matMul(x.reshape([-1, shape[shape.length - 1]]), w);
-  return y.reshape([...shape.slice(0, -1), w.shape[1] as number]);
-}
+/** adapters' attn_matrices vocabulary → linear roles. */
+const ATTENTION_MATRIX: Record<string, LinearRole> = { q: 'query', k: 'key', v: 'value' };
 
-function hashString(s: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619);
-  return (h >>> 0) % 1_000_000;
-}
-
-/** PEFT-style module matching: a list matches a path exactly or as a '.'-suffix; a string is a full-match regex. */
-export function moduleMatches(spec: string | string[] | null | undefined, key: string): boolean {
-  if (spec === null || spec === undefined) return false;
-  if (typeof spec === 'string') return new RegExp(`^(?:${spec})$`).test(key);
-  return spec.some((t) => key === t || key.endsWith(`.${t}`));
-}
-
-export class LoraRuntime implements MethodRuntime {
-  readonly adapters = new Map<string, LoraAdapter>();
+export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRuntime, LoraAccess {
+  readonly adapters = new AdapterTable<LoraAdapter>('LoRA', (a) => a.vars);
   /** Linears whose kernel holds a merged adapter, with the kernel to restore. */
   private readonly merged = new Map<string, { name: string; original: Tensor }>();
 
-  constructor(readonly model: ModelAccess) {}
+  constructor(readonly model: ModelAccess) {
+    super();
+  }
 
-  /** The linear sites an adapter covers (adapters' LoRA placement for T5, or an explicit module list). */
+  /** The linear sites an adapter covers (adapters' LoRA placement by role, or an explicit module list). */
   selectSites(c: LoraConfig): LinearSite[] {
     const leaveOut = new Set(c.leave_out);
-    const gated = this.model.linearSites().some((s) => s.linear === 'wi_1');
+    const matrices = new Set((c.attn_matrices as string[]).map((m) => ATTENTION_MATRIX[m]));
     return this.model.linearSites().filter((s) => {
       if (leaveOut.has(s.layer)) return false;
       if (c.target_modules) return c.target_modules.includes(s.key);
-      if (s.block === 'selfattn' || s.block === 'crossattn') return c.selfattn_lora && (c.attn_matrices as string[]).includes(s.linear);
-      // Gated feed-forwards (t5 v1.1 / flan): adapters wraps wi_1 only, never wi_0.
-      if (s.linear === 'wi' || s.linear === 'wi_1') return c.intermediate_lora && (s.linear === 'wi_1' || !gated);
-      if (s.linear === 'wo') return c.output_lora;
+      if (s.block === 'selfattn' || s.block === 'crossattn') return c.selfattn_lora && matrices.has(s.role);
+      // A gated feed-forward's input: adapters wraps the multiplied projection (ffn_up), never the gate.
+      if (s.role === 'ffn_in' || s.role === 'ffn_up') return c.intermediate_lora;
+      if (s.role === 'ffn_out') return c.output_lora;
       return false;
     });
   }
 
   add(name: string, config: AdapterConfig, seed: number): void {
-    if (this.adapters.has(name)) throw new AdapterError(`LoRA adapter '${name}' already exists`, name);
+    this.adapters.assertNew(name);
     const c = normalizeLoraConfig(config);
     const rng = new SeededRandom(c.init_weights_seed ?? seed);
     const sites = new Map<string, SiteParams>();
@@ -147,38 +128,27 @@ export class LoraRuntime implements MethodRuntime {
       for (const v of vars.values()) v.dispose();
       throw e;
     }
-    this.adapters.set(name, { name, config: c, scale: scalingOf(c), sites, vars });
+    this.adapters.add(name, { name, config: c, scale: scalingOf(c), sites, vars });
   }
 
-  remove(name: string): void {
-    const a = this.adapters.get(name);
-    if (!a) return;
+  override remove(name: string): void {
     if ([...this.merged.values()].some((m) => m.name === name)) this.unmerge(name);
-    for (const v of a.vars.values()) v.dispose();
-    this.adapters.delete(name);
-  }
-
-  has(name: string): boolean {
-    return this.adapters.has(name);
-  }
-
-  variables(name: string): Map<string, Variable> {
-    return this.get(name).vars;
+    super.remove(name);
   }
 
   config(name: string): LoraConfig {
-    return this.get(name).config;
+    return this.adapters.get(name).config;
   }
 
   // ------------------------------------------------------------------ forward
   actsAt(_hook: HookKind, site: LinearSite, ctx: ForwardContext): boolean {
     const comp = ctx.composition;
-    return !!comp && !ctx.isSkipped(site.layer) && touches(comp, { has: (n: string) => this.holds(n, site) } as LayerPrimitives<unknown>);
+    return !!comp && !ctx.isSkipped(site.layer) && touches(comp, { has: (n: string) => this.holds(n, site) });
   }
 
   /** Whether adapter `n` acts at this linear (a merged adapter is part of the kernel: it does not). */
   private holds(n: string, site: LinearSite): boolean {
-    return n !== this.merged.get(site.key)?.name && (this.adapters.get(n)?.sites.has(site.key) ?? false);
+    return n !== this.merged.get(site.key)?.name && (this.adapters.find(n)?.sites.has(site.key) ?? false);
   }
 
   /**
@@ -189,7 +159,7 @@ export class LoraRuntime implements MethodRuntime {
   linearTerms(site: LinearSite, rows: number, ctx: ForwardContext): LinearTerm[] | 'hooks' | undefined {
     const prims: LayerPrimitives<TermPlan> = {
       has: (n) => this.holds(n, site),
-      single: (n, s) => this.declare(this.adapters.get(n)!, site, s, ctx),
+      single: (n, s) => this.declare(this.adapters.get(n), site, s, ctx),
       rows: (s) => s.end - s.start,
       sliceRows: (s, start, end) => ({ start: s.start + start, end: s.start + end, terms: restrict(s.terms, s.start + start, s.start + end), undeclarable: s.undeclarable }),
       concatRows: (parts) => {
@@ -256,7 +226,7 @@ export class LoraRuntime implements MethodRuntime {
     };
     return {
       has: (n) => this.holds(n, site),
-      single: (n, s) => this.single(this.adapters.get(n)!, site, s, ctx),
+      single: (n, s) => this.single(this.adapters.get(n), site, s, ctx),
       rows: (s) => s.x.shape[0],
       sliceRows: (s, start, end) => {
         const cut = (t: Tensor | null) => (t ? t.slice([start], [end - start]) : null);
@@ -264,10 +234,15 @@ export class LoraRuntime implements MethodRuntime {
       },
       concatRows: (parts) => {
         if (parts.length === 1) return parts[0];
-        const out: LoraState = { x: tf.concat(parts.map((p) => p.x), 0), add: null, scale: null, inScale: null };
+        const out: LoraState = {
+          x: concatRows(parts, (p) => p.x),
+          add: null,
+          scale: null,
+          inScale: null,
+        };
         for (const part of PARTS) {
           // A row part that no adapter touched gets the identity (zero delta, unit vector) of that part.
-          if (parts.some((p) => p[part])) out[part] = tf.concat(parts.map((p) => p[part] ?? identityOf(p, part)), 0);
+          if (parts.some((p) => p[part])) out[part] = concatRows(parts, (p) => p[part] ?? identityOf(p, part));
         }
         return out;
       },
@@ -291,10 +266,10 @@ export class LoraRuntime implements MethodRuntime {
     // adapters: with gating, Δ *= mean_seq(sigmoid(gate(x))) and alpha/r is not applied.
     const factor = (t: Tensor): Tensor => {
       if (!p.gate) return t.mul(a.scale);
-      const g = tf.sigmoid(mm(s.x, p.gate).add(p.gateBias!));
+      const g = tf.sigmoid(matMulLast(s.x, p.gate).add(p.gateBias!));
       // Cross-attention k/v read encoder states (a plain mean); everything else in the decoder reads the
       // decoder's own sequence (a causal mean, so cached decoding matches the full pass).
-      const readsEncoder = site.stack === 'encoder' || (site.block === 'crossattn' && (site.linear === 'k' || site.linear === 'v'));
+      const readsEncoder = site.stack === 'encoder' || (site.block === 'crossattn' && (site.role === 'key' || site.role === 'value'));
       const mean = g.rank === 3 ? sequenceMeanGate(g, { causal: !readsEncoder, key: `lora:${a.name}:${site.key}` }, ctx) : g;
       if (ctx.options.recordGates) ctx.gates.set(`${a.name}/${site.key}`, tf.keep(mean.clone()));
       return t.mul(mean);
@@ -309,8 +284,8 @@ export class LoraRuntime implements MethodRuntime {
           'lora',
         );
       }
-      if (ctx.training && c.dropout > 0) input = tf.dropout(input, c.dropout, undefined, ctx.dropoutSeed(hashString(`${a.name}/${site.key}`)));
-      return { ...s, add: factor(mm(mm(input, p.A!), p.B!)) };
+      if (ctx.training && c.dropout > 0) input = tf.dropout(input, c.dropout, undefined, ctx.dropoutSeed(fnv1a(`${a.name}/${site.key}`) % 1_000_000));
+      return { ...s, add: factor(matMulLast(matMulLast(input, p.A!), p.B!)) };
     }
     const vec = (p.inVec ?? p.B)!;
     const [rows, ...rest] = s.x.shape;
@@ -324,7 +299,7 @@ export class LoraRuntime implements MethodRuntime {
   // ------------------------------------------------------------------ merging
   /** Folds the adapter into the base kernels: W + scale·A·B (LoRA), W·l on columns (IA3 output) or rows (IA3 input). */
   merge(name: string): void {
-    const a = this.get(name);
+    const a = this.adapters.get(name);
     if (a.config.use_gating) throw new UnsupportedError(`cannot merge adapter '${name}': it uses gating (use_gating), which depends on the input`, 'use_gating');
     for (const key of a.sites.keys()) {
       const m = this.merged.get(key);
@@ -345,7 +320,7 @@ export class LoraRuntime implements MethodRuntime {
 
   /** Restores the kernels saved at merge time (exactly). */
   unmerge(name: string): void {
-    this.get(name);
+    this.adapters.get(name); // an unknown name is an AdapterError
     const keys = [...this.merged].filter(([, m]) => m.name === name).map(([k]) => k);
     if (keys.length === 0) throw new AdapterError(`adapter '${name}' is not merged`, name);
     for (const key of keys) {
@@ -367,11 +342,5 @@ export class LoraRuntime implements MethodRuntime {
 
   exportPeft(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> } {
     return exportPeft(this, name);
-  }
-
-  private get(name: string): LoraAdapter {
-    const a = this.adapters.get(name);
-    if (!a) throw new AdapterError(`no LoRA adapter named '${name}'`, name);
-    return a;
   }
 }

@@ -1,47 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { tf } from '@adapterkit/backend';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 
-/** The tiny real T5 fixture of @adapterkit/t5 (see packages/t5/test/fixtures/README.md). */
-export const FIXTURE_DIR = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
-export const PEFT_LORA_DIR = `${FIXTURE_DIR}/peft-lora`;
-
-export interface RefTensor { shape: number[]; dtype: string; data: number[] }
-export function readJson(path: string): any {
-  return JSON.parse(readFileSync(path, 'utf8'));
-}
-export function to2d(t: RefTensor): number[][] {
-  const [r, c] = t.shape;
-  return Array.from({ length: r }, (_, i) => t.data.slice(i * c, (i + 1) * c));
-}
-
-export const baseRef = readJson(`${FIXTURE_DIR}/reference.json`);
-export const inputs = {
-  inputIds: to2d(baseRef.inputs.input_ids),
-  attentionMask: to2d(baseRef.inputs.attention_mask),
-  decoderInputIds: to2d(baseRef.inputs.decoder_input_ids),
-};
-export const labels = to2d(baseRef.inputs.labels);
-
-/** Logits of one forward with the active composition (or an explicit one), read back as numbers. */
-export async function logitsOf(model: T5ForConditionalGeneration, input = inputs): Promise<{ shape: number[]; data: Float32Array }> {
-  const out = model.forward(input);
-  const data = (await out.logits.data()) as Float32Array;
-  const shape = out.logits.shape;
-  tf.dispose([out.logits, out.encoderLastHiddenState]);
-  return { shape, data };
-}
-
-export function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
+export { FIXTURE_DIR, PEFT_LORA_DIR, type RefTensor, inputs, labels, logitsOf, maxDiff, readJson, reference as baseRef, to2d } from '@adapterkit/t5/test';
 
 /** Rows [start, end) of a [rows, ...] flat array. */
 export function rowsOf(t: { shape: number[]; data: Float32Array }, start: number, end: number): Float32Array {

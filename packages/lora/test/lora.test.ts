@@ -1,7 +1,20 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { tf, initBackend, expectNoLeaks } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { AdapterError, CompositionError, ConfigError, ForwardContext, UnsupportedError, resolveConfig, Parallel, BatchSplit, Stack, Average, Fuse, type LinearSite } from '@adapterkit/core';
+import {
+  AdapterError,
+  CompositionError,
+  ConfigError,
+  ForwardContext,
+  UnsupportedError,
+  resolveConfig,
+  Parallel,
+  BatchSplit,
+  Stack,
+  Average,
+  Fuse,
+  type LinearSite,
+} from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
 import type { LoraRuntime } from '../src/index.js';
@@ -12,8 +25,29 @@ const ALL_SITES = { method: 'lora', r: 4, alpha: 8, attn_matrices: ['q', 'k', 'v
 
 describe('LoRA / IA3 configs', () => {
   it('follow adapters defaults and string overrides', () => {
-    expect(resolveConfig('lora')).toMatchObject({ method: 'lora', r: 8, alpha: 8, dropout: 0, attn_matrices: ['q', 'v'], selfattn_lora: true, intermediate_lora: false, output_lora: false, composition_mode: 'add', init_weights: 'lora', use_gating: false, leave_out: [] });
-    expect(resolveConfig('ia3')).toMatchObject({ method: 'ia3', r: 1, alpha: 1, attn_matrices: ['k', 'v'], intermediate_lora: true, composition_mode: 'scale', init_weights: 'ia3' });
+    expect(resolveConfig('lora')).toMatchObject({
+      method: 'lora',
+      r: 8,
+      alpha: 8,
+      dropout: 0,
+      attn_matrices: ['q', 'v'],
+      selfattn_lora: true,
+      intermediate_lora: false,
+      output_lora: false,
+      composition_mode: 'add',
+      init_weights: 'lora',
+      use_gating: false,
+      leave_out: [],
+    });
+    expect(resolveConfig('ia3')).toMatchObject({
+      method: 'ia3',
+      r: 1,
+      alpha: 1,
+      attn_matrices: ['k', 'v'],
+      intermediate_lora: true,
+      composition_mode: 'scale',
+      init_weights: 'ia3',
+    });
     expect(resolveConfig('lora[r=4,alpha=16,leave_out=[3,1]]')).toMatchObject({ r: 4, alpha: 16, leave_out: [1, 3] });
   });
 
@@ -189,8 +223,15 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const va = model.adapters.adapterVariables('a');
       const vb = model.adapters.adapterVariables('b');
       const want = tf.tidy(() => {
-        const f = (v: typeof va, t: tf.Tensor) => tf.matMul(tf.matMul(t.reshape([-1, 32]), v.get(`${site.key}.lora_A`)!), v.get(`${site.key}.lora_B`)!).mul(8 / 4).reshape([2, 3, 32]);
-        return tf.matMul(x.reshape([-1, 32]), W).reshape([2, 3, 32]).add(f(vb, f(va, x)));
+        const f = (v: typeof va, t: tf.Tensor) =>
+          tf
+            .matMul(tf.matMul(t.reshape([-1, 32]), v.get(`${site.key}.lora_A`)!), v.get(`${site.key}.lora_B`)!)
+            .mul(8 / 4)
+            .reshape([2, 3, 32]);
+        return tf
+          .matMul(x.reshape([-1, 32]), W)
+          .reshape([2, 3, 32])
+          .add(f(vb, f(va, x)));
       });
       expect(maxDiff((await got.data()) as Float32Array, (await want.data()) as Float32Array)).toBeLessThan(1e-5);
       tf.dispose([x, got, want]);
@@ -230,7 +271,10 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const base = (t: tf.Tensor) => tf.matMul(t.reshape([-1, 32]), W).reshape([2, 5, 32]);
       const got = tf.tidy(() => rt.linear(site, x, base, ctx)!);
       const want = tf.tidy(() => {
-        const gate = tf.sigmoid(tf.matMul(x.reshape([-1, 32]), v.get(`${site.key}.gate`)!).add(v.get(`${site.key}.gate_bias`)!)).reshape([2, 5, 1]).mean(1, true);
+        const gate = tf
+          .sigmoid(tf.matMul(x.reshape([-1, 32]), v.get(`${site.key}.gate`)!).add(v.get(`${site.key}.gate_bias`)!))
+          .reshape([2, 5, 1])
+          .mean(1, true);
         const delta = tf.matMul(tf.matMul(x.reshape([-1, 32]), v.get(`${site.key}.lora_A`)!), v.get(`${site.key}.lora_B`)!).reshape([2, 5, 32]);
         return base(x).add(delta.mul(gate));
       });
@@ -276,11 +320,37 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 
 describe('relu / tied T5 flavour (t5 v1.0): intermediate LoRA sits on wi', () => {
   const RELU = {
-    model_type: 't5', vocab_size: 40, d_model: 16, d_kv: 4, d_ff: 24, num_layers: 2, num_decoder_layers: 1, num_heads: 3,
-    relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
-    decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1, feed_forward_proj: 'relu',
+    model_type: 't5',
+    vocab_size: 40,
+    d_model: 16,
+    d_kv: 4,
+    d_ff: 24,
+    num_layers: 2,
+    num_decoder_layers: 1,
+    num_heads: 3,
+    relative_attention_num_buckets: 8,
+    relative_attention_max_distance: 16,
+    dropout_rate: 0,
+    layer_norm_epsilon: 1e-6,
+    decoder_start_token_id: 0,
+    pad_token_id: 0,
+    eos_token_id: 1,
+    feed_forward_proj: 'relu',
   };
-  const input = { inputIds: [[5, 9, 13, 22, 1], [8, 2, 31, 1, 0]], attentionMask: [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], decoderInputIds: [[0, 4, 9], [0, 21, 3]] };
+  const input = {
+    inputIds: [
+      [5, 9, 13, 22, 1],
+      [8, 2, 31, 1, 0],
+    ],
+    attentionMask: [
+      [1, 1, 1, 1, 1],
+      [1, 1, 1, 1, 0],
+    ],
+    decoderInputIds: [
+      [0, 4, 9],
+      [0, 21, 3],
+    ],
+  };
 
   it('covers wi and wo, q/k/v of width heads·d_kv ≠ d_model; merged == unmerged; IA3 ones == base', async () => {
     await initBackend('cpu');

@@ -159,7 +159,9 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       }
       // Unknown keys are ignored; a regex target_modules is a full match (here: decoder only).
       const regex = { ...peftConfig, some_future_option: 1, target_modules: '.*decoder.*(SelfAttention|EncDecAttention)\\.(q|v)' };
-      expect(() => model.adapters.loadAdapterFiles({ ...files, 'adapter_config.json': new TextEncoder().encode(JSON.stringify(regex)) }, { name: 'dec-only' })).toThrow(WeightError);
+      expect(() => model.adapters.loadAdapterFiles({ ...files, 'adapter_config.json': new TextEncoder().encode(JSON.stringify(regex)) }, { name: 'dec-only' })).toThrow(
+        WeightError,
+      );
     });
   });
 }
@@ -202,10 +204,18 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       let seed = 1;
       const rand = (n: number) => Float32Array.from({ length: n }, () => 1 + 0.5 * Math.sin(seed++ * 12.9898));
       for (const s of model.linearSites()) {
-        if (s.linear === 'k' || s.linear === 'v') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [s.outFeatures, 1], data: rand(s.outFeatures) });
-        if (s.linear === 'wo') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [1, s.inFeatures], data: rand(s.inFeatures) });
+        if (s.role === 'key' || s.role === 'value') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [s.outFeatures, 1], data: rand(s.outFeatures) });
+        if (s.role === 'ffn_out') tensors.set(`base_model.model.${s.key}.ia3_l.weight`, { shape: [1, s.inFeatures], data: rand(s.inFeatures) });
       }
-      const config = { peft_type: 'IA3', task_type: 'SEQ_2_SEQ_LM', target_modules: ['k', 'v', 'wo'], feedforward_modules: ['wo'], fan_in_fan_out: false, modules_to_save: null, init_ia3_weights: true };
+      const config = {
+        peft_type: 'IA3',
+        task_type: 'SEQ_2_SEQ_LM',
+        target_modules: ['k', 'v', 'wo'],
+        feedforward_modules: ['wo'],
+        fan_in_fan_out: false,
+        modules_to_save: null,
+        init_ia3_weights: true,
+      };
       return { 'adapter_config.json': new TextEncoder().encode(JSON.stringify(config)), 'adapter_model.safetensors': writeSafetensors(tensors) };
     }
 
@@ -223,7 +233,10 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         const W = model.readLinearWeight(key);
         saved.set(key, W.clone());
         const l = tf.tensor(t.data as Float32Array, t.shape[0] === 1 ? [t.shape[1], 1] : [1, t.shape[0]]);
-        model.writeLinearWeight(key, tf.tidy(() => W.mul(l)));
+        model.writeLinearWeight(
+          key,
+          tf.tidy(() => W.mul(l)),
+        );
         l.dispose();
       }
       const manual = await logitsOf(model);
@@ -238,7 +251,10 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       await Promise.all([...model.adapters.adapterVariables(name).values()].map((v) => v.data()));
       const exported = model.adapters.runtimeFor('lora')!.exportPeft!(name);
       expect(exported.config).toMatchObject({ peft_type: 'IA3', target_modules: ['k', 'v', 'wo'], feedforward_modules: ['wo'] });
-      const again = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(exported.config)), 'adapter_model.safetensors': writeSafetensors(exported.tensors) }, { name: 'ia3-again' });
+      const again = model.adapters.loadAdapterFiles(
+        { 'adapter_config.json': new TextEncoder().encode(JSON.stringify(exported.config)), 'adapter_model.safetensors': writeSafetensors(exported.tensors) },
+        { name: 'ia3-again' },
+      );
       model.setActiveAdapters(again);
       expect(maxDiff((await logitsOf(model)).data, hooked.data)).toBe(0);
       model.deleteAdapter(again);
@@ -247,7 +263,10 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 
     it('rsLoRA scaling is lora_alpha / sqrt(r)', async () => {
       const weights = new Uint8Array(readFileSync(`${PEFT_LORA_DIR}/adapter_model.safetensors`));
-      const plain = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(peftConfig)), 'adapter_model.safetensors': weights }, { name: 'plain' });
+      const plain = model.adapters.loadAdapterFiles(
+        { 'adapter_config.json': new TextEncoder().encode(JSON.stringify(peftConfig)), 'adapter_model.safetensors': weights },
+        { name: 'plain' },
+      );
       // alpha / r = 8 / 4 = 2 = 4 / sqrt(4)
       const rs = { ...peftConfig, use_rslora: true, lora_alpha: 4 };
       const rsName = model.adapters.loadAdapterFiles({ 'adapter_config.json': new TextEncoder().encode(JSON.stringify(rs)), 'adapter_model.safetensors': weights }, { name: 'rs' });

@@ -10,7 +10,9 @@
  */
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
-  AdapterError,
+  AdapterTable,
+  concatRows,
+  TableRuntime,
   CompositionError,
   ConfigError,
   SeededRandom,
@@ -19,6 +21,8 @@ import {
   registerMethod,
   type AdapterConfig,
   type AdapterMethod,
+  type AnySite,
+  type HookKind,
   type AttentionSite,
   type BlockType,
   type ForwardContext,
@@ -26,8 +30,9 @@ import {
   type ModelAccess,
   type PrefixKV,
 } from '@adapterkit/core';
-import { dispatch, type LayerPrimitives } from '@adapterkit/compose';
+import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam } from '@adapterkit/init';
+import { ACTIVATIONS, isActivation } from '@adapterkit/kernels';
 
 export type PrefixLocation = 'encoder_prefix' | 'self_prefix' | 'cross_prefix';
 export type PositionRule = 'zero' | 'past';
@@ -69,19 +74,6 @@ export const PREFIX_DEFAULTS: Omit<PrefixTuningConfig, 'method'> = {
   peft_layout: false,
 };
 
-const ACTIVATIONS: Record<string, (x: Tensor) => Tensor> = {
-  tanh: (x) => tf.tanh(x),
-  relu: (x) => tf.relu(x),
-  gelu: (x) => x.mul(0.5).mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)),
-  gelu_orig: (x) => x.mul(0.5).mul(tf.erf(x.mul(Math.SQRT1_2)).add(1)),
-  gelu_new: (x) => x.mul(0.5).mul(tf.tanh(x.add(x.pow(3).mul(0.044715)).mul(Math.sqrt(2 / Math.PI))).add(1)),
-  swish: (x) => x.mul(tf.sigmoid(x)),
-  silu: (x) => x.mul(tf.sigmoid(x)),
-  sigmoid: (x) => tf.sigmoid(x),
-  leakyrelu: (x) => tf.leakyRelu(x, 0.01),
-  linear: (x) => x,
-};
-
 function normalizeConfig(raw: AdapterConfig): PrefixTuningConfig {
   if (raw.method !== 'prefix_tuning') throw new ConfigError(`prefix tuning configs have method 'prefix_tuning', got '${raw.method}'`, 'method');
   for (const key of Object.keys(raw)) {
@@ -99,11 +91,12 @@ function normalizeConfig(raw: AdapterConfig): PrefixTuningConfig {
   int('prefix_length', 0);
   int('bottleneck_size', 1);
   for (const k of ['flat', 'encoder_prefix', 'cross_prefix', 'use_gating', 'shared_gating', 'peft_layout'] as const) bool(k);
-  if (typeof c.non_linearity !== 'string' || !ACTIVATIONS[c.non_linearity.toLowerCase()]) {
+  if (typeof c.non_linearity !== 'string' || !isActivation(c.non_linearity.toLowerCase())) {
     throw new ConfigError(`prefix_tuning option 'non_linearity' must be one of ${Object.keys(ACTIVATIONS).join(', ')}, got ${JSON.stringify(c.non_linearity)}`, 'non_linearity');
   }
   c.non_linearity = c.non_linearity.toLowerCase();
-  if (typeof c.dropout !== 'number' || !(c.dropout >= 0 && c.dropout < 1)) throw new ConfigError(`prefix_tuning option 'dropout' must be in [0, 1), got ${JSON.stringify(c.dropout)}`, 'dropout');
+  if (typeof c.dropout !== 'number' || !(c.dropout >= 0 && c.dropout < 1))
+    throw new ConfigError(`prefix_tuning option 'dropout' must be in [0, 1), got ${JSON.stringify(c.dropout)}`, 'dropout');
   if (!Array.isArray(c.leave_out) || !c.leave_out.every((l) => Number.isInteger(l) && l >= 0)) {
     throw new ConfigError(`prefix_tuning option 'leave_out' must be a list of layer ids ≥ 0, got ${JSON.stringify(c.leave_out)}`, 'leave_out');
   }
@@ -159,13 +152,14 @@ function padTo(kv: { keys: Tensor; values: Tensor; mask: Tensor } | null, rows: 
   return { keys: tf.concat([zk, kv.keys], 2), values: tf.concat([zk, kv.values], 2), mask: tf.concat([zm, kv.mask], 1) };
 }
 
-class PrefixRuntime implements MethodRuntime {
-  private readonly adapters = new Map<string, PrefixAdapter>();
+class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime {
+  protected readonly adapters = new AdapterTable<PrefixAdapter>('prefix', (a) => a.vars);
   private readonly heads: number;
   private readonly dKv: number;
   private readonly dModel: number;
 
   constructor(private readonly model: ModelAccess) {
+    super();
     this.heads = model.dims.numHeads;
     this.dKv = model.dims.dKv;
     this.dModel = model.dims.dModel;
@@ -174,7 +168,7 @@ class PrefixRuntime implements MethodRuntime {
   // ------------------------------------------------------------------ life cycle
   add(name: string, config: AdapterConfig, seed: number): void {
     const c = normalizeConfig(config);
-    if (this.adapters.has(name)) throw new AdapterError(`prefix adapter '${name}' already exists`, name);
+    this.adapters.assertNew(name);
     const d = this.model.dims;
     const rng = new SeededRandom(c.init_weights_seed ?? seed);
     const adapter: PrefixAdapter = { name, uid: nextUid++, config: c, hostConfig: config, pools: new Map(), vars: new Map(), rule: c.peft_layout ? 'past' : 'zero' };
@@ -245,26 +239,11 @@ class PrefixRuntime implements MethodRuntime {
       tf.dispose([...adapter.vars.values()]);
       throw e;
     }
-    this.adapters.set(name, adapter);
-  }
-
-  remove(name: string): void {
-    const a = this.adapters.get(name);
-    if (!a) return;
-    tf.dispose([...a.vars.values()]);
-    this.adapters.delete(name);
-  }
-
-  has(name: string): boolean {
-    return this.adapters.has(name);
-  }
-
-  variables(name: string): Map<string, Variable> {
-    return new Map(this.get(name).vars);
+    this.adapters.add(name, adapter);
   }
 
   setWeights(name: string, tensors: Map<string, Tensor>): void {
-    const a = this.get(name);
+    const a = this.adapters.get(name);
     for (const [key, v] of a.vars) {
       const t = tensors.get(key);
       if (!t) throw new WeightError(`prefix adapter '${name}' lacks tensor '${key}'`, key);
@@ -280,7 +259,7 @@ class PrefixRuntime implements MethodRuntime {
     const P = a.config.prefix_length;
     if (pool.kind === 'flat') return v(`${pool.location}.control_trans`).reshape([P, -1]);
     const loc = pool.location;
-    const act = ACTIVATIONS[a.config.non_linearity];
+    const act = ACTIVATIONS[a.config.non_linearity as keyof typeof ACTIVATIONS];
     const h = act(tf.matMul(v(`${loc}.wte.weight`), v(`${loc}.control_trans.0.weight`), false, true).add(v(`${loc}.control_trans.0.bias`)));
     return tf.matMul(h, v(`${loc}.control_trans.2.weight`), false, true).add(v(`${loc}.control_trans.2.bias`));
   }
@@ -320,7 +299,10 @@ class PrefixRuntime implements MethodRuntime {
       const w = a.vars.get(`${pool.location}.gate.${site.layer}.weight`)!;
       const b = a.vars.get(`${pool.location}.gate.${site.layer}.bias`)!;
       const [r, len, dm] = s.hidden.shape as number[];
-      const g = tf.sigmoid(tf.matMul(s.hidden.reshape([r * len, dm]), w, false, true).add(b)).reshape([r, len, -1]).mean(1);
+      const g = tf
+        .sigmoid(tf.matMul(s.hidden.reshape([r * len, dm]), w, false, true).add(b))
+        .reshape([r, len, -1])
+        .mean(1);
       const n = g.shape[1] as number;
       keys = keys.mul(g.slice([0, 0], [r, 1]).reshape([r, 1, 1, 1]));
       values = values.mul(g.slice([0, n - 1], [r, 1]).reshape([r, 1, 1, 1]));
@@ -334,13 +316,22 @@ class PrefixRuntime implements MethodRuntime {
     };
   }
 
+  /** Whether an active prefix adapter has a prefix at this attention (a model then computes the gate input). */
+  actsAt(hook: HookKind, site: AnySite, ctx: ForwardContext): boolean {
+    const comp = ctx.composition;
+    if (hook !== 'attentionPrefix' || !comp) return false;
+    const a = site as AttentionSite;
+    const location = locationOf(a);
+    return !ctx.isSkipped(a.layer) && touches(comp, { has: (name) => this.adapters.find(name)?.pools.get(location)?.slots.has(a.layer) ?? false });
+  }
+
   attentionPrefix(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined {
     const location = locationOf(site);
     const H = this.heads;
     const D = this.dKv;
     const prims: LayerPrimitives<PrefixState> = {
-      has: (name) => this.adapters.get(name)?.pools.get(location)?.slots.has(site.layer) ?? false,
-      single: (name, s) => this.single(this.adapters.get(name)!, site, s, ctx),
+      has: (name) => this.adapters.find(name)?.pools.get(location)?.slots.has(site.layer) ?? false,
+      single: (name, s) => this.single(this.adapters.get(name), site, s, ctx),
       rows: (s) => s.hidden.shape[0] as number,
       sliceRows: (s, start, end) => {
         const n = end - start;
@@ -348,9 +339,10 @@ class PrefixRuntime implements MethodRuntime {
         return { hidden: cut(s.hidden), kv: s.kv && { keys: cut(s.kv.keys), values: cut(s.kv.values), mask: cut(s.kv.mask) }, rule: s.rule };
       },
       concatRows: (parts) => {
-        const hidden = parts.length === 1 ? parts[0].hidden : tf.concat(parts.map((p) => p.hidden), 0);
+        const hidden = parts.length === 1 ? parts[0].hidden : concatRows(parts, (p) => p.hidden);
         const rules = new Set(parts.map((p) => p.rule).filter((r): r is PositionRule => r !== null));
-        if (rules.size > 1) throw new CompositionError("a PEFT-imported prefix ('past' position rule) and an adapterkit prefix ('zero') cannot share one layer", 'BatchSplit', undefined, 'prefix');
+        if (rules.size > 1)
+          throw new CompositionError("a PEFT-imported prefix ('past' position rule) and an adapterkit prefix ('zero') cannot share one layer", 'BatchSplit', undefined, 'prefix');
         const longest = Math.max(...parts.map((p) => (p.kv ? (p.kv.keys.shape[2] as number) : 0)));
         if (longest === 0) return { hidden, kv: null, rule: null };
         // Shorter prefixes (or none) are padded to the longest with masked positions (`adapters` leaves them visible).
@@ -358,9 +350,9 @@ class PrefixRuntime implements MethodRuntime {
         return {
           hidden,
           kv: {
-            keys: tf.concat(padded.map((p) => p.keys), 0),
-            values: tf.concat(padded.map((p) => p.values), 0),
-            mask: tf.concat(padded.map((p) => p.mask), 0),
+            keys: concatRows(padded, (p) => p.keys),
+            values: concatRows(padded, (p) => p.values),
+            mask: concatRows(padded, (p) => p.mask),
           },
           rule: [...rules][0],
         };
@@ -377,7 +369,7 @@ class PrefixRuntime implements MethodRuntime {
    * no MLP per forward. The adapter's config becomes `flat: true` so that it saves and loads as flat.
    */
   eject(name: string): void {
-    const a = this.get(name);
+    const a = this.adapters.get(name);
     for (const pool of a.pools.values()) {
       if (pool.kind !== 'mlp') continue;
       const loc = pool.location;
@@ -409,17 +401,24 @@ class PrefixRuntime implements MethodRuntime {
     const tokenDim = num('token_dim');
     const heads = num('num_attention_heads');
     const submodules = cfg.num_transformer_submodules ?? (cfg.task_type === 'SEQ_2_SEQ_LM' ? 2 : 1);
-    if (submodules !== 2) throw new UnsupportedError(`PEFT prefix adapters for T5 must be SEQ_2_SEQ_LM (num_transformer_submodules 2), got ${JSON.stringify(submodules)}`, 'num_transformer_submodules');
+    if (submodules !== 2)
+      throw new UnsupportedError(
+        `PEFT prefix adapters for encoder-decoder models must be SEQ_2_SEQ_LM (num_transformer_submodules 2), got ${JSON.stringify(submodules)}`,
+        'num_transformer_submodules',
+      );
     if (heads !== d.numHeads || tokenDim % heads !== 0 || tokenDim / heads !== d.dKv) {
       throw new UnsupportedError(
         `PEFT prefix tuning views each prefix as token_dim / num_attention_heads = ${tokenDim}/${heads} per head, but this model has ${d.numHeads} heads of d_kv ${d.dKv} ` +
-          `(num_heads × d_kv = ${d.numHeads * d.dKv}, d_model = ${d.dModel}); PEFT itself cannot run such a checkpoint (e.g. flan-t5-small). ` +
+          `(num_heads × d_kv = ${d.numHeads * d.dKv}, d_model = ${d.dModel}); PEFT itself cannot run such a checkpoint. ` +
           `Use adapterkit's own prefix tuning ('prefix_tuning'), which is sized by d_kv.`,
         'token_dim',
       );
     }
     if (layers !== d.numDecoderLayers) {
-      throw new UnsupportedError(`PEFT prefix has num_layers ${layers} but the model has ${d.numDecoderLayers} decoder layers (PEFT gives decoder layer i the i-th cache entry)`, 'num_layers');
+      throw new UnsupportedError(
+        `PEFT prefix has num_layers ${layers} but the model has ${d.numDecoderLayers} decoder layers (PEFT gives decoder layer i the i-th cache entry)`,
+        'num_layers',
+      );
     }
     const key = [...tensors.keys()].find((k) => k === 'prompt_embeddings' || k.endsWith('.prompt_embeddings'));
     if (!key) throw new WeightError(`PEFT prefix adapter has no 'prompt_embeddings' tensor (found: ${[...tensors.keys()].join(', ')})`, 'prompt_embeddings');
@@ -430,15 +429,9 @@ class PrefixRuntime implements MethodRuntime {
     const config = normalizeConfig({ method: 'prefix_tuning', prefix_length: P, flat: true, encoder_prefix: false, cross_prefix: false, peft_layout: true });
     this.add(name, config, 0);
     const value = tf.tensor(t.data, t.shape, 'float32');
-    this.adapters.get(name)!.vars.get('prompt_embeddings')!.assign(value);
+    this.adapters.get(name).vars.get('prompt_embeddings')!.assign(value);
     value.dispose();
     return config;
-  }
-
-  private get(name: string): PrefixAdapter {
-    const a = this.adapters.get(name);
-    if (!a) throw new AdapterError(`unknown prefix adapter '${name}'`, name);
-    return a;
   }
 }
 

@@ -1,27 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { tf } from '@adapterkit/backend';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 
-export const FIXTURE_DIR = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
-export const PEFT_PREFIX_DIR = `${FIXTURE_DIR}/peft-prefix`;
-
-export interface RefTensor { shape: number[]; dtype: string; data: number[] }
-export function readReference(path: string): any {
-  return JSON.parse(readFileSync(path, 'utf8'));
-}
-export function to2d(t: RefTensor): number[][] {
-  const [r, c] = t.shape;
-  return Array.from({ length: r }, (_, i) => t.data.slice(i * c, (i + 1) * c));
-}
-
-export const ref = readReference(`${FIXTURE_DIR}/reference.json`);
-export const inputs = {
-  inputIds: to2d(ref.inputs.input_ids) as number[][],
-  attentionMask: to2d(ref.inputs.attention_mask) as number[][],
-  decoderInputIds: to2d(ref.inputs.decoder_input_ids) as number[][],
-};
-export const labels = to2d(ref.inputs.labels) as number[][];
+export { FIXTURE_DIR, PEFT_PREFIX_DIR, type RefTensor, inputs, labels, readJson as readReference, reference as ref, to2d } from '@adapterkit/t5/test';
 
 /** Rows [start, end) of a [rows, ...] tensor as a new tensor. */
 export function rowsOf(t: tf.Tensor, start: number, end: number): tf.Tensor {
@@ -45,7 +25,10 @@ export function copyFlatWithout(model: T5ForConditionalGeneration, from: string,
   const d = model.dims;
   const layersOf = { encoder_prefix: [0, 1], self_prefix: [2, 3], cross_prefix: [2, 3] } as Record<string, number[]>;
   for (const [loc, layers] of Object.entries(layersOf)) {
-    const kept = layers.map((l, j) => [l, j]).filter(([l]) => !leaveOut.includes(l)).map(([, j]) => j);
+    const kept = layers
+      .map((l, j) => [l, j])
+      .filter(([l]) => !leaveOut.includes(l))
+      .map(([, j]) => j);
     const s = src.get(`${loc}.control_trans`)!;
     const t = dst.get(`${loc}.control_trans`);
     if (!t) continue;

@@ -36,7 +36,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       expect(await model.generate({ ...o, useCache: false })).toEqual(to2d(peftRef.greedy_ids));
     });
 
-    it('saved in adapterkit format and loaded again, it keeps PEFT\'s layout and logits', async () => {
+    it("saved in adapterkit format and loaded again, it keeps PEFT's layout and logits", async () => {
       const dir = mkdtempSync(join(tmpdir(), 'peft-prefix-'));
       try {
         await model.saveAdapter(dir, name);
@@ -77,8 +77,30 @@ describe('PEFT prefix import: head geometry PEFT cannot run', () => {
   it('refuses token_dim / num_attention_heads ≠ d_kv with UnsupportedError', async () => {
     await initBackend('cpu');
     // flan-t5-small-like: d_model 48, 3 heads × d_kv 8 = 24 ≠ 48.
-    const model = T5ForConditionalGeneration.random({ d_model: 48, d_kv: 8, num_heads: 3, d_ff: 32, num_layers: 2, num_decoder_layers: 2, vocab_size: 64, feed_forward_proj: 'gated-gelu', relative_attention_num_buckets: 8, relative_attention_max_distance: 20 }, 1);
-    const cfg = { peft_type: 'PREFIX_TUNING', task_type: 'SEQ_2_SEQ_LM', num_virtual_tokens: 2, num_layers: 2, token_dim: 48, num_attention_heads: 3, num_transformer_submodules: 2 };
+    const model = T5ForConditionalGeneration.random(
+      {
+        d_model: 48,
+        d_kv: 8,
+        num_heads: 3,
+        d_ff: 32,
+        num_layers: 2,
+        num_decoder_layers: 2,
+        vocab_size: 64,
+        feed_forward_proj: 'gated-gelu',
+        relative_attention_num_buckets: 8,
+        relative_attention_max_distance: 20,
+      },
+      1,
+    );
+    const cfg = {
+      peft_type: 'PREFIX_TUNING',
+      task_type: 'SEQ_2_SEQ_LM',
+      num_virtual_tokens: 2,
+      num_layers: 2,
+      token_dim: 48,
+      num_attention_heads: 3,
+      num_transformer_submodules: 2,
+    };
     const tensors = new Map([['prompt_embeddings', { shape: [2, 2 * 2 * 48], data: new Float32Array(2 * 2 * 2 * 48) }]]);
     const files = {
       'adapter_config.json': new TextEncoder().encode(JSON.stringify(cfg)),

@@ -147,7 +147,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       });
       const site = model.attentionSites().find((s) => s.stack === 'decoder' && s.attention === 'self')!;
       const run = (name: string) => {
-        const ctx = model.adapters.createContext({ originalBatchSize: 2, composition: name });
+        const ctx = model.adapters.createContext({ composition: name });
         const p = tf.tidy(() => {
           const kv = model.adapters.attentionPrefix(site, tf.randomNormal([2, 3, 32], 0, 1, 'float32', 1), ctx)!;
           return [kv.keys, kv.values];
@@ -201,10 +201,24 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
 describe('flan-t5-small-like head geometry (heads × d_kv ≠ d_model)', () => {
   it('a prefix adapter runs with keys [rows, 3, P, 8]', async () => {
     await initBackend('cpu');
-    const model = T5ForConditionalGeneration.random({ d_model: 48, d_kv: 8, num_heads: 3, d_ff: 32, num_layers: 2, num_decoder_layers: 2, vocab_size: 64, feed_forward_proj: 'gated-gelu', relative_attention_num_buckets: 8, relative_attention_max_distance: 20 }, 1);
+    const model = T5ForConditionalGeneration.random(
+      {
+        d_model: 48,
+        d_kv: 8,
+        num_heads: 3,
+        d_ff: 32,
+        num_layers: 2,
+        num_decoder_layers: 2,
+        vocab_size: 64,
+        feed_forward_proj: 'gated-gelu',
+        relative_attention_num_buckets: 8,
+        relative_attention_max_distance: 20,
+      },
+      1,
+    );
     model.addAdapter('p', 'prefix_tuning[prefix_length=5,bottleneck_size=16]');
     model.setActiveAdapters('p');
-    const ctx = model.adapters.createContext({ originalBatchSize: 2 });
+    const ctx = model.adapters.createContext();
     for (const site of model.attentionSites()) {
       const kv = tf.tidy(() => {
         const p = model.adapters.attentionPrefix(site, tf.zeros([2, 4, 48]), ctx)!;

@@ -8,7 +8,7 @@ import { FIXTURE_DIR, inputs, labels, rowsOf, cleanup as cleanupAdapters, copyFl
 
 /** Four rows: the fixture's two plus two variations (different lengths through the mask). */
 const batch4 = {
-  inputIds: [...inputs.inputIds, inputs.inputIds[1].map((t, i) => (t === 0 ? 0 : ((t + 7) % 120) + 3)), inputs.inputIds[0].map((t) => ((t + 13) % 120) + 3)],
+  inputIds: [...inputs.inputIds, inputs.inputIds[1].map((t, _i) => (t === 0 ? 0 : ((t + 7) % 120) + 3)), inputs.inputIds[0].map((t) => ((t + 13) % 120) + 3)],
   attentionMask: [...inputs.attentionMask, inputs.attentionMask[1], inputs.attentionMask[0]],
   decoderInputIds: [...inputs.decoderInputIds, inputs.decoderInputIds[0], inputs.decoderInputIds[1]],
 };
@@ -105,10 +105,22 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         model.addAdapter('b', small(',prefix_length=3'), { seed: 10 });
         model.addAdapter('c', small(',prefix_length=4,flat=true'), { seed: 11 });
         const cases: [string[], number[]][] = [
-          [['a', 'b'], [2, 0]],
-          [['a', 'b'], [0, 2]],
-          [['a', 'b'], [1, 1]],
-          [['a', 'b', 'c'], [3, 0, 1]],
+          [
+            ['a', 'b'],
+            [2, 0],
+          ],
+          [
+            ['a', 'b'],
+            [0, 2],
+          ],
+          [
+            ['a', 'b'],
+            [1, 1],
+          ],
+          [
+            ['a', 'b', 'c'],
+            [3, 0, 1],
+          ],
         ];
         for (const [names, sizes] of cases) {
           const total = sizes.reduce((x, y) => x + y, 0);
@@ -127,9 +139,18 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
           split.dispose();
         }
         // Generation under BatchSplit: each part equals its adapter's own generation.
-        const gen = await model.generate({ inputIds: batch4.inputIds.slice(0, 2), attentionMask: batch4.attentionMask.slice(0, 2), maxNewTokens: 6, composition: BatchSplit('a', 'b', { batchSizes: [1, 1] }) });
-        expect(gen[0]).toEqual((await model.generate({ inputIds: batch4.inputIds.slice(0, 1), attentionMask: batch4.attentionMask.slice(0, 1), maxNewTokens: 6, composition: 'a' }))[0]);
-        expect(gen[1]).toEqual((await model.generate({ inputIds: batch4.inputIds.slice(1, 2), attentionMask: batch4.attentionMask.slice(1, 2), maxNewTokens: 6, composition: 'b' }))[0]);
+        const gen = await model.generate({
+          inputIds: batch4.inputIds.slice(0, 2),
+          attentionMask: batch4.attentionMask.slice(0, 2),
+          maxNewTokens: 6,
+          composition: BatchSplit('a', 'b', { batchSizes: [1, 1] }),
+        });
+        expect(gen[0]).toEqual(
+          (await model.generate({ inputIds: batch4.inputIds.slice(0, 1), attentionMask: batch4.attentionMask.slice(0, 1), maxNewTokens: 6, composition: 'a' }))[0],
+        );
+        expect(gen[1]).toEqual(
+          (await model.generate({ inputIds: batch4.inputIds.slice(1, 2), attentionMask: batch4.attentionMask.slice(1, 2), maxNewTokens: 6, composition: 'b' }))[0],
+        );
         cleanup('a', 'b', 'c');
       });
     });
@@ -160,6 +181,5 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       tf.dispose([st, a]);
       cleanup('a', 'b');
     });
-
   });
 }

@@ -17,7 +17,7 @@ const METHODS: { config: string; blocks: string[] }[] = [
 ];
 
 function logitsFor(model: T5ForConditionalGeneration, comp: AdapterComposition | null, rows?: number[]) {
-  const pick = <T,>(a: T[]) => (rows ? rows.map((r) => a[r]) : a);
+  const pick = <T>(a: T[]) => (rows ? rows.map((r) => a[r]) : a);
   const out = model.forward({ inputIds: pick(inputIds), attentionMask: pick(attentionMask), decoderInputIds: pick(decoderInputIds), composition: comp });
   out.encoderLastHiddenState.dispose();
   return out.logits;

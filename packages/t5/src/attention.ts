@@ -27,8 +27,10 @@ export function additiveMask(mask01: Tensor): Tensor {
 /** Checks a prefix against the attention it enters (the one cache layout, [batch, heads, P, d_kv]). */
 export function checkPrefix(prefix: PrefixKV, rows: number, heads: number, dKv: number): void {
   const k = prefix.keys;
-  if (k.rank !== 4 || prefix.values.rank !== 4) throw new LayoutError(`prefix keys/values must have rank 4 ([batch, heads, time, d_kv]), got [${k.shape}] and [${prefix.values.shape}]`);
-  if (k.shape[0] !== rows || k.shape[1] !== heads || k.shape[3] !== dKv) throw new LayoutError(`prefix keys [${k.shape}] do not fit ${rows} rows of ${heads} heads × d_kv ${dKv} ([batch, heads, time, d_kv])`);
+  if (k.rank !== 4 || prefix.values.rank !== 4)
+    throw new LayoutError(`prefix keys/values must have rank 4 ([batch, heads, time, d_kv]), got [${k.shape}] and [${prefix.values.shape}]`);
+  if (k.shape[0] !== rows || k.shape[1] !== heads || k.shape[3] !== dKv)
+    throw new LayoutError(`prefix keys [${k.shape}] do not fit ${rows} rows of ${heads} heads × d_kv ${dKv} ([batch, heads, time, d_kv])`);
 }
 
 /**

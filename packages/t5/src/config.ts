@@ -26,7 +26,15 @@ export interface T5Config {
   modelType: string;
 }
 
-const ACTS: Record<string, T5Config['denseActFn']> = { relu: 'relu', gelu: 'gelu', gelu_new: 'gelu_new', 'gelu-new': 'gelu_new', silu: 'silu', swish: 'silu', gelu_pytorch_tanh: 'gelu_new' };
+const ACTS: Record<string, T5Config['denseActFn']> = {
+  relu: 'relu',
+  gelu: 'gelu',
+  gelu_new: 'gelu_new',
+  'gelu-new': 'gelu_new',
+  silu: 'silu',
+  swish: 'silu',
+  gelu_pytorch_tanh: 'gelu_new',
+};
 
 function int(raw: Record<string, unknown>, key: string, fallback?: number, min = 1): number {
   const v = raw[key] ?? fallback;
@@ -76,15 +84,22 @@ export function parseT5Config(raw: unknown): T5Config {
   const numBuckets = int(c, 'relative_attention_num_buckets', 32, 4);
   const maxDistance = int(c, 'relative_attention_max_distance', 128);
   if (maxDistance <= Math.floor(numBuckets / 2)) {
-    throw new ConfigError(`config.json: 'relative_attention_max_distance' (${maxDistance}) must exceed relative_attention_num_buckets / 2 (${Math.floor(numBuckets / 2)})`, 'relative_attention_max_distance');
+    throw new ConfigError(
+      `config.json: 'relative_attention_max_distance' (${maxDistance}) must exceed relative_attention_num_buckets / 2 (${Math.floor(numBuckets / 2)})`,
+      'relative_attention_max_distance',
+    );
   }
   const padTokenId = int(c, 'pad_token_id', 0, 0);
   const decoderStartTokenId = int(c, 'decoder_start_token_id', padTokenId, 0);
-  for (const [key, id] of [['pad_token_id', padTokenId], ['decoder_start_token_id', decoderStartTokenId]] as const) {
+  for (const [key, id] of [
+    ['pad_token_id', padTokenId],
+    ['decoder_start_token_id', decoderStartTokenId],
+  ] as const) {
     if (id >= vocabSize) throw new ConfigError(`config.json: '${key}' (${id}) must be below vocab_size (${vocabSize})`, key);
   }
   const eos = c.eos_token_id ?? 1;
-  if (!(typeof eos === 'number' || (Array.isArray(eos) && eos.every((e) => typeof e === 'number')))) throw new ConfigError("config.json: 'eos_token_id' must be an integer or a list", 'eos_token_id');
+  if (!(typeof eos === 'number' || (Array.isArray(eos) && eos.every((e) => typeof e === 'number'))))
+    throw new ConfigError("config.json: 'eos_token_id' must be an integer or a list", 'eos_token_id');
   return {
     vocabSize,
     dModel: int(c, 'd_model', 512),
@@ -111,7 +126,21 @@ export function parseT5Config(raw: unknown): T5Config {
 
 /** Random-weight configs used by benchmarks: the flan-t5-small shape. */
 export const FLAN_T5_SMALL_SHAPE = {
-  model_type: 't5', vocab_size: 32128, d_model: 512, d_kv: 64, d_ff: 1024, num_layers: 8, num_decoder_layers: 8, num_heads: 6,
-  relative_attention_num_buckets: 32, relative_attention_max_distance: 128, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false,
-  dropout_rate: 0.1, layer_norm_epsilon: 1e-6, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
+  model_type: 't5',
+  vocab_size: 32128,
+  d_model: 512,
+  d_kv: 64,
+  d_ff: 1024,
+  num_layers: 8,
+  num_decoder_layers: 8,
+  num_heads: 6,
+  relative_attention_num_buckets: 32,
+  relative_attention_max_distance: 128,
+  feed_forward_proj: 'gated-gelu',
+  tie_word_embeddings: false,
+  dropout_rate: 0.1,
+  layer_norm_epsilon: 1e-6,
+  decoder_start_token_id: 0,
+  pad_token_id: 0,
+  eos_token_id: 1,
 };

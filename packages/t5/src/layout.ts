@@ -5,7 +5,7 @@
  * so that a block costs a handful of fused kernels. Each member of a group owns a column range.
  */
 import { tf, type Tensor } from '@adapterkit/backend';
-import { type AttentionSite, type LinearGroup, type LinearSite, type StackName, type SublayerSite } from '@adapterkit/core';
+import type { AttentionSite, LinearGroup, LinearRole, LinearSite, StackName, SublayerSite } from '@adapterkit/core';
 import type { T5Config } from './config.js';
 
 export interface AttentionLayout {
@@ -51,8 +51,8 @@ type Ref = { layer: number; stack: StackName; index: number };
 export function t5Layout(c: T5Config): T5Layout {
   const inner = c.numHeads * c.dKv;
   const out: T5Layout = { encoder: [], decoder: [], linear: [], sublayer: [], attention: [], groups: [], memberOf: new Map() };
-  const site = (key: string, ref: Ref, block: LinearSite['block'], linear: LinearSite['linear'], inF: number, outF: number): LinearSite => {
-    const s: LinearSite = { ...ref, block, linear, inFeatures: inF, outFeatures: outF, key };
+  const site = (key: string, ref: Ref, block: LinearSite['block'], role: LinearRole, inF: number, outF: number): LinearSite => {
+    const s: LinearSite = { ...ref, block, role, inFeatures: inF, outFeatures: outF, key };
     out.linear.push(s);
     return s;
   };
@@ -72,11 +72,11 @@ export function t5Layout(c: T5Config): T5Layout {
     const block = kind === 'self' ? 'selfattn' : 'crossattn';
     const p = `${prefix}.${module}`;
     const a: AttentionSite = { ...ref, attention: kind, numHeads: c.numHeads, dKv: c.dKv, key: p };
-    const sublayer: SublayerSite = { ...ref, location: kind === 'self' ? 'mh' : 'cross', hiddenSize: c.dModel, key: prefix };
+    const sublayer: SublayerSite = { ...ref, location: kind === 'self' ? 'mh' : 'cross', hiddenSize: c.dModel, key: prefix, norm: 'pre' };
     out.attention.push(a);
     out.sublayer.push(sublayer);
-    const [q, k, v] = (['q', 'k', 'v'] as const).map((n) => site(`${p}.${n}`, ref, block, n, c.dModel, inner));
-    const o = site(`${p}.o`, ref, block, 'o', inner, c.dModel);
+    const [q, k, v] = (['query', 'key', 'value'] as const).map((role) => site(`${p}.${role[0]}`, ref, block, role, c.dModel, inner));
+    const o = site(`${p}.o`, ref, block, 'output', inner, c.dModel);
     const layout: AttentionLayout = { site: a, sublayer, norm: `${prefix}.layer_norm.weight`, o: group(o.key, [o]) };
     if (kind === 'self') layout.qkv = group(`${p}.q+k+v`, [q, k, v]);
     else {
@@ -86,13 +86,13 @@ export function t5Layout(c: T5Config): T5Layout {
     return layout;
   };
   const feedForward = (prefix: string, ref: Ref): FeedForwardLayout => {
-    const sublayer: SublayerSite = { ...ref, location: 'output', hiddenSize: c.dModel, key: prefix };
+    const sublayer: SublayerSite = { ...ref, location: 'output', hiddenSize: c.dModel, key: prefix, norm: 'pre' };
     out.sublayer.push(sublayer);
     const p = `${prefix}.DenseReluDense`;
     const wi = c.isGatedAct
-      ? group(`${p}.wi_0+wi_1`, [site(`${p}.wi_0`, ref, 'ffn', 'wi_0', c.dModel, c.dFf), site(`${p}.wi_1`, ref, 'ffn', 'wi_1', c.dModel, c.dFf)])
-      : group(`${p}.wi`, [site(`${p}.wi`, ref, 'ffn', 'wi', c.dModel, c.dFf)]);
-    const wo = site(`${p}.wo`, ref, 'ffn', 'wo', c.dFf, c.dModel);
+      ? group(`${p}.wi_0+wi_1`, [site(`${p}.wi_0`, ref, 'ffn', 'ffn_gate', c.dModel, c.dFf), site(`${p}.wi_1`, ref, 'ffn', 'ffn_up', c.dModel, c.dFf)])
+      : group(`${p}.wi`, [site(`${p}.wi`, ref, 'ffn', 'ffn_in', c.dModel, c.dFf)]);
+    const wo = site(`${p}.wo`, ref, 'ffn', 'ffn_out', c.dFf, c.dModel);
     return { sublayer, norm: `${prefix}.layer_norm.weight`, wi, wo: group(wo.key, [wo]) };
   };
   for (let i = 0; i < c.numLayers; i++) {
@@ -119,7 +119,11 @@ export function groupKernels(layout: T5Layout, weight: (name: string) => Tensor)
   for (const g of layout.groups) {
     const parts = g.members.map((m) => weight(`${m.site.key}.weight`));
     // [out, in] → [in, out], members side by side
-    kernels.set(g.key, tf.tidy(() => (parts.length === 1 ? parts[0].transpose() : tf.concat(parts.map((w) => w.transpose()), 1))));
+    const transposed = () => parts.map((w) => w.transpose());
+    kernels.set(
+      g.key,
+      tf.tidy(() => (parts.length === 1 ? parts[0].transpose() : tf.concat(transposed(), 1))),
+    );
     tf.dispose(parts);
   }
   return kernels;

@@ -1,11 +1,15 @@
 import { tf, tidyResult, type Tensor } from '@adapterkit/backend';
 import {
   AdapterHost,
-  ForwardContext,
+  type ForwardContext,
   InputError,
   WeightError,
+  replicateRows,
   type AdapterComposition,
   type AdapterConfig,
+  type GenerationDefaults,
+  type IdsInput,
+  type Seq2SeqModel,
   type AttentionSite,
   type LinearGroup,
   type LinearSite,
@@ -23,8 +27,7 @@ import { groupKernels, t5Layout, type AttentionLayout, type BlockLayout, type Fe
 import { PositionBias } from './position-bias.js';
 
 export { MASK_VALUE };
-
-export type IdsInput = number[][] | Tensor;
+export type { IdsInput };
 
 export interface ForwardInput {
   inputIds: IdsInput;
@@ -88,7 +91,7 @@ interface ProjectOptions {
  * Every block is built from the named ops of @adapterkit/kernels: a projection with its norm, adapter
  * terms and residual is one `linear`, every attention is one `attention`.
  */
-export class T5Model implements ModelAccess {
+export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   readonly dims: ModelDims;
   readonly adapters: AdapterHost;
   readonly layout: T5Layout;
@@ -103,6 +106,10 @@ export class T5Model implements ModelAccess {
   private headKernel: Tensor;
   readonly encoderBias: PositionBias;
   readonly decoderBias: PositionBias;
+  /** What generate uses when an option is absent (generation_config.json's, when loaded from a directory). */
+  generationConfig: GenerationDefaults;
+  /** PEFT's defaults for T5 (peft/utils/constants.py). */
+  readonly peftTargets = { LORA: ['q', 'v'], IA3: ['k', 'v', 'wo'], IA3_FEEDFORWARD: ['wo'] };
   private disposed = false;
 
   constructor(
@@ -133,9 +140,20 @@ export class T5Model implements ModelAccess {
     const head = upload(c.tieWordEmbeddings ? 'shared.weight' : 'lm_head.weight');
     this.headKernel = tf.tidy(() => head.transpose());
     head.dispose();
-    this.encoderBias = new PositionBias(this.weights.get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, true, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
-    this.decoderBias = new PositionBias(this.weights.get('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!, false, c.relativeAttentionNumBuckets, c.relativeAttentionMaxDistance);
+    this.encoderBias = new PositionBias(
+      this.weights.get('encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!,
+      true,
+      c.relativeAttentionNumBuckets,
+      c.relativeAttentionMaxDistance,
+    );
+    this.decoderBias = new PositionBias(
+      this.weights.get('decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight')!,
+      false,
+      c.relativeAttentionNumBuckets,
+      c.relativeAttentionMaxDistance,
+    );
     this.adapters = new AdapterHost(this);
+    this.generationConfig = { decoderStartTokenId: c.decoderStartTokenId, eosTokenId: c.eosTokenId, padTokenId: c.padTokenId };
   }
 
   // ------------------------------------------------------------------ sites and weights
@@ -165,7 +183,8 @@ export class T5Model implements ModelAccess {
   /** Replaces one linear's kernel [in, out] (rebuilds its group's kernel); the caller keeps `kernel`. */
   writeLinearWeight(key: string, kernel: Tensor): void {
     const { group, start, end } = this.member(key);
-    if (kernel.shape.join(',') !== [group.inFeatures, end - start].join(',')) throw new WeightError(`new kernel for '${key}' has shape [${kernel.shape}], expected [${[group.inFeatures, end - start]}]`, key);
+    if (kernel.shape.join(',') !== [group.inFeatures, end - start].join(','))
+      throw new WeightError(`new kernel for '${key}' has shape [${kernel.shape}], expected [${[group.inFeatures, end - start]}]`, key);
     const old = this.kernels.get(group.key)!;
     const next = tf.tidy(() => {
       const parts: Tensor[] = [];
@@ -282,7 +301,8 @@ export class T5Model implements ModelAccess {
     if (len <= 0) throw new InputError(`${argument} must be a non-empty number[][]`, argument);
     const flat = new Int32Array(input.length * len);
     input.forEach((row, r) => {
-      if (!Array.isArray(row) || row.length !== len) throw new InputError(`${argument} row ${r} has length ${Array.isArray(row) ? row.length : 'n/a'}, expected ${len} (pad rows to one length)`, argument);
+      if (!Array.isArray(row) || row.length !== len)
+        throw new InputError(`${argument} row ${r} has length ${Array.isArray(row) ? row.length : 'n/a'}, expected ${len} (pad rows to one length)`, argument);
       row.forEach((id, j) => {
         const ok = Number.isInteger(id) && (id >= 0 || (options.allowNegative === true && id === -100)) && id < this.config.vocabSize;
         if (!ok) throw new InputError(`${argument}[${r}][${j}] = ${id} is not a token id in [0, ${this.config.vocabSize})`, argument);
@@ -313,7 +333,7 @@ export class T5Model implements ModelAccess {
 
   /** Base-model dropout: only in training, and only when asked for (Trainer's baseDropout). */
   private dropsOut(ctx: ForwardContext): boolean {
-    return ctx.training && this.config.dropoutRate > 0 && ((ctx.memo.get('baseDropout') as boolean | undefined) ?? false);
+    return ctx.baseDropout && this.config.dropoutRate > 0;
   }
 
   private dropout(x: Tensor, ctx: ForwardContext, salt: number): Tensor {
@@ -335,10 +355,15 @@ export class T5Model implements ModelAccess {
       const kernel = this.kernels.get(group.key)!;
       let full: Tensor | undefined;
       const outputs = group.members.map((m) => {
-        const cols = (y: Tensor) => (m.start === 0 && m.end === group.outFeatures ? y : y.slice([...new Array(y.rank - 1).fill(0), m.start], [...y.shape.slice(0, -1), m.end - m.start]));
+        const cols = (y: Tensor) =>
+          m.start === 0 && m.end === group.outFeatures ? y : y.slice([...new Array(y.rank - 1).fill(0), m.start], [...y.shape.slice(0, -1), m.end - m.start]);
         // the unmodified input shares one projection of the whole group; a method that changes the input
         // (IA3 on the input side) gets this member's own columns
-        const base = (input: Tensor) => (input === xn ? cols((full ??= matMulLast(xn, kernel))) : matMulLast(input, cols(kernel)));
+        const base = (input: Tensor) => {
+          if (input !== xn) return matMulLast(input, cols(kernel));
+          full ??= matMulLast(xn, kernel);
+          return cols(full);
+        };
         return this.adapters.linear(m.site, xn, base, ctx);
       });
       const pre = outputs.length === 1 ? outputs[0] : tf.concat(outputs, -1);
@@ -427,11 +452,9 @@ export class T5Model implements ModelAccess {
     return tf.gather(this.weight('shared.weight'), ids);
   }
 
-  /** Replicates rows for Parallel (adapter-major: rows [i·B, (i+1)·B) belong to the i-th branch). */
+  /** Replicates rows for Parallel (core's replicateRows: branch-major). */
   private replicate(t: Tensor, ctx: ForwardContext): Tensor {
-    const n = ctx.parallelChannels;
-    if (n === 1) return t;
-    return tf.tile(t, [n, ...new Array(t.rank - 1).fill(1)]);
+    return replicateRows(t, ctx.parallelChannels);
   }
 
   // ------------------------------------------------------------------ encoder / decoder
@@ -505,7 +528,7 @@ export class T5Model implements ModelAccess {
       tf.dispose([ids, dec, mask!]);
       throw e;
     }
-    const ctx = this.adapters.createContext({ training: input.training, originalBatchSize: ids.shape[0], seed: input.seed, composition: input.composition, rowMultiplier: input.expandedRows?.rowMultiplier });
+    const ctx = this.adapters.createContext({ training: input.training, seed: input.seed, composition: input.composition, rowMultiplier: input.expandedRows?.rowMultiplier });
     const rep = (t: Tensor) => (input.expandedRows ? t : this.replicate(t, ctx));
     try {
       return tf.tidy(() => {
@@ -525,19 +548,34 @@ export class T5Model implements ModelAccess {
    * Mean token cross-entropy over labels ≠ -100 (decoder inputs = labels shifted right, as transformers).
    * Differentiable w.r.t. adapter variables; use inside tf.variableGrads. Returns a scalar.
    */
-  loss(input: { inputIds: IdsInput; attentionMask?: IdsInput; labels: IdsInput; decoderInputIds?: IdsInput; training?: boolean; labelSmoothing?: number; seed?: number; ctx?: ForwardContext; baseDropout?: boolean }): Tensor {
+  /** `baseDropout` (training): dropout in the base model too; with `ctx`, the context's own options apply. */
+  loss(input: {
+    inputIds: IdsInput;
+    attentionMask?: IdsInput;
+    labels: IdsInput;
+    decoderInputIds?: IdsInput;
+    training?: boolean;
+    labelSmoothing?: number;
+    seed?: number;
+    ctx?: ForwardContext;
+    baseDropout?: boolean;
+  }): Tensor {
     this.checkAlive();
     const labelsArr = input.labels instanceof tf.Tensor ? (input.labels.arraySync() as number[][]) : input.labels;
     // Validate every input before anything else (a bad one must not leak the tensors made before it).
     const made: Tensor[] = [];
-    const keep = (t: Tensor) => (made.push(t), t);
+    const keep = (t: Tensor) => {
+      made.push(t);
+      return t;
+    };
     let ids: Tensor, labels: Tensor, decIds: Tensor, mask: Tensor;
     try {
       ids = keep(this.toIds(input.inputIds, 'inputIds'));
       labels = keep(this.toIds(labelsArr, 'labels', { allowNegative: true }));
       decIds = keep(input.decoderInputIds !== undefined ? this.toIds(input.decoderInputIds, 'decoderInputIds') : this.toIds(this.shiftRight(labelsArr), 'labels'));
       mask = keep(this.toMask(input.attentionMask, ids, 'attentionMask'));
-      if (labels.shape[0] !== ids.shape[0] || decIds.shape[0] !== ids.shape[0]) throw new InputError(`labels has ${labels.shape[0]} rows but inputIds has ${ids.shape[0]}`, 'labels');
+      if (labels.shape[0] !== ids.shape[0] || decIds.shape[0] !== ids.shape[0])
+        throw new InputError(`labels has ${labels.shape[0]} rows but inputIds has ${ids.shape[0]}`, 'labels');
       const ls = input.labelSmoothing ?? 0;
       if (!(ls >= 0 && ls < 1)) throw new InputError(`labelSmoothing must be in [0, 1), got ${input.labelSmoothing}`, 'labelSmoothing');
       if (decIds.shape[1] !== labels.shape[1]) throw new InputError(`decoderInputIds has length ${decIds.shape[1]} but labels has ${labels.shape[1]}`, 'decoderInputIds');
@@ -545,8 +583,7 @@ export class T5Model implements ModelAccess {
       tf.dispose(made);
       throw e;
     }
-    const ctx = input.ctx ?? this.adapters.createContext({ training: input.training, originalBatchSize: ids.shape[0], seed: input.seed });
-    if (input.baseDropout) ctx.memo.set('baseDropout', true);
+    const ctx = input.ctx ?? this.adapters.createContext({ training: input.training, baseDropout: input.baseDropout, seed: input.seed });
     try {
       return tf.tidy(() => {
         const rIds = this.replicate(ids, ctx);
@@ -592,7 +629,10 @@ export class T5Model implements ModelAccess {
       const encPadding = additiveMask(mask);
       return this.layout.decoder.map((block): LayerCache => ({ self: tf.zeros([rows, cap, width]), cross: this.crossKeysValues(block.cross!, enc, encPadding, ctx) }));
     });
-    for (const l of layers) tf.keep(l.self), keepKeysValues(l.cross);
+    for (const l of layers) {
+      tf.keep(l.self);
+      keepKeysValues(l.cross);
+    }
     return { ctx, layers, capacity: cap, step: 0, rows };
   }
 
@@ -632,9 +672,8 @@ export class T5Model implements ModelAccess {
     const t = state.step;
     if (t >= state.capacity) this.growDecoderState(state);
     const { numHeads: H, dKv: D } = this.config;
-    ctx.decodingPosition = t;
-    try {
-      const { logits, caches } = tidyResult(() => {
+    const { logits, caches } = ctx.atDecodingPosition(t, () =>
+      tidyResult(() => {
         let h = this.embed(tokens.reshape([state.rows, 1]));
         if (this.adapters.actsAt('embeddings', 'decoder', ctx)) h = this.adapters.embeddings('decoder', h, ctx);
         const caches: Tensor[] = [];
@@ -658,16 +697,14 @@ export class T5Model implements ModelAccess {
           h = this.feedForward(block.ffn, h, ctx);
         });
         return { logits: this.lmHead(h, ctx), caches };
-      });
-      state.layers.forEach((l, i) => {
-        l.self.dispose();
-        l.self = caches[i];
-      });
-      state.step += 1;
-      return logits;
-    } finally {
-      ctx.decodingPosition = undefined;
-    }
+      }),
+    );
+    state.layers.forEach((l, i) => {
+      l.self.dispose();
+      l.self = caches[i];
+    });
+    state.step += 1;
+    return logits;
   }
 
   /** Reorders every row of the state (beam search): row r takes row index[r]. */
@@ -715,7 +752,7 @@ export class T5Model implements ModelAccess {
   }
 
   /** A model with random weights of a given config (benchmarks, tests). Deterministic per seed. */
-  static randomWeights(config: T5Config, expected: Map<string, number[]>, seed = 0): Map<string, SafeTensor> {
+  static randomWeights(_config: T5Config, expected: Map<string, number[]>, seed = 0): Map<string, SafeTensor> {
     const rng = new SeededRandom(seed);
     const out = new Map<string, SafeTensor>();
     for (const [name, shape] of expected) {
@@ -735,6 +772,9 @@ export class T5Model implements ModelAccess {
 /** Keeps the tensors of cross keys/values (they outlive the tidy that made them). */
 function keepKeysValues(kv: KeysValues): void {
   tf.keep(kv.packed.source);
-  if (kv.prefix) tf.keep(kv.prefix.keys), tf.keep(kv.prefix.values);
+  if (kv.prefix) {
+    tf.keep(kv.prefix.keys);
+    tf.keep(kv.prefix.values);
+  }
   if (kv.mask) tf.keep(kv.mask);
 }

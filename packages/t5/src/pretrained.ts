@@ -1,17 +1,8 @@
-import { exists, joinPath, parseJson, readText } from '@adapterkit/core';
+import { exists, generate, generateText, joinPath, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
 import { parseT5Config, type T5Config } from './config.js';
 import { T5Model } from './model.js';
 import { T5Tokenizer } from './tokenizer.js';
 import { expectedWeights, readCheckpoint, validateWeights } from './weights.js';
-import { generate, generateText, type GenerateOptions } from './generation.js';
-
-export interface GenerationDefaults {
-  decoderStartTokenId: number;
-  eosTokenId: number | number[];
-  padTokenId: number;
-  maxNewTokens?: number;
-  numBeams?: number;
-}
 
 /**
  * T5ForConditionalGeneration: `fromPretrained(dirOrUrl)` loads config.json, model.safetensors (or a sharded
@@ -19,12 +10,11 @@ export interface GenerationDefaults {
  */
 export class T5ForConditionalGeneration extends T5Model {
   tokenizer?: T5Tokenizer;
-  generationConfig: GenerationDefaults;
 
   constructor(config: T5Config, weights: Parameters<typeof validateWeights>[1], tokenizer?: T5Tokenizer, generationConfig?: Partial<GenerationDefaults>) {
     super(config, validateWeights(config, weights));
     this.tokenizer = tokenizer;
-    this.generationConfig = { decoderStartTokenId: config.decoderStartTokenId, eosTokenId: config.eosTokenId, padTokenId: config.padTokenId, ...generationConfig };
+    this.generationConfig = { ...this.generationConfig, ...generationConfig };
   }
 
   static async fromPretrained(source: string): Promise<T5ForConditionalGeneration> {

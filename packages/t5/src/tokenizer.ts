@@ -9,7 +9,11 @@ export interface BatchEncoding {
 /** T5's tokenizer.json (Unigram, Metaspace, `</s>` appended) through @huggingface/tokenizers. */
 export class T5Tokenizer {
   private readonly tok: Tokenizer;
-  constructor(tokenizerJson: unknown, tokenizerConfig: unknown = {}, readonly padTokenId = 0) {
+  constructor(
+    tokenizerJson: unknown,
+    tokenizerConfig: unknown = {},
+    readonly padTokenId = 0,
+  ) {
     if (!tokenizerJson || typeof tokenizerJson !== 'object') throw new ConfigError('tokenizer.json must be a JSON object');
     try {
       this.tok = new Tokenizer(tokenizerJson as object, (tokenizerConfig ?? {}) as object);

@@ -12,7 +12,8 @@ export async function readCheckpoint(source: string): Promise<Map<string, SafeTe
     const shards = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
     const out = new Map<string, SafeTensor>();
     for (const shard of shards) {
-      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/')) throw new FileError(`model.safetensors.index.json names an invalid shard ${JSON.stringify(shard)}`, index);
+      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/'))
+        throw new FileError(`model.safetensors.index.json names an invalid shard ${JSON.stringify(shard)}`, index);
       for (const [k, v] of readSafetensors(await readBytes(joinPath(source, shard)), shard).tensors) out.set(k, v);
     }
     for (const name of Object.keys(idx.weight_map)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);

@@ -30,9 +30,12 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       for (const capacity of [1, 2, 6]) {
         const idT = tf.tensor2d(ids, undefined, 'int32');
         const maskT = tf.tensor2d(mask, undefined, 'int32');
-        const state = model.startDecoding(idT, maskT, model.adapters.createContext({ originalBatchSize: 2 }), capacity);
+        const state = model.startDecoding(idT, maskT, model.adapters.createContext(), capacity);
         for (let t = 0; t < targets[0].length; t++) {
-          const tok = tf.tensor1d(targets.map((r) => r[t]), 'int32');
+          const tok = tf.tensor1d(
+            targets.map((r) => r[t]),
+            'int32',
+          );
           const step = model.decodeStep(state, tok);
           const ref = full.logits.slice([0, t, 0], [2, 1, 128]).reshape([2, 128]);
           expect(await maxAbsDiff(step, ref)).toBeLessThan(1e-4);

@@ -190,7 +190,10 @@ export function referenceForward(raw: Record<string, any>, W: Map<string, SafeTe
       const k = split(lin(src, `${n}.k`));
       const v = split(lin(src, `${n}.v`));
       const p = tf.softmax(tf.matMul(q, k, false, true).add(add));
-      const o = tf.matMul(p, v).transpose([0, 2, 1, 3]).reshape([x.shape[0], x.shape[1]!, H * dKv]);
+      const o = tf
+        .matMul(p, v)
+        .transpose([0, 2, 1, 3])
+        .reshape([x.shape[0], x.shape[1]!, H * dKv]);
       return lin(o, `${n}.o`);
     };
     const posBias = (table: string, q: number, k: number, bidir: boolean) => {

@@ -12,7 +12,19 @@ import { T5ForConditionalGeneration, parseT5Config, expectedWeights } from '../s
 import { FIXTURE_DIR, readReference, to2d, initBackend } from './helpers.js';
 import { randomCheckpoint, referenceForward, writeCheckpoint, readFixtureFile, roundThrough } from './checkpoints.js';
 
-const base = { model_type: 't5', vocab_size: 40, d_model: 16, d_ff: 24, relative_attention_num_buckets: 8, relative_attention_max_distance: 12, dropout_rate: 0.0, layer_norm_epsilon: 1e-6, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1 };
+const base = {
+  model_type: 't5',
+  vocab_size: 40,
+  d_model: 16,
+  d_ff: 24,
+  relative_attention_num_buckets: 8,
+  relative_attention_max_distance: 12,
+  dropout_rate: 0.0,
+  layer_norm_epsilon: 1e-6,
+  decoder_start_token_id: 0,
+  pad_token_id: 0,
+  eos_token_id: 1,
+};
 
 /** Shapes external checks run: v4/v5 head rules, every activation, d_kv ≠ d_model/heads, asymmetric depth. */
 const CASES: Record<string, Record<string, unknown>> = {
@@ -21,9 +33,27 @@ const CASES: Record<string, Record<string, unknown>> = {
   // flan-t5 style v4 config: untied head with its own lm_head.weight, no scale key → no rescale.
   'v4 gated-gelu untied': { ...base, feed_forward_proj: 'gated-gelu', tie_word_embeddings: false, d_kv: 4, num_heads: 2, num_layers: 1, num_decoder_layers: 2 },
   // v5 config: tied head, scale_decoder_outputs false (as the fixture).
-  'v5 gated-silu tied, no rescale': { ...base, feed_forward_proj: 'gated-silu', tie_word_embeddings: true, scale_decoder_outputs: false, d_kv: 8, num_heads: 2, num_layers: 2, num_decoder_layers: 1 },
+  'v5 gated-silu tied, no rescale': {
+    ...base,
+    feed_forward_proj: 'gated-silu',
+    tie_word_embeddings: true,
+    scale_decoder_outputs: false,
+    d_kv: 8,
+    num_heads: 2,
+    num_layers: 2,
+    num_decoder_layers: 1,
+  },
   // v5 config: untied head but rescaled explicitly.
-  'v5 gelu untied, rescale': { ...base, feed_forward_proj: 'gelu', tie_word_embeddings: false, scale_decoder_outputs: true, d_kv: 5, num_heads: 4, num_layers: 3, num_decoder_layers: 2 },
+  'v5 gelu untied, rescale': {
+    ...base,
+    feed_forward_proj: 'gelu',
+    tie_word_embeddings: false,
+    scale_decoder_outputs: true,
+    d_kv: 5,
+    num_heads: 4,
+    num_layers: 3,
+    num_decoder_layers: 2,
+  },
 };
 
 const ids = [
@@ -146,4 +176,3 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     });
   });
 }
-

@@ -7,7 +7,7 @@ import { rmSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { AdapterkitError, ConfigError, FileError, InputError, SafetensorsError, WeightError, readSafetensors, type SafeTensor } from '@adapterkit/core';
+import { type AdapterkitError, ConfigError, FileError, InputError, SafetensorsError, WeightError, readSafetensors, type SafeTensor } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '../src/index.js';
 import { FIXTURE_DIR, readReference, to2d, initBackend } from './helpers.js';
 import { readFixtureFile, tempDir, writeCheckpoint } from './checkpoints.js';
@@ -168,13 +168,23 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const before = tf.memory().numTensors;
       const fwd = (o: Partial<Parameters<typeof model.forward>[0]>) => () => model.forward({ inputIds: ids, attentionMask: mask, decoderInputIds: dec, ...o });
       const cases: [() => unknown, string][] = [
-        [fwd({ inputIds: [[5, 128, 7]] , attentionMask: undefined, decoderInputIds: [[0]] }), 'inputIds'],
+        [fwd({ inputIds: [[5, 128, 7]], attentionMask: undefined, decoderInputIds: [[0]] }), 'inputIds'],
         [fwd({ inputIds: [[5, -1, 7]], attentionMask: undefined, decoderInputIds: [[0]] }), 'inputIds'],
         [fwd({ inputIds: [[5, 1.5, 7]], attentionMask: undefined, decoderInputIds: [[0]] }), 'inputIds'],
         [fwd({ decoderInputIds: dec.map((r) => r.map(() => 999)) }), 'decoderInputIds'],
         [fwd({ inputIds: [] }), 'inputIds'],
         [fwd({ inputIds: [[]] }), 'inputIds'],
-        [fwd({ inputIds: [[5, 6, 7], [5, 6]], attentionMask: undefined, decoderInputIds: [[0], [0]] }), 'inputIds'],
+        [
+          fwd({
+            inputIds: [
+              [5, 6, 7],
+              [5, 6],
+            ],
+            attentionMask: undefined,
+            decoderInputIds: [[0], [0]],
+          }),
+          'inputIds',
+        ],
         [fwd({ attentionMask: mask.map((r) => r.slice(1)) }), 'attentionMask'],
         [fwd({ attentionMask: [mask[0]] }), 'attentionMask'],
         [fwd({ decoderInputIds: [dec[0]] }), 'decoderInputIds'],

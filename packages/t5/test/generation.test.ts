@@ -59,7 +59,11 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const out = model.forward({ inputIds: [inputIds[0]], decoderInputIds: [[0]] });
       const logits = Array.from(await out.logits.data());
       tf.dispose([out.logits, out.encoderLastHiddenState]);
-      const top3 = logits.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, 3).map((p) => p[1]);
+      const top3 = logits
+        .map((v, i) => [v, i])
+        .sort((a, b) => b[0] - a[0])
+        .slice(0, 3)
+        .map((p) => p[1]);
       const seen = new Set<number>();
       for (let seed = 0; seed < 30; seed++) {
         const [row] = await model.generate({ inputIds: [inputIds[0]], maxNewTokens: 1, doSample: true, topK: 3, temperature: 10, seed });

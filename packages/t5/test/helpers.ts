@@ -1,16 +1,11 @@
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { tf, initBackend, type BackendName } from '@adapterkit/backend';
+import { initBackend, type BackendName, type tf } from '@adapterkit/backend';
+import { FIXTURE_DIR, readJson } from './fixture-model.js';
 
-export const FIXTURE_DIR = fileURLToPath(new URL('./fixtures/tiny-gated', import.meta.url));
+export { initBackend };
+export { FIXTURE_DIR, to2d, type RefTensor } from './fixture-model.js';
 
-export interface RefTensor { shape: number[]; dtype: string; data: number[] }
-export function readReference(path = `${FIXTURE_DIR}/reference.json`): any {
-  return JSON.parse(readFileSync(path, 'utf8'));
-}
-export function to2d(t: RefTensor): number[][] {
-  const [r, c] = t.shape;
-  return Array.from({ length: r }, (_, i) => t.data.slice(i * c, (i + 1) * c));
+export function readReference(path = `${FIXTURE_DIR}/reference.json`) {
+  return readJson(path);
 }
 export async function maxAbsDiff(a: tf.Tensor, expected: number[]): Promise<number> {
   const d = (await a.data()) as Float32Array;
@@ -21,6 +16,8 @@ export async function maxAbsDiff(a: tf.Tensor, expected: number[]): Promise<numb
 }
 /** Backends under test: ADAPTERKIT_BACKENDS (default cpu,wasm,webgpu). */
 export function testBackends(): BackendName[] {
-  return (process.env.ADAPTERKIT_BACKENDS ?? 'cpu,wasm,webgpu').split(',').map((s) => s.trim()).filter(Boolean) as BackendName[];
+  return (process.env.ADAPTERKIT_BACKENDS ?? 'cpu,wasm,webgpu')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean) as BackendName[];
 }
-export { initBackend };

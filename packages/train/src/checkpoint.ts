@@ -1,4 +1,5 @@
 import { FileError, ModelMismatchError, joinPath, readBytes, exists, readSafetensors, writeFilesAtomic, writeSafetensors, type ModelDims } from '@adapterkit/core';
+import { nodeImport } from '@adapterkit/backend';
 import type { DataPosition } from './data.js';
 import type { OptimizerState } from './optimizers.js';
 
@@ -29,11 +30,14 @@ export function packCheckpoint(state: TrainerState, optimizer: OptimizerState, a
   const files: CheckpointFiles = {};
   for (const [name, fs] of Object.entries(adapterFiles)) for (const [f, bytes] of Object.entries(fs)) files[`adapters/${name}/${f}`] = bytes;
   files['optimizer.safetensors'] = writeSafetensors(optimizer.slots, { format: 'adapterkit-optimizer' });
-  files['trainer_state.json'] = new TextEncoder().encode(JSON.stringify(state, null, 2) + '\n');
+  files['trainer_state.json'] = new TextEncoder().encode(`${JSON.stringify(state, null, 2)}\n`);
   return files;
 }
 
-export function unpackCheckpoint(files: CheckpointFiles, where = 'checkpoint'): { state: TrainerState; slots: OptimizerState['slots']; adapterWeights: Map<string, Map<string, { shape: number[]; data: Float32Array }>> } {
+export function unpackCheckpoint(
+  files: CheckpointFiles,
+  where = 'checkpoint',
+): { state: TrainerState; slots: OptimizerState['slots']; adapterWeights: Map<string, Map<string, { shape: number[]; data: Float32Array }>> } {
   const stateBytes = files['trainer_state.json'];
   if (!stateBytes) throw new FileError(`${where} has no trainer_state.json`, where);
   let state: TrainerState;
@@ -46,13 +50,15 @@ export function unpackCheckpoint(files: CheckpointFiles, where = 'checkpoint'): 
   const opt = files['optimizer.safetensors'];
   if (!opt) throw new FileError(`${where} has no optimizer.safetensors`, where);
   const slots = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [k, t] of readSafetensors(opt, 'optimizer.safetensors').tensors) slots.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
+  for (const [k, t] of readSafetensors(opt, 'optimizer.safetensors').tensors)
+    slots.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
   const adapterWeights = new Map<string, Map<string, { shape: number[]; data: Float32Array }>>();
   for (const name of state.adapters) {
     const bytes = files[`adapters/${name}/adapter_model.safetensors`];
     if (!bytes) throw new FileError(`${where} lacks the weights of adapter '${name}'`, where);
     const m = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [k, t] of readSafetensors(bytes, `adapters/${name}/adapter_model.safetensors`).tensors) m.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
+    for (const [k, t] of readSafetensors(bytes, `adapters/${name}/adapter_model.safetensors`).tensors)
+      m.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
     adapterWeights.set(name, m);
   }
   return { state, slots, adapterWeights };
@@ -63,14 +69,15 @@ export function checkCompatible(state: TrainerState, dims: ModelDims, adapters: 
   for (const k of Object.keys(dims) as (keyof ModelDims)[]) {
     if (state.dims?.[k] !== dims[k]) throw new ModelMismatchError(`checkpoint was made for a model with ${k}=${state.dims?.[k]}, this model has ${k}=${dims[k]}`);
   }
-  if (JSON.stringify(state.adapters) !== JSON.stringify(adapters)) throw new ModelMismatchError(`checkpoint trains adapters [${state.adapters}], this trainer trains [${adapters}]`);
+  if (JSON.stringify(state.adapters) !== JSON.stringify(adapters))
+    throw new ModelMismatchError(`checkpoint trains adapters [${state.adapters}], this trainer trains [${adapters}]`);
   for (const a of adapters) {
-    if (JSON.stringify(state.adapterConfigs[a]) !== JSON.stringify(configs[a])) throw new ModelMismatchError(`checkpoint's adapter '${a}' has config ${JSON.stringify(state.adapterConfigs[a])}, this model's has ${JSON.stringify(configs[a])}`);
+    if (JSON.stringify(state.adapterConfigs[a]) !== JSON.stringify(configs[a]))
+      throw new ModelMismatchError(`checkpoint's adapter '${a}' has config ${JSON.stringify(state.adapterConfigs[a])}, this model's has ${JSON.stringify(configs[a])}`);
   }
-  if (JSON.stringify(state.optimizer.config) !== JSON.stringify(optimizerConfig)) throw new ModelMismatchError(`checkpoint's optimizer is ${JSON.stringify(state.optimizer.config)}, this trainer's is ${JSON.stringify(optimizerConfig)}`);
+  if (JSON.stringify(state.optimizer.config) !== JSON.stringify(optimizerConfig))
+    throw new ModelMismatchError(`checkpoint's optimizer is ${JSON.stringify(state.optimizer.config)}, this trainer's is ${JSON.stringify(optimizerConfig)}`);
 }
-
-const nodeImport = (name: string): Promise<any> => import(/* @vite-ignore */ name);
 
 /**
  * Writes a checkpoint directory `dir/checkpoint-<step>` atomically: every file is written (atomically) into
@@ -78,8 +85,8 @@ const nodeImport = (name: string): Promise<any> => import(/* @vite-ignore */ nam
  * previous checkpoint and `latest.json` intact. Keeps the newest `keep` checkpoints.
  */
 export async function writeCheckpoint(dir: string, step: number, files: CheckpointFiles, keep = 2): Promise<string> {
-  const fs = await nodeImport('node:fs/promises');
-  const path = await nodeImport('node:path');
+  const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
+  const path = await nodeImport<typeof import('node:path')>('node:path');
   const name = `checkpoint-${step}`;
   const tmp = path.join(dir, `.tmp-${name}-${process.pid}-${Date.now()}`);
   const byDir = new Map<string, Record<string, Uint8Array>>();
@@ -99,10 +106,14 @@ export async function writeCheckpoint(dir: string, step: number, files: Checkpoi
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
     throw e instanceof FileError ? e : new FileError(`cannot write checkpoint ${name} into ${dir}: ${(e as Error).message}`, dir);
   }
-  await writeFilesAtomic(dir, { 'latest.json': JSON.stringify({ checkpoint: name, step }) + '\n' });
+  await writeFilesAtomic(dir, { 'latest.json': `${JSON.stringify({ checkpoint: name, step })}\n` });
   if (keep > 0) {
     const entries: string[] = await fs.readdir(dir);
-    const steps = entries.map((e) => /^checkpoint-(\d+)$/.exec(e)).filter((m): m is RegExpExecArray => !!m).map((m) => Number(m[1])).sort((a, b) => b - a);
+    const steps = entries
+      .map((e) => /^checkpoint-(\d+)$/.exec(e))
+      .filter((m): m is RegExpExecArray => !!m)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => b - a);
     for (const s of steps.slice(keep)) if (s !== step) await fs.rm(path.join(dir, `checkpoint-${s}`), { recursive: true, force: true });
   }
   return path.join(dir, name);

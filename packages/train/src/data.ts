@@ -1,4 +1,4 @@
-import { ConfigError, InputError, SeededRandom } from '@adapterkit/core';
+import { ConfigError, InputError, type SeededRandom } from '@adapterkit/core';
 
 /** A text pair, tokenized with the model's tokenizer (`</s>` appended by it). */
 export interface TextExample {
@@ -186,7 +186,8 @@ export function encodeRow(row: unknown, where: string, index: number, source: st
   }
   const fit = (seq: number[], max: number, what: string): number[] => {
     if (seq.length <= max) return seq;
-    if (o.truncation === 'error') throw fail(`${what} has ${seq.length} tokens, more than the maximum ${max} (raise max${what === 'input' ? 'Source' : 'Target'}Length or set truncation: 'truncate')`);
+    if (o.truncation === 'error')
+      throw fail(`${what} has ${seq.length} tokens, more than the maximum ${max} (raise max${what === 'input' ? 'Source' : 'Target'}Length or set truncation: 'truncate')`);
     o.onWarning?.(`${where}: ${what} truncated from ${seq.length} to ${max} tokens`);
     const last = seq[seq.length - 1];
     return last === o.eosTokenId ? [...seq.slice(0, max - 1), last] : seq.slice(0, max);
@@ -342,7 +343,8 @@ export class BatchStream {
     this.rng.setState(p.bufferRngState);
     this.rowsInBuffer = 0;
     const batchIndex = p.batchIndex;
-    if (!(await this.fillBuffer())) throw new DatasetError(`cannot resume: ${this.source.name} has no rows after row ${p.rowsBefore} (a different dataset?)`, p.rowsBefore, this.source.name);
+    if (!(await this.fillBuffer()))
+      throw new DatasetError(`cannot resume: ${this.source.name} has no rows after row ${p.rowsBefore} (a different dataset?)`, p.rowsBefore, this.source.name);
     this.pos.batchIndex = batchIndex;
   }
 

@@ -132,7 +132,11 @@ export class AdamW extends Optimizer {
   }
 
   protected update({ name, variable: p }: NamedVariable, g: Tensor, lr: number, step: number): void {
-    const { betas: [beta1, beta2], eps, weightDecay } = this.config;
+    const {
+      betas: [beta1, beta2],
+      eps,
+      weightDecay,
+    } = this.config;
     const m = this.slot(name, 'exp_avg', p.shape);
     const v = this.slot(name, 'exp_avg_sq', p.shape);
     // one fused kernel per parameter where the backend has one (@adapterkit/kernels' adamW)
@@ -148,7 +152,7 @@ export interface AdafactorOptions {
   eps?: [number, number];
   clipThreshold?: number;
   decayRate?: number;
-  /** First-moment coefficient; undefined = no first moment (the default, as T5). */
+  /** First-moment coefficient; undefined = no first moment (the default, as transformers'). */
   beta1?: number;
   weightDecay?: number;
   /** Scale the step by the parameter's RMS (transformers' scale_parameter). Default false. */
@@ -163,10 +167,20 @@ const rms = (x: Tensor) => x.square().mean().sqrt();
 /**
  * Adafactor as transformers' `Adafactor` (Shazeer & Stern 2018): factored second moments (row and column
  * means) for parameters of rank ≥ 2, full second moment for vectors, update clipping by RMS, β2ₜ = 1 − t^decay.
- * Defaults are T5 fine-tuning's: explicit lr, scale_parameter=False, relative_step=False, warmup_init=False.
+ * Defaults are transformers' fine-tuning ones: explicit lr, scale_parameter=False, relative_step=False, warmup_init=False.
  */
 export class Adafactor extends Optimizer {
-  readonly config: { type: 'adafactor'; eps: [number, number]; clipThreshold: number; decayRate: number; beta1: number | null; weightDecay: number; scaleParameter: boolean; relativeStep: boolean; warmupInit: boolean };
+  readonly config: {
+    type: 'adafactor';
+    eps: [number, number];
+    clipThreshold: number;
+    decayRate: number;
+    beta1: number | null;
+    weightDecay: number;
+    scaleParameter: boolean;
+    relativeStep: boolean;
+    warmupInit: boolean;
+  };
   constructor(options: AdafactorOptions = {}) {
     super();
     const eps = options.eps ?? [1e-30, 1e-3];
@@ -280,7 +294,12 @@ export function globalNorm(grads: (Tensor | undefined)[]): Tensor {
   return tf.tidy(() => {
     const present = grads.filter((g): g is Tensor => !!g);
     // stack + sum, not addN: tfjs-webgpu's AddN of many scalars returned stale values in Node/Dawn.
-    return present.length ? tf.stack(present.map((g) => g.square().sum())).sum().sqrt() : tf.scalar(0);
+    return present.length
+      ? tf
+          .stack(present.map((g) => g.square().sum()))
+          .sum()
+          .sqrt()
+      : tf.scalar(0);
   });
 }
 

@@ -1,6 +1,26 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { AdapterError, ConfigError, ModelMismatchError, NonFiniteLossError, SeededRandom, WeightError, type AdapterComposition, type AdapterHost, type ModelDims } from '@adapterkit/core';
-import { checkCompatible, packCheckpoint, readCheckpoint, unpackCheckpoint, writeCheckpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, type CheckpointFiles, type TrainerState } from './checkpoint.js';
+import {
+  AdapterError,
+  ConfigError,
+  ModelMismatchError,
+  NonFiniteLossError,
+  SeededRandom,
+  WeightError,
+  type AdapterComposition,
+  type AdapterHost,
+  type ModelDims,
+} from '@adapterkit/core';
+import {
+  checkCompatible,
+  packCheckpoint,
+  readCheckpoint,
+  unpackCheckpoint,
+  writeCheckpoint,
+  CHECKPOINT_FORMAT,
+  CHECKPOINT_VERSION,
+  type CheckpointFiles,
+  type TrainerState,
+} from './checkpoint.js';
 import { BatchStream, evalBatches, toSource, type Batch, type DataInput, type EncoderOptions } from './data.js';
 import { createOptimizer, globalNorm, scaleToNorm, type NamedVariable, type Optimizer, type OptimizerName } from './optimizers.js';
 import { createSchedule, type Schedule, type ScheduleConfig, type ScheduleName } from './schedules.js';
@@ -163,8 +183,20 @@ export class Trainer extends EventTarget {
       eosTokenId: Array.isArray(eos) ? eos[0] : (eos ?? 1),
       onWarning: (m) => this.warn(m),
     };
-    if (options.truncation !== undefined && options.truncation !== 'truncate' && options.truncation !== 'error') throw new ConfigError(`truncation must be 'truncate' or 'error', got ${options.truncation}`, 'truncation');
-    this.stream = new BatchStream(toSource(options.trainData, 'trainData'), { batchSize: options.batchSize ?? 8, shuffle: options.shuffle ?? true, shuffleBuffer: options.shuffleBuffer, bucketWindow: options.bucketWindow ?? 8, padId: this.padId, encoder: this.encoder }, new SeededRandom(seed));
+    if (options.truncation !== undefined && options.truncation !== 'truncate' && options.truncation !== 'error')
+      throw new ConfigError(`truncation must be 'truncate' or 'error', got ${options.truncation}`, 'truncation');
+    this.stream = new BatchStream(
+      toSource(options.trainData, 'trainData'),
+      {
+        batchSize: options.batchSize ?? 8,
+        shuffle: options.shuffle ?? true,
+        shuffleBuffer: options.shuffleBuffer,
+        bucketWindow: options.bucketWindow ?? 8,
+        padId: this.padId,
+        encoder: this.encoder,
+      },
+      new SeededRandom(seed),
+    );
     const drop = options.adapterDrop;
     const dropMax = typeof drop === 'number' ? drop : drop?.maxLayers;
     const dropLimit = Math.min(model.dims.numEncoderLayers, model.dims.numDecoderLayers) - 1;
@@ -214,7 +246,15 @@ export class Trainer extends EventTarget {
       const { value, grads } = this.variableGrads(
         () =>
           this.model
-            .loss({ inputIds: b.inputIds, attentionMask: b.attentionMask, labels: b.labels, training: true, labelSmoothing: this.options.labelSmoothing ?? 0, seed: seed + i, baseDropout: this.options.baseDropout ?? true })
+            .loss({
+              inputIds: b.inputIds,
+              attentionMask: b.attentionMask,
+              labels: b.labels,
+              training: true,
+              labelSmoothing: this.options.labelSmoothing ?? 0,
+              seed: seed + i,
+              baseDropout: this.options.baseDropout ?? true,
+            })
             .mul(weight) as tf.Scalar,
         vars,
       );
@@ -296,7 +336,10 @@ export class Trainer extends EventTarget {
         if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
           tf.dispose(grads.filter((g): g is Tensor => !!g));
           const what = Number.isFinite(loss) ? `gradient norm is ${norm} (loss ${loss})` : `training loss is ${loss}`;
-          throw new NonFiniteLossError(`${what} at step ${stepNo}; the adapters keep their step-${this.step} weights${o.checkpointDir ? ` and ${o.checkpointDir} keeps the last good checkpoint` : ''} (lower the lr, or check the data)`, stepNo);
+          throw new NonFiniteLossError(
+            `${what} at step ${stepNo}; the adapters keep their step-${this.step} weights${o.checkpointDir ? ` and ${o.checkpointDir} keeps the last good checkpoint` : ''} (lower the lr, or check the data)`,
+            stepNo,
+          );
         }
         const clippedGrads = scaleToNorm(grads, norm, maxGradNorm > 0 ? maxGradNorm : Infinity);
         tf.dispose(grads.filter((g): g is Tensor => !!g));
@@ -344,7 +387,11 @@ export class Trainer extends EventTarget {
     const es = this.options.earlyStopping!;
     const metric = es.metric ?? 'loss';
     const value = e[metric];
-    if (value === undefined) throw new ConfigError(`earlyStopping metric '${metric}' is not computed (it needs ${metric === 'tokenAccuracy' ? 'model.forward' : 'model.generate and evalGenerate'})`, 'earlyStopping');
+    if (value === undefined)
+      throw new ConfigError(
+        `earlyStopping metric '${metric}' is not computed (it needs ${metric === 'tokenAccuracy' ? 'model.forward' : 'model.generate and evalGenerate'})`,
+        'earlyStopping',
+      );
     const sign = HIGHER_IS_BETTER[metric] ? 1 : -1;
     if (this.best === null || sign * (value - this.best) > (es.minDelta ?? 0)) {
       this.best = value;
@@ -453,7 +500,9 @@ export class Trainer extends EventTarget {
     const { state, slots, adapterWeights } = unpackCheckpoint(files, where);
     checkCompatible(state, this.model.dims, this.adapterNames, this.adapterConfigs(), this.optimizer.config);
     if (state.batchSize !== (this.options.batchSize ?? 8) || state.gradientAccumulationSteps !== (this.options.gradientAccumulationSteps ?? 1)) {
-      throw new ModelMismatchError(`checkpoint was trained with batchSize ${state.batchSize} × ${state.gradientAccumulationSteps} accumulation, this trainer uses ${this.options.batchSize ?? 8} × ${this.options.gradientAccumulationSteps ?? 1}`);
+      throw new ModelMismatchError(
+        `checkpoint was trained with batchSize ${state.batchSize} × ${state.gradientAccumulationSteps} accumulation, this trainer uses ${this.options.batchSize ?? 8} × ${this.options.gradientAccumulationSteps ?? 1}`,
+      );
     }
     // Validate everything before assigning anything.
     for (const n of this.adapterNames) {

@@ -3,7 +3,18 @@
  * (through the sub-layer hook). Enough to exercise the trainer without depending on a real method package.
  */
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { ConfigError, SeededRandom, leavesWithAncestors, registerMethod, type AdapterConfig, type AdapterMethod, type ForwardContext, type MethodRuntime, type ModelAccess, type SublayerSite } from '@adapterkit/core';
+import {
+  ConfigError,
+  SeededRandom,
+  leavesWithAncestors,
+  registerMethod,
+  type AdapterConfig,
+  type AdapterMethod,
+  type ForwardContext,
+  type MethodRuntime,
+  type ModelAccess,
+  type SublayerSite,
+} from '@adapterkit/core';
 
 let counter = 0;
 
@@ -40,7 +51,9 @@ export const biasMethod: AdapterMethod = {
       variables: (name) => adapters.get(name)!.vars,
       sublayer(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext) {
         if (site.location !== 'output' || !ctx.composition || ctx.isSkipped(site.layer)) return undefined;
-        const names = leavesWithAncestors(ctx.composition).map((l) => l.name).filter((n) => adapters.has(n));
+        const names = leavesWithAncestors(ctx.composition)
+          .map((l) => l.name)
+          .filter((n) => adapters.has(n));
         if (names.length === 0) return undefined;
         return tf.tidy(() => {
           let out = output;

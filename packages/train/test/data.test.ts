@@ -38,21 +38,35 @@ describe('data', () => {
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'adapterkit-data-'));
     file = join(dir, 'big.jsonl');
-    const rows = shiftExamples(N, 2, 11).map((e, i) => JSON.stringify({ inputIds: [...e.inputIds.slice(0, -1), 3 + (i % 125), 3 + Math.floor(i / 125), 1], targetIds: e.targetIds, id: i }));
-    writeFileSync(file, rows.join('\n') + '\n');
+    const rows = shiftExamples(N, 2, 11).map((e, i) =>
+      JSON.stringify({ inputIds: [...e.inputIds.slice(0, -1), 3 + (i % 125), 3 + Math.floor(i / 125), 1], targetIds: e.targetIds, id: i }),
+    );
+    writeFileSync(file, `${rows.join('\n')}\n`);
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('collate pads inputs with pad and labels with -100', () => {
-    const b = collate([{ inputIds: [5, 6, 1], targetIds: [7, 1] }, { inputIds: [5, 1], targetIds: [8, 9, 1] }]);
-    expect(b.inputIds).toEqual([[5, 6, 1], [5, 1, 0]]);
-    expect(b.attentionMask).toEqual([[1, 1, 1], [1, 1, 0]]);
-    expect(b.labels).toEqual([[7, 1, -100], [8, 9, 1]]);
+    const b = collate([
+      { inputIds: [5, 6, 1], targetIds: [7, 1] },
+      { inputIds: [5, 1], targetIds: [8, 9, 1] },
+    ]);
+    expect(b.inputIds).toEqual([
+      [5, 6, 1],
+      [5, 1, 0],
+    ]);
+    expect(b.attentionMask).toEqual([
+      [1, 1, 1],
+      [1, 1, 0],
+    ]);
+    expect(b.labels).toEqual([
+      [7, 1, -100],
+      [8, 9, 1],
+    ]);
     expect(b.targetTokens).toBe(5);
   });
 
   it('encodeRow: text rows via the tokenizer, truncation keeps eos, errors name the row', () => {
-    const tok = { encode: (s: string) => [...s].map((c) => c.charCodeAt(0) % 100 + 3).concat(1) };
+    const tok = { encode: (s: string) => [...s].map((c) => (c.charCodeAt(0) % 100) + 3).concat(1) };
     expect(encodeRow({ input: 'ab', target: 'c' }, 'row 0', 0, 'd', { ...enc, tokenizer: tok })).toEqual({ inputIds: [3 + 97, 3 + 98, 1], targetIds: [3 + 99, 1] });
     const warnings: string[] = [];
     expect(encodeRow({ inputIds: [5, 6, 7, 1], targetIds: [1] }, 'row 3', 3, 'd', { ...enc, maxSourceLength: 3, onWarning: (w) => warnings.push(w) }).inputIds).toEqual([5, 6, 1]);
@@ -75,7 +89,14 @@ describe('data', () => {
       const b = await stream.next();
       if (stream.epoch > 0) break;
       rows += b.inputIds.length;
-      b.inputIds.forEach((r, j) => seen.add(r.slice(0, b.attentionMask[j].indexOf(0) < 0 ? r.length : b.attentionMask[j].indexOf(0)).slice(-3).join()));
+      b.inputIds.forEach((r, j) =>
+        seen.add(
+          r
+            .slice(0, b.attentionMask[j].indexOf(0) < 0 ? r.length : b.attentionMask[j].indexOf(0))
+            .slice(-3)
+            .join(),
+        ),
+      );
       expect(src.pulled).toBeLessThanOrEqual(rows + 201);
     }
     expect(rows).toBe(N);
@@ -104,7 +125,9 @@ describe('data', () => {
     const e1 = await s.next();
     expect(s.epoch).toBe(1);
     expect(e0.inputIds).not.toEqual(e1.inputIds);
-    await expect(new BatchStream(jsonlSource('\n\n'), { batchSize: 2, shuffle: true, bucketWindow: 1, padId: 0, encoder: enc }, new SeededRandom(1)).next()).rejects.toThrow(/is empty/);
+    await expect(new BatchStream(jsonlSource('\n\n'), { batchSize: 2, shuffle: true, bucketWindow: 1, padId: 0, encoder: enc }, new SeededRandom(1)).next()).rejects.toThrow(
+      /is empty/,
+    );
   });
 
   it('trains from a streamed JSONL file', async () => {

@@ -1,22 +1,8 @@
-import { fileURLToPath } from 'node:url';
-import { SeededRandom } from '@adapterkit/core';
-import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { shiftTaskExamples } from '../src/tasks.js';
 
-export const FIXTURE_DIR = fileURLToPath(new URL('../../t5/test/fixtures/tiny-gated', import.meta.url));
+export { FIXTURE_DIR, loadFixtureModel as loadTiny } from '@adapterkit/t5/test';
 
-export function loadTiny(): Promise<T5ForConditionalGeneration> {
-  return T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
-}
-
-/**
- * The copy task of the fixture: every input token t in [3, 128) comes out as (t − 3 + shift) % 125 + 3,
- * then eos (1). Inputs end with eos as well. Lengths 4–8 tokens (before eos), seeded.
- */
+/** The copy task of the fixture (see src/tasks.ts), with the shift given first as these tests use it. */
 export function shiftExamples(n: number, shift: number, seed: number): { inputIds: number[]; targetIds: number[] }[] {
-  const rng = new SeededRandom(seed);
-  return Array.from({ length: n }, () => {
-    const len = 4 + Math.floor(rng.next() * 5);
-    const toks = Array.from({ length: len }, () => 3 + Math.floor(rng.next() * 125));
-    return { inputIds: [...toks, 1], targetIds: [...toks.map((t) => ((t - 3 + shift) % 125) + 3), 1] };
-  });
+  return shiftTaskExamples(n, seed, shift);
 }

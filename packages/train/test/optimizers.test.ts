@@ -110,7 +110,11 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('optimizers on %s', (backend) 
   it('SGD: p − lr·g', async () => {
     const p0 = values(6, 1);
     const g = values(6, 2);
-    close(await runOptimizer(new SGD(), p0, [6], [g], 0.5), p0.map((x, i) => x - 0.5 * g[i]), 1e-6);
+    close(
+      await runOptimizer(new SGD(), p0, [6], [g], 0.5),
+      p0.map((x, i) => x - 0.5 * g[i]),
+      1e-6,
+    );
   });
 
   it('optimizer state round-trips and holds only the given variables', async () => {

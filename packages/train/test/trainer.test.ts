@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tf, initBackend } from '@adapterkit/backend';
@@ -30,14 +30,25 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('Trainer (generic, test bias m
     if (model.adapters.hasAdapter(name)) model.deleteAdapter(name);
     model.addAdapter(name, { method: 'testbias', ...config }, { seed: 7 });
   };
-  const opts = (extra: Partial<TrainerOptions> = {}): TrainerOptions => ({ adapters: ['b'], trainData: train, maxSteps: 6, batchSize: 4, lr: 1e-2, seed: 3, shuffleBuffer: 6, bucketWindow: 2, adapterDrop: 1, ...extra });
+  const opts = (extra: Partial<TrainerOptions> = {}): TrainerOptions => ({
+    adapters: ['b'],
+    trainData: train,
+    maxSteps: 6,
+    batchSize: 4,
+    lr: 1e-2,
+    seed: 3,
+    shuffleBuffer: 6,
+    bucketWindow: 2,
+    adapterDrop: 1,
+    ...extra,
+  });
 
   it('trains: loss falls, progress events, base weights bit-identical, no tensor growth', async () => {
     fresh();
     const before = new Map([...model.baseTensors()].map(([k, t]) => [k, Array.from(t.dataSync())]));
     const events: unknown[] = [];
     const counts: number[] = [];
-    const trainer = new Trainer(model, opts({ maxSteps: 12, onProgress: (p) => counts.push(tf.memory().numTensors) }));
+    const trainer = new Trainer(model, opts({ maxSteps: 12, onProgress: (_p) => counts.push(tf.memory().numTensors) }));
     trainer.addEventListener('progress', (e) => events.push((e as CustomEvent).detail));
     const r = await trainer.train();
     expect(r.step).toBe(12);
@@ -83,7 +94,18 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('Trainer (generic, test bias m
     const rows = [train[0], train[1]];
     const run = async (batchSize: number, accum: number) => {
       fresh();
-      const t = new Trainer(model, { adapters: 'b', trainData: rows, maxSteps: 1, batchSize, gradientAccumulationSteps: accum, optimizer: 'sgd', lr: 1, maxGradNorm: 0, shuffle: false, bucketWindow: 1 });
+      const t = new Trainer(model, {
+        adapters: 'b',
+        trainData: rows,
+        maxSteps: 1,
+        batchSize,
+        gradientAccumulationSteps: accum,
+        optimizer: 'sgd',
+        lr: 1,
+        maxGradNorm: 0,
+        shuffle: false,
+        bucketWindow: 1,
+      });
       const r = await t.train();
       t.dispose();
       const w = await Promise.all([...model.adapters.adapterVariables('b').values()].map(async (v) => Array.from(await v.data())));
@@ -138,7 +160,9 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('Trainer (generic, test bias m
     expect(e).toBeInstanceOf(DatasetError);
     expect(e.row).toBe(0);
     await expect(new Trainer(model, opts({ trainData: [{ inputIds: [3, 500], targetIds: [1] }] })).train()).rejects.toThrow(/inputIds\[1\] = 500/);
-    await expect(new Trainer(model, opts({ trainData: jsonlSource('{"inputIds":[3,1],"targetIds":[4,1]}\n\n{oops}\n', 'x.jsonl') })).train()).rejects.toThrow(/line 3 of x.jsonl is not valid JSON/);
+    await expect(new Trainer(model, opts({ trainData: jsonlSource('{"inputIds":[3,1],"targetIds":[4,1]}\n\n{oops}\n', 'x.jsonl') })).train()).rejects.toThrow(
+      /line 3 of x.jsonl is not valid JSON/,
+    );
     await expect(new Trainer(model, opts({ maxSourceLength: 4, truncation: 'error' })).train()).rejects.toThrow(/more than the maximum 4/);
     const warnings: string[] = [];
     const t = new Trainer(model, opts({ maxSteps: 1, maxSourceLength: 4, onWarning: (w) => warnings.push(w) }));
@@ -173,14 +197,31 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('Trainer (generic, test bias m
     t.dispose();
     fresh('b', { scale: 2 });
     await expect(new Trainer(model, opts()).loadCheckpoint(ckdir)).rejects.toThrow(ModelMismatchError);
-    const other = T5ForConditionalGeneration.random({ d_model: 16, d_kv: 4, num_heads: 4, d_ff: 32, num_layers: 1, num_decoder_layers: 1, vocab_size: 128, feed_forward_proj: 'gated-gelu', relative_attention_num_buckets: 8 }, 1);
+    const other = T5ForConditionalGeneration.random(
+      { d_model: 16, d_kv: 4, num_heads: 4, d_ff: 32, num_layers: 1, num_decoder_layers: 1, vocab_size: 128, feed_forward_proj: 'gated-gelu', relative_attention_num_buckets: 8 },
+      1,
+    );
     other.addAdapter('b', { method: 'testbias' }, { seed: 7 });
     await expect(new Trainer(other, opts({ adapterDrop: 0 })).loadCheckpoint(ckdir)).rejects.toThrow(ModelMismatchError);
     other.dispose();
   });
 
   it('dropout is on in training (per-step seeds) and off in evaluation', async () => {
-    const m = T5ForConditionalGeneration.random({ d_model: 16, d_kv: 4, num_heads: 2, d_ff: 32, num_layers: 1, num_decoder_layers: 1, vocab_size: 128, feed_forward_proj: 'gated-gelu', relative_attention_num_buckets: 8, dropout_rate: 0.5 }, 2);
+    const m = T5ForConditionalGeneration.random(
+      {
+        d_model: 16,
+        d_kv: 4,
+        num_heads: 2,
+        d_ff: 32,
+        num_layers: 1,
+        num_decoder_layers: 1,
+        vocab_size: 128,
+        feed_forward_proj: 'gated-gelu',
+        relative_attention_num_buckets: 8,
+        dropout_rate: 0.5,
+      },
+      2,
+    );
     m.addAdapter('b', { method: 'testbias' }, { seed: 1 });
     const rows = [train[0]];
     const run = async (baseDropout: boolean) => {

@@ -73,18 +73,24 @@ export function parseCommon(
   let runsGiven = false;
   let warmupGiven = false;
   eachFlag(argv, (a, value, int) => {
-    if (a === '--backends') o.backends = value().split(',').map((s) => s.trim()) as BackendName[];
+    if (a === '--backends')
+      o.backends = value()
+        .split(',')
+        .map((s) => s.trim()) as BackendName[];
     else if (a === '--model') {
       const m = value().trim();
       if (m !== 'tiny' && m !== 'flan') throw new Error(`unknown model '${m}' (tiny, flan)`);
       o.model = m;
       modelGiven = true;
-    } else if (a === '--runs') (o.runs = int()), (runsGiven = true);
-    else if (a === '--warmup') {
+    } else if (a === '--runs') {
+      o.runs = int();
+      runsGiven = true;
+    } else if (a === '--warmup') {
       // 0 is allowed here (t5.ts wants ≥ 1): the correctness check already runs every path once.
       const n = Number(value());
       if (!Number.isInteger(n) || n < 0) throw new Error(`${a} needs a non-negative integer`);
-      (o.warmup = n), (warmupGiven = true);
+      o.warmup = n;
+      warmupGiven = true;
     } else if (a === '--source') o.source = int();
     else if (a === '--target') o.target = int();
     else if (a === '--new-tokens') o.newTokens = int();
@@ -138,9 +144,24 @@ export function randomDecoderBatch(rng: SeededRandom, rows: number, target: numb
 
 /** The tiny fixture's shape (d_model 32, 2+2 layers, vocab 128), for random weights when the fixture is not there. */
 export const TINY_SHAPE = {
-  model_type: 't5', vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 20, feed_forward_proj: 'gated-gelu', tie_word_embeddings: true,
-  scale_decoder_outputs: false, dropout_rate: 0, layer_norm_epsilon: 1e-6, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
+  model_type: 't5',
+  vocab_size: 128,
+  d_model: 32,
+  d_kv: 8,
+  d_ff: 64,
+  num_layers: 2,
+  num_decoder_layers: 2,
+  num_heads: 4,
+  relative_attention_num_buckets: 8,
+  relative_attention_max_distance: 20,
+  feed_forward_proj: 'gated-gelu',
+  tie_word_embeddings: true,
+  scale_decoder_outputs: false,
+  dropout_rate: 0,
+  layer_norm_epsilon: 1e-6,
+  decoder_start_token_id: 0,
+  pad_token_id: 0,
+  eos_token_id: 1,
 };
 
 const FIXTURE = fileURLToPath(new URL('../../../packages/t5/test/fixtures/tiny-gated', import.meta.url));
@@ -163,7 +184,11 @@ export function addLoras(model: T5ForConditionalGeneration, count: number, seed 
     model.addAdapter(name, { method: 'lora', r: 8, alpha: 8, attn_matrices: ['q', 'v'] }, { seed: 100 + i });
     for (const [key, v] of model.adapters.adapterVariables(name)) {
       if (!key.endsWith('.lora_B')) continue;
-      const t = tf.tensor(Float32Array.from({ length: v.size }, () => rng.normal(0, 0.02)), v.shape, 'float32');
+      const t = tf.tensor(
+        Float32Array.from({ length: v.size }, () => rng.normal(0, 0.02)),
+        v.shape,
+        'float32',
+      );
       v.assign(t);
       t.dispose();
     }

@@ -21,8 +21,22 @@ import { initBackend, tf, type BackendName, type Tensor } from '@adapterkit/back
 import { SeededRandom, type AdapterComposition } from '@adapterkit/core';
 import { BatchSplit, Parallel } from '@adapterkit/compose';
 import {
-  addLoras, COMMON_FLAGS, fmt, forwardLogits, loadModel, maxAbsDiffRows, parseCommon, randomBatch, randomDecoderBatch, ratio, rowsDiffering, sci, table, time,
-  type CommonOptions, type FlagSpec,
+  addLoras,
+  COMMON_FLAGS,
+  fmt,
+  forwardLogits,
+  loadModel,
+  maxAbsDiffRows,
+  parseCommon,
+  randomBatch,
+  randomDecoderBatch,
+  ratio,
+  rowsDiffering,
+  sci,
+  table,
+  time,
+  type CommonOptions,
+  type FlagSpec,
 } from './common.js';
 
 export interface ComposeOptions extends CommonOptions {
@@ -95,14 +109,20 @@ export async function benchModel(backend: BackendName, o: ComposeOptions): Promi
     const greedy = async (comp: AdapterComposition | null, ids: number[][]): Promise<number[][]> => {
       model.setActiveAdapters(comp);
       const out = await model.generate({ inputIds: ids, maxNewTokens: o.newTokens, eosTokenId: -1 });
-      if (out.length !== ids.length || out.some((r) => r.length !== o.newTokens + 1)) throw new Error(`generate returned ${out.length} rows of ${out[0]?.length} ids, expected ${ids.length} of ${o.newTokens + 1}`);
+      if (out.length !== ids.length || out.some((r) => r.length !== o.newTokens + 1))
+        throw new Error(`generate returned ${out.length} rows of ${out[0]?.length} ids, expected ${ids.length} of ${o.newTokens + 1}`);
       return out;
     };
 
     // Forward cases: `composed` over `inputs` gives rows [i·n, (i+1)·n) for adapter i; `partOf(i)` are its own inputs.
     const forwardCase = async (
-      name: ComposeRow['case'], comp: AdapterComposition, count: number, n: number,
-      ids: number[][], dec: number[][], partOf: (xs: number[][], i: number) => number[][],
+      name: ComposeRow['case'],
+      comp: AdapterComposition,
+      count: number,
+      n: number,
+      ids: number[][],
+      dec: number[][],
+      partOf: (xs: number[][], i: number) => number[][],
     ): Promise<ComposeRow> => {
       const big = await forward(comp, ids, dec);
       let maxAbsDiff = 0;
@@ -118,8 +138,21 @@ export async function benchModel(backend: BackendName, o: ComposeOptions): Promi
       const sequentialMs = await time(o.runs, o.warmup, async () => {
         for (let i = 0; i < count; i++) (await forward(names[i], partOf(ids, i), partOf(dec, i))).dispose();
       });
-      const row: ComposeRow = { backend, model: o.model, case: name, adapters: count, rowsPerAdapter: n, batchedMs, sequentialMs, sequentialOverBatched: sequentialMs / batchedMs, maxAbsDiff, loraEffect };
-      say(`${name}: batched ${fmt(batchedMs)} ms, sequential ${fmt(sequentialMs)} ms (${ratio(row.sequentialOverBatched)}), max abs diff ${sci(maxAbsDiff)} (LoRA effect ${sci(loraEffect)})`);
+      const row: ComposeRow = {
+        backend,
+        model: o.model,
+        case: name,
+        adapters: count,
+        rowsPerAdapter: n,
+        batchedMs,
+        sequentialMs,
+        sequentialOverBatched: sequentialMs / batchedMs,
+        maxAbsDiff,
+        loraEffect,
+      };
+      say(
+        `${name}: batched ${fmt(batchedMs)} ms, sequential ${fmt(sequentialMs)} ms (${ratio(row.sequentialOverBatched)}), max abs diff ${sci(maxAbsDiff)} (LoRA effect ${sci(loraEffect)})`,
+      );
       return row;
     };
 
@@ -141,7 +174,17 @@ export async function benchModel(backend: BackendName, o: ComposeOptions): Promi
       const sequentialMs = await time(o.runs, o.warmup, async () => {
         for (let i = 0; i < A; i++) await greedy(names[i], slice(ids, i));
       });
-      const row: ComposeRow = { backend, model: o.model, case: 'BatchSplit greedy', adapters: A, rowsPerAdapter: R, batchedMs, sequentialMs, sequentialOverBatched: sequentialMs / batchedMs, rowsDiffering: differing };
+      const row: ComposeRow = {
+        backend,
+        model: o.model,
+        case: 'BatchSplit greedy',
+        adapters: A,
+        rowsPerAdapter: R,
+        batchedMs,
+        sequentialMs,
+        sequentialOverBatched: sequentialMs / batchedMs,
+        rowsDiffering: differing,
+      };
       rows.push(row);
       say(`BatchSplit greedy: batched ${fmt(batchedMs)} ms, sequential ${fmt(sequentialMs)} ms (${ratio(row.sequentialOverBatched)}), ${differing}/${A * R} rows differ`);
     }
@@ -163,9 +206,10 @@ function render(rows: ComposeRow[], o: ComposeOptions): string {
   const body = rows.map((r) => {
     const shape = r.case === 'Parallel forward' ? `${r.adapters} adapters over ${r.rowsPerAdapter} rows` : `${r.adapters} adapters × ${r.rowsPerAdapter} rows`;
     const what = r.case === 'BatchSplit greedy' ? `${o.newTokens} new tok` : `tgt ${o.target}`;
-    const check = r.rowsDiffering !== undefined
-      ? `${r.rowsDiffering}/${r.adapters * r.rowsPerAdapter} rows' ids differ`
-      : `max abs diff ${sci(r.maxAbsDiff!)} (LoRA effect ${sci(r.loraEffect!)})`;
+    const check =
+      r.rowsDiffering !== undefined
+        ? `${r.rowsDiffering}/${r.adapters * r.rowsPerAdapter} rows' ids differ`
+        : `max abs diff ${sci(r.maxAbsDiff!)} (LoRA effect ${sci(r.loraEffect!)})`;
     return [r.backend, r.model, r.case, `${shape}, src ${o.source}, ${what}`, fmt(r.batchedMs), fmt(r.sequentialMs), ratio(r.sequentialOverBatched), check];
   });
   return table(head, body);
@@ -184,7 +228,9 @@ export async function main(argv: string[]): Promise<ComposeRow[]> {
   }
   if (o.json) console.log(JSON.stringify(rows, null, 2));
   else {
-    console.log(`\nComposition benchmark — LoRA r 8 on q, v; medians of ${o.runs} run(s) after ${o.warmup} warm-up(s) (plus one checked call of each path), Node ${process.versions.node}\n`);
+    console.log(
+      `\nComposition benchmark — LoRA r 8 on q, v; medians of ${o.runs} run(s) after ${o.warmup} warm-up(s) (plus one checked call of each path), Node ${process.versions.node}\n`,
+    );
     console.log(render(rows, o));
   }
   return rows;

@@ -5,7 +5,8 @@
  * - kernels per cached decoding step (tfjs kernels, as tf.profile counts them) and the step's time, for the
  *   flan-t5-small shape at batch 1 — base model, a LoRA on q and v (r 8), prefix tuning (10 tokens), and a
  *   BatchSplit of 4 LoRAs over 4 rows; per backend (WebGPU in Node is Dawn, here on SwiftShader);
- * - a LoRA training step with the Trainer (AdamW, gradient clipping): kernels, time, peak tensor memory.
+ * - a LoRA training step with the Trainer (AdamW, gradient clipping): kernels, time, peak tensor memory
+ *   (and the peak of the same batch's loss without gradients).
  *
  *   node tools/bench/dist/fastpath.js [--backends wasm,webgpu] [--cases base,lora,prefix,batchsplit]
  *        [--tokens 8] [--runs 5] [--train-backends wasm] [--batch 8] [--source 64] [--target 16] [--steps 3]
@@ -55,14 +56,32 @@ export interface TrainRow {
   kernelsPerStep: number;
   stepMs: number;
   peakMiB: number;
+  /** Peak of the same batch's loss without gradients. */
+  inferencePeakMiB: number;
 }
 
 const USAGE =
   'usage: node tools/bench/dist/fastpath.js [--backends wasm,webgpu] [--cases base,lora,prefix,batchsplit] [--tokens N] [--runs N] [--train-backends wasm] [--batch N] [--source N] [--target N] [--steps N] [--no-reference] [--json]';
 
 export function parseArgs(argv: string[]): Options {
-  const o: Options = { backends: ['wasm', 'webgpu'], cases: [...CASES], tokens: 8, trainBackends: ['wasm'], batch: 8, source: 64, target: 16, steps: 3, reference: true, runs: 5, json: false };
-  const list = (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean);
+  const o: Options = {
+    backends: ['wasm', 'webgpu'],
+    cases: [...CASES],
+    tokens: 8,
+    trainBackends: ['wasm'],
+    batch: 8,
+    source: 64,
+    target: 16,
+    steps: 3,
+    reference: true,
+    runs: 5,
+    json: false,
+  };
+  const list = (v: string) =>
+    v
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   eachFlag(argv, (a, value, int) => {
     if (a === '--backends') o.backends = list(value()) as BackendName[];
     else if (a === '--cases') {
@@ -72,8 +91,7 @@ export function parseArgs(argv: string[]): Options {
     else if (a === '--train-backends') {
       const v = value();
       o.trainBackends = v === 'none' ? [] : (list(v) as BackendName[]);
-    }
-    else if (a === '--batch') o.batch = int();
+    } else if (a === '--batch') o.batch = int();
     else if (a === '--source') o.source = int();
     else if (a === '--target') o.target = int();
     else if (a === '--steps') o.steps = int();
@@ -128,17 +146,28 @@ async function decodeStep(model: T5ForConditionalGeneration, inputIds: number[][
   return { kernels: (k2 - k1) / tokens, ms: (t2 - t1) / tokens };
 }
 
-async function trainStep(o: Options): Promise<{ kernels: number; ms: number; peak: number }> {
+async function trainStep(o: Options): Promise<{ kernels: number; ms: number; peak: number; inferencePeak: number }> {
   const model = T5ForConditionalGeneration.random({ ...FLAN_T5_SMALL_SHAPE }, 0);
   try {
     model.addAdapter('lora', 'lora[r=8,alpha=16]', { seed: 1 });
     const rng = new SeededRandom(3);
     const steps = o.steps + 1;
     const rows = Array.from({ length: o.batch * steps }, () => ({ inputIds: randomIds(rng, o.source, 32128), targetIds: randomIds(rng, o.target, 32128) }));
+    // the same batch's loss without gradients: what training's peak memory is compared with
+    model.setActiveAdapters('lora');
+    const batch = rows.slice(0, o.batch);
+    const inference = await tf.profile(() => void model.loss({ inputIds: batch.map((r) => r.inputIds), labels: batch.map((r) => r.targetIds) }).dispose());
     const times: number[] = [];
     let last = 0;
     const trainer = new Trainer(model, {
-      adapters: 'lora', trainData: rows, maxSteps: steps, batchSize: o.batch, lr: 1e-4, shuffle: false, bucketWindow: 1, baseDropout: false,
+      adapters: 'lora',
+      trainData: rows,
+      maxSteps: steps,
+      batchSize: o.batch,
+      lr: 1e-4,
+      shuffle: false,
+      bucketWindow: 1,
+      baseDropout: false,
       onProgress: () => {
         const now = performance.now();
         times.push(now - last);
@@ -150,7 +179,7 @@ async function trainStep(o: Options): Promise<{ kernels: number; ms: number; pea
       await trainer.train();
     });
     const measured = times.slice(1).sort((a, b) => a - b); // the first step creates optimizer slots
-    return { kernels: prof.kernels.length / steps, ms: measured[measured.length >> 1], peak: prof.peakBytes / 2 ** 20 };
+    return { kernels: prof.kernels.length / steps, ms: measured[measured.length >> 1], peak: prof.peakBytes / 2 ** 20, inferencePeak: inference.peakBytes / 2 ** 20 };
   } finally {
     model.dispose();
   }
@@ -188,7 +217,7 @@ export async function main(argv: string[]): Promise<{ decode: DecodeRow[]; train
         setKernelMode(mode);
         if (!o.json) process.stderr.write(`train ${backend} ${mode} …\n`);
         const r = await trainStep(o);
-        train.push({ backend, mode, kernelsPerStep: r.kernels, stepMs: r.ms, peakMiB: r.peak });
+        train.push({ backend, mode, kernelsPerStep: r.kernels, stepMs: r.ms, peakMiB: r.peak, inferencePeakMiB: r.inferencePeak });
       }
     }
   } finally {
@@ -206,7 +235,16 @@ export async function main(argv: string[]): Promise<{ decode: DecodeRow[]; train
       seen.add(key);
       const f = find(decode, (x) => x.backend === r.backend && x.case === r.case, 'fused')!;
       const ref = find(decode, (x) => x.backend === r.backend && x.case === r.case, 'reference');
-      body.push([r.backend, r.case, fmt(f.kernelsPerStep, 0), fmt(ref?.kernelsPerStep, 0), ratio(ref ? f.kernelsPerStep / ref.kernelsPerStep : undefined), fmt(f.stepMs), fmt(ref?.stepMs), ratio(ref ? ref.stepMs / f.stepMs : undefined)]);
+      body.push([
+        r.backend,
+        r.case,
+        fmt(f.kernelsPerStep, 0),
+        fmt(ref?.kernelsPerStep, 0),
+        ratio(ref ? f.kernelsPerStep / ref.kernelsPerStep : undefined),
+        fmt(f.stepMs),
+        fmt(ref?.stepMs),
+        ratio(ref ? ref.stepMs / f.stepMs : undefined),
+      ]);
     }
     console.log(table(['backend', 'case', 'kernels/step fused', 'reference', 'fused ÷ reference', 'step ms fused', 'reference', 'speed-up'], body));
     if (train.length) {
@@ -214,11 +252,21 @@ export async function main(argv: string[]): Promise<{ decode: DecodeRow[]; train
       const backends = [...new Set(train.map((t) => t.backend))];
       console.log(
         table(
-          ['backend', 'kernels/step fused', 'reference', 'fused ÷ reference', 'step ms fused', 'reference', 'speed-up', 'peak MiB fused', 'reference'],
+          ['backend', 'kernels/step fused', 'reference', 'fused ÷ reference', 'step ms fused', 'reference', 'speed-up', 'peak MiB fused (inference)', 'reference (inference)'],
           backends.map((b) => {
             const f = find(train, (x) => x.backend === b, 'fused')!;
             const ref = find(train, (x) => x.backend === b, 'reference');
-            return [b, fmt(f.kernelsPerStep, 0), fmt(ref?.kernelsPerStep, 0), ratio(ref ? f.kernelsPerStep / ref.kernelsPerStep : undefined), fmt(f.stepMs), fmt(ref?.stepMs), ratio(ref ? ref.stepMs / f.stepMs : undefined), fmt(f.peakMiB), fmt(ref?.peakMiB)];
+            return [
+              b,
+              fmt(f.kernelsPerStep, 0),
+              fmt(ref?.kernelsPerStep, 0),
+              ratio(ref ? f.kernelsPerStep / ref.kernelsPerStep : undefined),
+              fmt(f.stepMs),
+              fmt(ref?.stepMs),
+              ratio(ref ? ref.stepMs / f.stepMs : undefined),
+              `${fmt(f.peakMiB)} (${fmt(f.inferencePeakMiB)})`,
+              ref ? `${fmt(ref.peakMiB)} (${fmt(ref.inferencePeakMiB)})` : '—',
+            ];
           }),
         ),
       );

@@ -55,7 +55,15 @@ export async function main(argv: string[]): Promise<void> {
     const times: number[] = [];
     let last = performance.now();
     const trainer = new Trainer(model, {
-      adapters: 'lora', trainData: rows, maxSteps: steps, batchSize: B, lr: 1e-4, shuffle: false, bucketWindow: 1, baseDropout: false, maxGradNorm: 0,
+      adapters: 'lora',
+      trainData: rows,
+      maxSteps: steps,
+      batchSize: B,
+      lr: 1e-4,
+      shuffle: false,
+      bucketWindow: 1,
+      baseDropout: false,
+      maxGradNorm: 0,
       onProgress: () => {
         const now = performance.now();
         times.push(now - last);
@@ -64,7 +72,15 @@ export async function main(argv: string[]): Promise<void> {
     });
     const p = await tf.profile(async () => void (await trainer.train()));
     const measured = times.slice(1).sort((a, b) => a - b);
-    out({ what: 'lora_train_step', batch: B, src: S, tgt: T, ms: +measured[measured.length >> 1].toFixed(1), kernels_per_step: Math.round(p.kernels.length / steps), peak_mib: +(p.peakBytes / 2 ** 20).toFixed(1) });
+    out({
+      what: 'lora_train_step',
+      batch: B,
+      src: S,
+      tgt: T,
+      ms: +measured[measured.length >> 1].toFixed(1),
+      kernels_per_step: Math.round(p.kernels.length / steps),
+      peak_mib: +(p.peakBytes / 2 ** 20).toFixed(1),
+    });
   } finally {
     model.dispose();
   }

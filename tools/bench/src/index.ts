@@ -38,7 +38,10 @@ export const SUITES: Record<string, Suite> = {
   compose: { flags: COMPOSE_FLAGS, run: composeMain },
   lora: { flags: LORA_FLAGS, run: loraMain },
   peer: { flags: flagsOf(['--peer', '--batches', '--runs', '--source', '--target', '--threads'], ['--no-reference', '--json']), run: peerMain },
-  fastpath: { flags: flagsOf(['--backends', '--cases', '--tokens', '--runs', '--train-backends', '--batch', '--source', '--target', '--steps'], ['--no-reference', '--json']), run: fastpathMain },
+  fastpath: {
+    flags: flagsOf(['--backends', '--cases', '--tokens', '--runs', '--train-backends', '--batch', '--source', '--target', '--steps'], ['--no-reference', '--json']),
+    run: fastpathMain,
+  },
 };
 
 /** Run when no --suite is given: peer needs ../shared/peer and onnxruntime-node, fastpath takes minutes on SwiftShader. */

@@ -22,8 +22,22 @@ import { SeededRandom, type AdapterComposition } from '@adapterkit/core';
 import '@adapterkit/lora'; // registers the methods
 import '@adapterkit/prefix';
 import {
-  addLoras, COMMON_FLAGS, fmt, forwardLogits, loadModel, maxAbsDiffRows, parseCommon, randomBatch, randomDecoderBatch, ratio, rowsDiffering, sci, table, time,
-  type CommonOptions, type FlagSpec,
+  addLoras,
+  COMMON_FLAGS,
+  fmt,
+  forwardLogits,
+  loadModel,
+  maxAbsDiffRows,
+  parseCommon,
+  randomBatch,
+  randomDecoderBatch,
+  ratio,
+  rowsDiffering,
+  sci,
+  table,
+  time,
+  type CommonOptions,
+  type FlagSpec,
 } from './common.js';
 
 export interface LoraOptions extends CommonOptions {
@@ -60,7 +74,8 @@ export interface LoraRatios {
 
 export const LORA_FLAGS: FlagSpec[] = [...COMMON_FLAGS, { name: '--batch', value: true }, { name: '--prefix-length', value: true }];
 
-const USAGE = 'usage: node tools/bench/dist/lora.js [--backends wasm,cpu,webgpu] [--model flan|tiny] [--runs N] [--warmup N] [--source N] [--new-tokens N] [--batch N] [--prefix-length N] [--quick] [--json]';
+const USAGE =
+  'usage: node tools/bench/dist/lora.js [--backends wasm,cpu,webgpu] [--model flan|tiny] [--runs N] [--warmup N] [--source N] [--new-tokens N] [--batch N] [--prefix-length N] [--quick] [--json]';
 
 export function parseArgs(argv: string[]): LoraOptions {
   const own = { batch: 1, prefixLength: 30 };
@@ -119,7 +134,7 @@ export async function benchModel(backend: BackendName, o: LoraOptions): Promise<
     const unmerged = await measure('LoRA unmerged', lora, true, `LoRA effect on logits ${sci(effect)}, ${rowsDiffering(unmergedIds, baseIds)}/${o.batch} rows' ids ≠ base`);
     model.setActiveAdapters(lora);
     model.mergeAdapter(lora);
-    let merged;
+    let merged: Awaited<ReturnType<typeof measure>>;
     try {
       const mergedLogits = await forwardLogits(model, ids, dec);
       const diff = await maxAbsDiffRows(mergedLogits, 0, unmergedLogits);
@@ -173,13 +188,38 @@ export async function main(argv: string[]): Promise<{ rows: LoraRow[]; ratios: L
   }
   if (o.json) console.log(JSON.stringify({ rows, ratios }, null, 2));
   else {
-    console.log(`\nLoRA / prefix generation benchmark — greedy, batch ${o.batch}, src ${o.source}, ${o.newTokens} new tokens; medians of ${o.runs} run(s) after ${o.warmup} warm-up(s), Node ${process.versions.node}\n`);
-    console.log(table(['backend', 'model', 'variant', 'greedy ms', 'tok/s', 'check (before timing)'], rows.map((r) => [r.backend, r.model, r.variant, fmt(r.ms), fmt(r.tokPerS), r.check ?? ''])));
+    console.log(
+      `\nLoRA / prefix generation benchmark — greedy, batch ${o.batch}, src ${o.source}, ${o.newTokens} new tokens; medians of ${o.runs} run(s) after ${o.warmup} warm-up(s), Node ${process.versions.node}\n`,
+    );
+    console.log(
+      table(
+        ['backend', 'model', 'variant', 'greedy ms', 'tok/s', 'check (before timing)'],
+        rows.map((r) => [r.backend, r.model, r.variant, fmt(r.ms), fmt(r.tokPerS), r.check ?? '']),
+      ),
+    );
     console.log('');
     console.log(
       table(
-        ['backend', 'model', 'unmerged / base (tok/s)', 'merged / base (tok/s)', 'prefix / base (tok/s)', 'prefix / base, no cache (tok/s)', 'prefix no cache / cached (time)', 'prefix ejected / base (tok/s)'],
-        ratios.map((r) => [r.backend, r.model, ratio(r.unmergedOverBase), ratio(r.mergedOverBase), ratio(r.prefixOverBase), ratio(r.prefixUncachedOverBaseUncached), ratio(r.prefixUncachedOverCachedTime), ratio(r.ejectedOverBase)]),
+        [
+          'backend',
+          'model',
+          'unmerged / base (tok/s)',
+          'merged / base (tok/s)',
+          'prefix / base (tok/s)',
+          'prefix / base, no cache (tok/s)',
+          'prefix no cache / cached (time)',
+          'prefix ejected / base (tok/s)',
+        ],
+        ratios.map((r) => [
+          r.backend,
+          r.model,
+          ratio(r.unmergedOverBase),
+          ratio(r.mergedOverBase),
+          ratio(r.prefixOverBase),
+          ratio(r.prefixUncachedOverBaseUncached),
+          ratio(r.prefixUncachedOverCachedTime),
+          ratio(r.ejectedOverBase),
+        ]),
       ),
     );
   }

@@ -54,7 +54,10 @@ export function parseArgs(argv: string[]): Options {
   const o: Options = { batches: [1, 8], runs: 7, source: 128, target: 32, threads: availableParallelism(), reference: true, json: false };
   eachFlag(argv, (a, value, int) => {
     if (a === '--peer') o.peer = value();
-    else if (a === '--batches') o.batches = value().split(',').map((s) => Number(s.trim()));
+    else if (a === '--batches')
+      o.batches = value()
+        .split(',')
+        .map((s) => Number(s.trim()));
     else if (a === '--runs') o.runs = int();
     else if (a === '--source') o.source = int();
     else if (a === '--target') o.target = int();
@@ -103,7 +106,11 @@ export async function main(argv: string[]): Promise<PeerRow[]> {
       const mask = new BigInt64Array(batch * o.source).fill(1n);
       const runOrt = async (): Promise<Float32Array> => {
         const e = await enc.run({ input_ids: new ort.Tensor('int64', big(ids), [batch, o.source]), attention_mask: new ort.Tensor('int64', mask, [batch, o.source]) });
-        const d = await dec.run({ decoder_input_ids: new ort.Tensor('int64', big(dids), [batch, o.target]), encoder_hidden_states: e.last_hidden_state, encoder_attention_mask: new ort.Tensor('int64', mask, [batch, o.source]) });
+        const d = await dec.run({
+          decoder_input_ids: new ort.Tensor('int64', big(dids), [batch, o.target]),
+          encoder_hidden_states: e.last_hidden_state,
+          encoder_attention_mask: new ort.Tensor('int64', mask, [batch, o.source]),
+        });
         return d.logits.data as Float32Array;
       };
       const runAk = async (): Promise<Float32Array> => {
@@ -119,7 +126,10 @@ export async function main(argv: string[]): Promise<PeerRow[]> {
       let maxDiff = 0;
       let maxLogit = 0;
       let agree = 0;
-      for (let i = 0; i < a.length; i++) (maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]))), (maxLogit = Math.max(maxLogit, Math.abs(a[i])));
+      for (let i = 0; i < a.length; i++) {
+        maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
+        maxLogit = Math.max(maxLogit, Math.abs(a[i]));
+      }
       for (let r = 0; r < a.length / V; r++) {
         let ia = 0;
         let ib = 0;
@@ -164,11 +174,22 @@ export async function main(argv: string[]): Promise<PeerRow[]> {
   if (o.json) console.log(JSON.stringify({ backend: info, native, threads: o.threads, rows }, null, 2));
   else {
     console.log(`\nfull forward, flan-t5-small shape (${dir}), source ${o.source}, target ${o.target}; medians of ${o.runs} alternating runs`);
-    console.log(`adapterkit: ${info.device}; native kernels: ${native.available ? `${native.simd}, ${native.threads} threads` : `unavailable (${native.reason})`}; onnxruntime-node: ${o.threads} intra-op threads\n`);
+    console.log(
+      `adapterkit: ${info.device}; native kernels: ${native.available ? `${native.simd}, ${native.threads} threads` : `unavailable (${native.reason})`}; onnxruntime-node: ${o.threads} intra-op threads\n`,
+    );
     console.log(
       table(
         ['batch', 'onnxruntime ms', 'adapterkit fused ms', 'speed vs ort', 'adapterkit reference ms', 'speed vs ort', 'max |Δ logit| (max |logit|)', 'argmax agree'],
-        rows.map((r) => [String(r.batch), fmt(r.onnxruntimeMs), fmt(r.fusedMs), ratio(r.fusedSpeed), fmt(r.referenceMs), ratio(r.referenceSpeed), `${sci(r.maxAbsDiff)} (${fmt(r.maxAbsLogit)})`, `${(100 * r.argmaxAgreement).toFixed(0)}%`]),
+        rows.map((r) => [
+          String(r.batch),
+          fmt(r.onnxruntimeMs),
+          fmt(r.fusedMs),
+          ratio(r.fusedSpeed),
+          fmt(r.referenceMs),
+          ratio(r.referenceSpeed),
+          `${sci(r.maxAbsDiff)} (${fmt(r.maxAbsLogit)})`,
+          `${(100 * r.argmaxAgreement).toFixed(0)}%`,
+        ]),
       ),
     );
   }

@@ -12,16 +12,14 @@
  * Defaults: backends wasm,cpu; on cpu the flan shape is skipped unless --models names it (minutes per run).
  * --quick: 1 run, no warm-up, for a smoke check only (figures are not medians then).
  */
-import { existsSync } from 'node:fs';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { initBackend, tf, type BackendName } from '@adapterkit/backend';
 import { SeededRandom } from '@adapterkit/core';
-import { FLAN_T5_SMALL_SHAPE, T5ForConditionalGeneration } from '@adapterkit/t5';
-import { eachFlag, randomIds, time } from './common.js';
+import { type ModelName, eachFlag, loadModel, randomIds, time } from './common.js';
 
 interface Options {
   backends: BackendName[];
-  models: string[] | null;
+  models: ModelName[] | null;
   runs: number;
   warmup: number;
   source: number;
@@ -46,29 +44,31 @@ export interface Row {
   params: number;
 }
 
-const FIXTURE = fileURLToPath(new URL('../../../packages/t5/test/fixtures/tiny-gated', import.meta.url));
-/** The fixture's shape, for random weights when the fixture directory is not there. */
-const TINY_SHAPE = {
-  model_type: 't5', vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 20, feed_forward_proj: 'gated-gelu', tie_word_embeddings: true,
-  scale_decoder_outputs: false, dropout_rate: 0, layer_norm_epsilon: 1e-6, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
-};
-
 export function parseArgs(argv: string[]): Options {
   const o: Options = { backends: ['wasm', 'cpu'], models: null, runs: 3, warmup: 2, source: 128, target: 32, newTokens: 32, uncached: true, json: false };
   eachFlag(argv, (a, value, int) => {
-    if (a === '--backends') o.backends = value().split(',').map((s) => s.trim()) as BackendName[];
-    else if (a === '--models') o.models = value().split(',').map((s) => s.trim());
+    if (a === '--backends')
+      o.backends = value()
+        .split(',')
+        .map((s) => s.trim()) as BackendName[];
+    else if (a === '--models')
+      o.models = value()
+        .split(',')
+        .map((s) => s.trim()) as ModelName[];
     else if (a === '--runs') o.runs = int();
     else if (a === '--warmup') o.warmup = int();
     else if (a === '--source') o.source = int();
     else if (a === '--target') o.target = int();
     else if (a === '--new-tokens') o.newTokens = int();
-    else if (a === '--quick') (o.runs = 1), (o.warmup = 0);
-    else if (a === '--no-uncached') o.uncached = false;
+    else if (a === '--quick') {
+      o.runs = 1;
+      o.warmup = 0;
+    } else if (a === '--no-uncached') o.uncached = false;
     else if (a === '--json') o.json = true;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node tools/bench/dist/t5.js [--backends cpu,wasm,webgpu] [--models tiny,flan] [--runs N] [--warmup N] [--source N] [--target N] [--new-tokens N] [--quick] [--no-uncached] [--json]');
+      console.log(
+        'usage: node tools/bench/dist/t5.js [--backends cpu,wasm,webgpu] [--models tiny,flan] [--runs N] [--warmup N] [--source N] [--target N] [--new-tokens N] [--quick] [--no-uncached] [--json]',
+      );
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   });
@@ -76,12 +76,7 @@ export function parseArgs(argv: string[]): Options {
   return o;
 }
 
-async function loadModel(name: string): Promise<T5ForConditionalGeneration> {
-  if (name === 'flan') return T5ForConditionalGeneration.random(FLAN_T5_SMALL_SHAPE, 0);
-  return existsSync(FIXTURE) ? T5ForConditionalGeneration.fromPretrained(FIXTURE) : T5ForConditionalGeneration.random(TINY_SHAPE, 0);
-}
-
-export async function benchModel(backend: BackendName, name: string, o: Options): Promise<Row> {
+export async function benchModel(backend: BackendName, name: ModelName, o: Options): Promise<Row> {
   const model = await loadModel(name);
   try {
     const V = model.config.vocabSize;
@@ -112,9 +107,29 @@ export async function benchModel(backend: BackendName, name: string, o: Options)
 }
 
 function table(rows: Row[], o: Options): string {
-  const head = ['backend', 'model', 'params', `forward ms (src ${o.source}, tgt ${o.target})`, `greedy ${o.newTokens} tok, cached ms`, 'cached tok/s', 'uncached ms', 'uncached tok/s', 'uncached / cached'];
+  const head = [
+    'backend',
+    'model',
+    'params',
+    `forward ms (src ${o.source}, tgt ${o.target})`,
+    `greedy ${o.newTokens} tok, cached ms`,
+    'cached tok/s',
+    'uncached ms',
+    'uncached tok/s',
+    'uncached / cached',
+  ];
   const f = (x: number | undefined, d = 1) => (x === undefined ? '—' : x.toFixed(d));
-  const body = rows.map((r) => [r.backend, r.model, `${(r.params / 1e6).toFixed(2)}M`, f(r.forwardMs), f(r.cachedMs), f(r.cachedTokPerS), f(r.uncachedMs), f(r.uncachedTokPerS), r.uncachedOverCached === undefined ? '—' : `${r.uncachedOverCached.toFixed(2)}×`]);
+  const body = rows.map((r) => [
+    r.backend,
+    r.model,
+    `${(r.params / 1e6).toFixed(2)}M`,
+    f(r.forwardMs),
+    f(r.cachedMs),
+    f(r.cachedTokPerS),
+    f(r.uncachedMs),
+    f(r.uncachedTokPerS),
+    r.uncachedOverCached === undefined ? '—' : `${r.uncachedOverCached.toFixed(2)}×`,
+  ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i])).join(' | ')} |`;
   return [line(head), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...body.map(line)].join('\n');
@@ -126,12 +141,15 @@ export async function main(argv: string[]): Promise<Row[]> {
   for (const backend of o.backends) {
     const info = await initBackend(backend);
     // On cpu the flan shape takes minutes per run: only when asked for by name.
-    const models = o.models ?? (backend === 'cpu' ? ['tiny'] : ['tiny', 'flan']);
+    const models: ModelName[] = o.models ?? (backend === 'cpu' ? ['tiny'] : ['tiny', 'flan']);
     for (const m of models) {
       if (!o.json) process.stderr.write(`${backend} (${info.device}) ${m} …\n`);
       const row = await benchModel(backend, m, o);
       rows.push(row);
-      if (!o.json) process.stderr.write(`  forward ${row.forwardMs.toFixed(1)} ms, cached ${row.cachedTokPerS.toFixed(1)} tok/s${row.uncachedOverCached ? `, uncached/cached ${row.uncachedOverCached.toFixed(2)}×` : ''}\n`);
+      if (!o.json)
+        process.stderr.write(
+          `  forward ${row.forwardMs.toFixed(1)} ms, cached ${row.cachedTokPerS.toFixed(1)} tok/s${row.uncachedOverCached ? `, uncached/cached ${row.uncachedOverCached.toFixed(2)}×` : ''}\n`,
+        );
     }
   }
   if (o.json) console.log(JSON.stringify(rows, null, 2));

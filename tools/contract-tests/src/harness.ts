@@ -118,7 +118,15 @@ export function seededValues(size: number, seed: number, scale = 1): Float32Arra
 
 /** A float32 tensor of `seededValues` on the active backend. */
 export function seeded(shape: number[], seed: number, scale = 1): tf.Tensor {
-  return tf.tensor(seededValues(shape.reduce((a, b) => a * b, 1), seed, scale), shape, 'float32');
+  return tf.tensor(
+    seededValues(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      scale,
+    ),
+    shape,
+    'float32',
+  );
 }
 
 /** Reads every output with `await t.data()` (never dataSync: WebGPU in Node cannot) and disposes tensors. */

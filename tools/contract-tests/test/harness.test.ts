@@ -28,9 +28,7 @@ describe('comparator', () => {
   it('catches a deliberately perturbed tensor', async () => {
     await initBackend('cpu');
     const good = await materialize(tf.tidy(() => ({ y: tf.matMul(seeded([4, 5], 1), seeded([5, 3], 2)) })));
-    const bad = await materialize(
-      tf.tidy(() => ({ y: tf.add(tf.matMul(seeded([4, 5], 1), seeded([5, 3], 2)), tf.oneHot(7, 12).reshape([4, 3]).mul(1e-3)) })),
-    );
+    const bad = await materialize(tf.tidy(() => ({ y: tf.add(tf.matMul(seeded([4, 5], 1), seeded([5, 3], 2)), tf.oneHot(7, 12).reshape([4, 3]).mul(1e-3)) })));
     const tiny = await materialize(tf.tidy(() => ({ y: tf.add(tf.matMul(seeded([4, 5], 1), seeded([5, 3], 2)), 1e-6) })));
 
     expect(() => assertMatches(good, good)).not.toThrow();

@@ -8,8 +8,10 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tf } from '@adapterkit/backend';
 import { kernelMode } from '../mode.js';
-import { KERNEL, namedInputs } from '../types.js';
+import { attentionGeometry, KERNEL, linearGeometry, namedInputs } from '../types.js';
 import { setNativeKernelsInfo } from './info.js';
+
+type F32 = Float32Array;
 
 interface Addon {
   batchMatMul(a: Float32Array, b: Float32Array, out: Float32Array, batch: number, m: number, n: number, k: number, ta: boolean, tb: boolean, sa: number, sb: number): void;
@@ -17,11 +19,12 @@ interface Addon {
   packWeights(w: Float32Array, k: number, n: number, transposed: boolean): object;
   linearBackward(...args: unknown[]): void;
   attentionBackward(...args: unknown[]): void;
-  adamW(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, op: Float32Array, om: Float32Array, ov: Float32Array, n: number, lr: number, b1: number, b2: number, eps: number, wd: number, bc1: number, bc2: number): void;
+  /** One AdamW step of n values: parameter, gradient, moments in; new parameter and moments out. */
+  adamW(p: F32, g: F32, m: F32, v: F32, op: F32, om: F32, ov: F32, n: number, lr: number, b1: number, b2: number, eps: number, wd: number, bc1: number, bc2: number): void;
   rmsNorm(x: Float32Array, w: Float32Array, out: Float32Array, rows: number, d: number, eps: number): void;
   linear(...args: unknown[]): void;
   attention(...args: unknown[]): void;
-  cacheWrite(cache: Float32Array, source: Float32Array, out: Float32Array, b: number, capacity: number, c: number, sourceCols: number, sourceOffset: number, position: number): void;
+  cacheWrite(cache: F32, source: F32, out: F32, b: number, capacity: number, c: number, sourceCols: number, sourceOffset: number, position: number): void;
   gather(params: Float32Array, indices: Int32Array, out: Float32Array, count: number, rowSize: number, numRows: number): number;
   crossEntropy(logits: Float32Array, labels: Int32Array, out: Float32Array, n: number, v: number, smoothing: number): void;
   info(): { threads: number; processors: number; simd: string };
@@ -64,18 +67,11 @@ function register(name: string, kernelFunc: tf.KernelFunc): void {
 
 type Attrs = Record<string, number & boolean & string>;
 
-/** Registers a named op's kernel with several outputs. */
-function registerFusedMulti(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo[]): void {
+/** Registers a named op's kernel given its inputs by name, its attributes and the wasm backend (one output or several). */
+function registerFused(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo | tf.TensorInfo[]): void {
   register(name, ({ inputs, attrs, backend }) => {
     const a = (attrs ?? {}) as Attrs;
-    return run(namedInputs(inputs as unknown as tf.TensorInfo[], a), a, backend as unknown as WasmBackend);
-  });
-}
-
-/** Registers a named op's kernel given its inputs by name, its attributes and the wasm backend. */
-function registerFused(name: string, run: (n: Record<string, tf.TensorInfo>, attrs: Attrs, backend: WasmBackend) => tf.TensorInfo): void {
-  register(name, ({ inputs, attrs, backend }) => {
-    const a = (attrs ?? {}) as Attrs;
+    // tfjs's kernel signature is untyped at this boundary: the ops pass an array of tensor infos, the backend is wasm's
     return run(namedInputs(inputs as unknown as tf.TensorInfo[], a), a, backend as unknown as WasmBackend);
   });
 }
@@ -114,7 +110,8 @@ export function registerNativeKernels(): void {
   register('GatherV2', (args) => {
     const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
     const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
-    if (x.dtype !== 'float32' || indices.dtype !== 'int32' || (axis !== 0 && axis !== -x.shape.length) || batchDims !== 0 || kernelMode() === 'reference') return gather!.kernelFunc(args);
+    if (x.dtype !== 'float32' || indices.dtype !== 'int32' || (axis !== 0 && axis !== -x.shape.length) || batchDims !== 0 || kernelMode() === 'reference')
+      return gather!.kernelFunc(args);
     const backend = args.backend as unknown as WasmBackend;
     const rowSize = size(x.shape.slice(1));
     const count = size(indices.shape);
@@ -136,102 +133,116 @@ export function registerNativeKernels(): void {
   });
 
   // Frozen kernels are packed once per tensor data (tfjs never mutates a tensor's data: a new value is a
-  // new dataId), and the pack is freed when that data is garbage.
-  const packs = new WeakMap<object, object>();
-  const packed = (w: WasmBackend, t: tf.TensorInfo) => {
-    let p = packs.get(t.dataId);
-    if (!p) packs.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[0], t.shape[1], false)));
-    return p;
+  // new dataId), and the pack is freed when that data is garbage. Wᵀ (backward passes) at the first training step.
+  const packer = (transposed: boolean) => {
+    const packs = new WeakMap<object, object>();
+    return (w: WasmBackend, t: tf.TensorInfo) => {
+      let p = packs.get(t.dataId);
+      if (!p) {
+        const [rows, cols] = transposed ? [t.shape[1], t.shape[0]] : [t.shape[0], t.shape[1]];
+        p = addon.packWeights(heap(w, t)!, rows, cols, transposed);
+        packs.set(t.dataId, p);
+      }
+      return p;
+    };
   };
-  // Wᵀ for backward passes, packed at the first training step
-  const packsT = new WeakMap<object, object>();
-  const packedT = (w: WasmBackend, t: tf.TensorInfo) => {
-    let p = packsT.get(t.dataId);
-    if (!p) packsT.set(t.dataId, (p = addon.packWeights(heap(w, t)!, t.shape[1], t.shape[0], true)));
-    return p;
+  const packed = packer(false);
+  const packedT = packer(true);
+  // The operands and trailing scalars the forward and backward native kernels share, in their order.
+  const adapterOperands = (w: WasmBackend, n: Record<string, tf.TensorInfo>) => [n.loraA, n.loraB, n.loraScale, n.inScale, n.outScale].map((t) => heap(w, t));
+  const linearScalars = (n: Record<string, tf.TensorInfo>, attrs: Attrs) => {
+    const g = linearGeometry(n, attrs.gated);
+    return [
+      g.rows,
+      g.rowsPerBatch,
+      g.inF,
+      g.pre,
+      g.rank,
+      attrs.eps,
+      attrs.normScale,
+      ACTIVATION_CODES[attrs.activation],
+      attrs.gated,
+      g.loraScaleRows,
+      g.inScaleRows,
+      g.outScaleRows,
+    ] as const;
+  };
+  const attentionOperands = (w: WasmBackend, n: Record<string, tf.TensorInfo>) =>
+    [heap(w, n.prefixKeys), heap(w, n.prefixValues), heap(w, n.biasTable), n.biasIndex ? w.typedArrayFromHeap(n.biasIndex) : null, heap(w, n.mask)] as const;
+  const attentionScalars = (n: Record<string, tf.TensorInfo>, attrs: Attrs) => {
+    const g = attentionGeometry(n);
+    const { numHeads, headDim, qOffset, kOffset, vOffset, causal, causalOffset } = attrs;
+    return [g.b, g.lq, g.lk, g.p, numHeads, headDim, g.qCols, qOffset, g.kvCols, kOffset, vOffset, g.prefixRows, g.maskRows, causal, causalOffset] as const;
+  };
+  /** A backward kernel's outputs: one per name in `wants`, shaped like the input it is the gradient of. */
+  const gradientOutputs = (w: WasmBackend, wants: string[], like: Record<string, tf.TensorInfo>) => {
+    const outs = wants.map((k) => w.makeOutput(like[k].shape, 'float32'));
+    const out = (k: string) => {
+      const i = wants.indexOf(k);
+      return i < 0 ? null : heap(w, outs[i]);
+    };
+    return { outs, out };
   };
 
   registerFused(KERNEL.linear, (n, attrs, w) => {
-    const x = n.x;
-    const inF = x.shape[x.shape.length - 1];
-    const pre = n.kernel.shape[1];
-    const outF = attrs.gated ? pre / 2 : pre;
-    const rows = size(x.shape.slice(0, -1));
-    const out = w.makeOutput([...x.shape.slice(0, -1), outF], 'float32');
-    const rank = n.loraA ? n.loraA.shape[1] : 0;
+    const g = linearGeometry(n, attrs.gated);
+    const out = w.makeOutput([...n.x.shape.slice(0, -1), g.outF], 'float32');
     addon.linear(
-      heap(w, x), packed(w, n.kernel), heap(w, out), heap(w, n.normWeight), heap(w, n.bias), heap(w, n.residual),
-      heap(w, n.loraA), heap(w, n.loraB), heap(w, n.loraScale), heap(w, n.inScale), heap(w, n.outScale),
-      rows, rows / x.shape[0], inF, pre, rank, attrs.eps, attrs.normScale,
-      ACTIVATION_CODES[attrs.activation], attrs.gated,
-      n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1,
+      heap(w, n.x),
+      packed(w, n.kernel),
+      heap(w, out),
+      heap(w, n.normWeight),
+      heap(w, n.bias),
+      heap(w, n.residual),
+      ...adapterOperands(w, n),
+      ...linearScalars(n, attrs),
     );
     return out;
   });
 
-  registerFusedMulti(KERNEL.linearBackward, (n, attrs, w) => {
-    const x = n.x;
-    const inF = x.shape[x.shape.length - 1];
-    const pre = n.kernel.shape[1];
-    const rows = size(x.shape.slice(0, -1));
-    const rank = n.loraA ? n.loraA.shape[1] : 0;
-    const wants = attrs.wants as unknown as string[];
-    const like: Record<string, tf.TensorInfo> = { x, loraA: n.loraA, loraB: n.loraB, inScale: n.inScale, outScale: n.outScale, bias: n.bias };
-    const outs = wants.map((k) => w.makeOutput(like[k].shape, 'float32'));
-    const out = (k: string) => {
-      const i = wants.indexOf(k);
-      return i < 0 ? null : heap(w, outs[i]);
-    };
-    addon.linearBackward(
-      heap(w, n.dy), heap(w, x), packed(w, n.kernel), packedT(w, n.kernel), heap(w, n.normWeight), heap(w, n.bias),
-      heap(w, n.loraA), heap(w, n.loraB), heap(w, n.loraScale), heap(w, n.inScale), heap(w, n.outScale),
-      out('x'), out('loraA'), out('loraB'), out('inScale'), out('outScale'), out('bias'),
-      rows, rows / x.shape[0], inF, pre, rank, attrs.eps, attrs.normScale, ACTIVATION_CODES[attrs.activation], attrs.gated,
-      n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1,
-    );
+  registerFused(KERNEL.linearBackward, (n, attrs, w) => {
+    const wants = attrs.wants as unknown as string[]; // a string[] attribute (Attrs types the scalar ones)
+    const { outs, out } = gradientOutputs(w, wants, { x: n.x, loraA: n.loraA, loraB: n.loraB, inScale: n.inScale, outScale: n.outScale, bias: n.bias });
+    const grads = ['x', 'loraA', 'loraB', 'inScale', 'outScale', 'bias'].map(out);
+    const operands = [heap(w, n.dy), heap(w, n.x), packed(w, n.kernel), packedT(w, n.kernel), heap(w, n.normWeight), heap(w, n.bias)] as const;
+    addon.linearBackward(...operands, ...adapterOperands(w, n), ...grads, ...linearScalars(n, attrs));
     return outs;
   });
 
-  registerFusedMulti(KERNEL.attentionBackward, (n, attrs, w) => {
-    const [b, lq, qCols] = n.q.shape;
-    const [, lk, kvCols] = n.kv.shape;
-    const p = n.prefixKeys ? n.prefixKeys.shape[2] : 0;
+  registerFused(KERNEL.attentionBackward, (n, attrs, w) => {
     const wants = attrs.wants as unknown as string[];
-    const like: Record<string, tf.TensorInfo> = { q: n.q, kv: n.kv, prefixKeys: n.prefixKeys, prefixValues: n.prefixValues };
-    const outs = wants.map((k) => w.makeOutput(like[k].shape, 'float32'));
-    const out = (k: string) => {
-      const i = wants.indexOf(k);
-      return i < 0 ? null : heap(w, outs[i]);
-    };
-    addon.attentionBackward(
-      heap(w, n.dy), heap(w, n.q), heap(w, n.kv), heap(w, n.prefixKeys), heap(w, n.prefixValues), heap(w, n.biasTable),
-      n.biasIndex ? w.typedArrayFromHeap(n.biasIndex) : null, heap(w, n.mask),
-      out('q'), out('kv'), out('prefixKeys'), out('prefixValues'),
-      b, lq, lk, p, attrs.numHeads, attrs.headDim, qCols, attrs.qOffset, kvCols, attrs.kOffset, attrs.vOffset,
-      n.prefixKeys?.shape[0] ?? 1, n.mask?.shape[0] ?? 1, attrs.causal, attrs.causalOffset,
-    );
+    const { outs, out } = gradientOutputs(w, wants, { q: n.q, kv: n.kv, prefixKeys: n.prefixKeys, prefixValues: n.prefixValues });
+    const grads = ['q', 'kv', 'prefixKeys', 'prefixValues'].map(out);
+    addon.attentionBackward(heap(w, n.dy), heap(w, n.q), heap(w, n.kv), ...attentionOperands(w, n), ...grads, ...attentionScalars(n, attrs));
     return outs;
   });
 
-  registerFusedMulti(KERNEL.adamW, (n, attrs, w) => {
+  registerFused(KERNEL.adamW, (n, attrs, w) => {
     const outs = [w.makeOutput(n.p.shape, 'float32'), w.makeOutput(n.p.shape, 'float32'), w.makeOutput(n.p.shape, 'float32')];
-    addon.adamW(heap(w, n.p)!, heap(w, n.g)!, heap(w, n.m)!, heap(w, n.v)!, heap(w, outs[0])!, heap(w, outs[1])!, heap(w, outs[2])!, size(n.p.shape), attrs.lr, attrs.beta1, attrs.beta2, attrs.eps, attrs.weightDecay, attrs.bc1, attrs.bc2);
+    addon.adamW(
+      heap(w, n.p)!,
+      heap(w, n.g)!,
+      heap(w, n.m)!,
+      heap(w, n.v)!,
+      heap(w, outs[0])!,
+      heap(w, outs[1])!,
+      heap(w, outs[2])!,
+      size(n.p.shape),
+      attrs.lr,
+      attrs.beta1,
+      attrs.beta2,
+      attrs.eps,
+      attrs.weightDecay,
+      attrs.bc1,
+      attrs.bc2,
+    );
     return outs;
   });
 
   registerFused(KERNEL.attention, (n, attrs, w) => {
-    const [b, lq, qCols] = n.q.shape;
-    const [, lk, kvCols] = n.kv.shape;
-    const heads = attrs.numHeads;
-    const d = attrs.headDim;
-    const p = n.prefixKeys ? n.prefixKeys.shape[2] : 0;
-    const out = w.makeOutput([b, lq, heads * d], 'float32');
-    addon.attention(
-      heap(w, n.q), heap(w, n.kv), heap(w, out), heap(w, n.prefixKeys), heap(w, n.prefixValues), heap(w, n.biasTable),
-      n.biasIndex ? w.typedArrayFromHeap(n.biasIndex) : null, heap(w, n.mask),
-      b, lq, lk, p, heads, d, qCols, attrs.qOffset, kvCols, attrs.kOffset, attrs.vOffset,
-      n.prefixKeys?.shape[0] ?? 1, n.mask?.shape[0] ?? 1, attrs.causal, attrs.causalOffset,
-    );
+    const g = attentionGeometry(n);
+    const out = w.makeOutput([g.b, g.lq, attrs.numHeads * attrs.headDim], 'float32');
+    addon.attention(heap(w, n.q), heap(w, n.kv), heap(w, out), ...attentionOperands(w, n), ...attentionScalars(n, attrs));
     return out;
   });
 

@@ -21,6 +21,20 @@ export interface Program {
 }
 
 const WG = 64;
+
+/**
+ * WGSL: tree-reduces each `[buffer, value]` over the workgroup into buffer[0] (max or sum). Every invocation
+ * must reach it (it has barriers); readers of buffer[0] barrier again before the buffer is rewritten.
+ */
+function workgroupReduce(op: 'max' | 'sum', ...pairs: [buffer: string, value: string][]): string {
+  const combine = pairs.map(([b]) => (op === 'max' ? `${b}[t] = max(${b}[t], ${b}[t + stride]);` : `${b}[t] += ${b}[t + stride];`)).join(' ');
+  return `${pairs.map(([b, v]) => `${b}[t] = ${v};`).join(' ')}
+      workgroupBarrier();
+      for (var stride = ${WG / 2}; stride > 0; stride >>= 1) {
+        if (t < stride) { ${combine} }
+        workgroupBarrier();
+      }`;
+}
 /** Rows one linear workgroup computes (each invocation: one output column of these rows). */
 export const LINEAR_ROWS = 8;
 /** Key columns an attention workgroup holds in shared memory (12 KiB); longer rows run the reference. */
@@ -63,7 +77,7 @@ export interface LinearFlags {
  * invocation accumulates its column (both halves when gated) for the block's rows over the whole input.
  * The block's norm factors and LoRA down-projections are computed first, in workgroup memory.
  */
-export function linearProgram(rows: number, inF: number, pre: number, rank: number, f: LinearFlags): Program {
+export function linearProgram(rows: number, _inF: number, pre: number, _rank: number, f: LinearFlags): Program {
   const outF = f.gated ? pre / 2 : pre;
   const names = ['x', 'W'];
   if (f.norm) names.push('normW');
@@ -110,12 +124,7 @@ export function linearProgram(rows: number, inF: number, pre: number, rank: numb
         if (r < n) {
           for (var k = t; k < inF; k += ${WG}) { let v = x[(row0 + r) * inF + k]; ss += v * v; }
         }
-        red[t] = ss;
-        workgroupBarrier();
-        for (var s = ${WG / 2}; s > 0; s >>= 1) {
-          if (t < s) { red[t] += red[t + s]; }
-          workgroupBarrier();
-        }
+        ${workgroupReduce('sum', ['red', 'ss'])}
         if (t == 0) { inv[r] = uniforms.normScale / sqrt(red[0] / f32(inF) + uniforms.eps); }
         workgroupBarrier();
       }`
@@ -250,12 +259,7 @@ export function attentionProgram(b: number, lq: number, heads: number, d: number
         scores[j] = s;
         localMax = max(localMax, s);
       }
-      red[t] = localMax;
-      workgroupBarrier();
-      for (var w = ${WG / 2}; w > 0; w >>= 1) {
-        if (t < w) { red[t] = max(red[t], red[t + w]); }
-        workgroupBarrier();
-      }
+      ${workgroupReduce('max', ['red', 'localMax'])}
       let m = red[0];
       workgroupBarrier();
       var localSum = 0.0;
@@ -264,12 +268,7 @@ export function attentionProgram(b: number, lq: number, heads: number, d: number
         scores[j] = e;
         localSum += e;
       }
-      red[t] = localSum;
-      workgroupBarrier();
-      for (var w = ${WG / 2}; w > 0; w >>= 1) {
-        if (t < w) { red[t] += red[t + w]; }
-        workgroupBarrier();
-      }
+      ${workgroupReduce('sum', ['red', 'localSum'])}
       let invSum = 1.0 / red[0];
       let outBase = (bi * uniforms.lq + i) * uniforms.heads * d + h * d;
       for (var e = t; e < d; e += ${WG}) {
@@ -314,47 +313,43 @@ export function cacheWriteProgram(shape: number[]): Program {
   };
 }
 
+/** A program with one workgroup of WG invocations per row. */
+function perRowProgram(outputShape: number[], shaderKey: string, rows: number, variableNames: string[], uniforms: string, code: () => string): Program {
+  return { outputShape, shaderKey, dispatchLayout: { x: [1], y: [0] }, dispatch: [rows, 1, 1], variableNames, uniforms, workgroupSize: [WG, 1, 1], getUserCode: code };
+}
+
 /** RMS norm, one workgroup per row. */
 export function rmsNormProgram(shape: number[], rows: number): Program {
-  return {
-    outputShape: shape,
-    shaderKey: 'adapterkitRmsNorm',
-    dispatchLayout: { x: [1], y: [0] },
-    dispatch: [rows, 1, 1],
-    variableNames: ['x', 'w'],
-    uniforms: 'd : i32, eps : f32,',
-    workgroupSize: [WG, 1, 1],
-    getUserCode: () => `
+  return perRowProgram(
+    shape,
+    'adapterkitRmsNorm',
+    rows,
+    ['x', 'w'],
+    'd : i32, eps : f32,',
+    () => `
     var<workgroup> red : array<f32, ${WG}>;
     fn main() {
       let t = i32(localId.x);
       let base = i32(workgroupId.x) * uniforms.d;
       var ss = 0.0;
       for (var k = t; k < uniforms.d; k += ${WG}) { let v = x[base + k]; ss += v * v; }
-      red[t] = ss;
-      workgroupBarrier();
-      for (var s = ${WG / 2}; s > 0; s >>= 1) {
-        if (t < s) { red[t] += red[t + s]; }
-        workgroupBarrier();
-      }
+      ${workgroupReduce('sum', ['red', 'ss'])}
       let inv = 1.0 / sqrt(red[0] / f32(uniforms.d) + uniforms.eps);
       for (var k = t; k < uniforms.d; k += ${WG}) { result[base + k] = x[base + k] * inv * w[k]; }
     }
   `,
-  };
+  );
 }
 
 /** Per-token cross-entropy, one workgroup per row (label −100: 0). */
 export function crossEntropyProgram(rows: number): Program {
-  return {
-    outputShape: [rows],
-    shaderKey: 'adapterkitCrossEntropy',
-    dispatchLayout: { x: [1], y: [0] },
-    dispatch: [rows, 1, 1],
-    variableNames: ['logits', 'labels'],
-    uniforms: 'v : i32, smoothing : f32,',
-    workgroupSize: [WG, 1, 1],
-    getUserCode: () => `
+  return perRowProgram(
+    [rows],
+    'adapterkitCrossEntropy',
+    rows,
+    ['logits', 'labels'],
+    'v : i32, smoothing : f32,',
+    () => `
     var<workgroup> red : array<f32, ${WG}>;
     var<workgroup> red2 : array<f32, ${WG}>;
     fn main() {
@@ -364,24 +359,13 @@ export function crossEntropyProgram(rows: number): Program {
       let base = row * uniforms.v;
       var mx = -3.0e38;
       for (var j = t; j < uniforms.v; j += ${WG}) { mx = max(mx, logits[base + j]); }
-      red[t] = mx;
-      workgroupBarrier();
-      for (var s = ${WG / 2}; s > 0; s >>= 1) {
-        if (t < s) { red[t] = max(red[t], red[t + s]); }
-        workgroupBarrier();
-      }
+      ${workgroupReduce('max', ['red', 'mx'])}
       let m = red[0];
       workgroupBarrier();
       var sum = 0.0;
       var total = 0.0;
       for (var j = t; j < uniforms.v; j += ${WG}) { let l = logits[base + j]; sum += exp(l - m); total += l; }
-      red[t] = sum;
-      red2[t] = total;
-      workgroupBarrier();
-      for (var s = ${WG / 2}; s > 0; s >>= 1) {
-        if (t < s) { red[t] += red[t + s]; red2[t] += red2[t + s]; }
-        workgroupBarrier();
-      }
+      ${workgroupReduce('sum', ['red', 'sum'], ['red2', 'total'])}
       if (t == 0) {
         if (label == -100) {
           result[row] = 0.0;
@@ -394,5 +378,5 @@ export function crossEntropyProgram(rows: number): Program {
       }
     }
   `,
-  };
+  );
 }

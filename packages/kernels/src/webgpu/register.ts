@@ -6,8 +6,7 @@
  */
 import { tf, type Tensor } from '@adapterkit/backend';
 import { attentionReference, linearReference } from '../reference.js';
-import { KERNEL, namedInputs, type LinearOptions } from '../types.js';
-import type { FusedActivation } from '../activations.js';
+import { attentionFromKernel, attentionGeometry, KERNEL, linearFromKernel, linearGeometry, namedInputs } from '../types.js';
 import { ATTENTION_MAX_KEYS, attentionProgram, cacheWriteProgram, crossEntropyProgram, linearProgram, rmsNormProgram, type Program } from './programs.js';
 
 type Uniform = { type: 'int32' | 'float32'; data: number[] };
@@ -48,6 +47,9 @@ function run(backend: WebGpuBackend, program: Program, n: Record<string, tf.Tens
   return out;
 }
 
+/** Inside a kernel the inputs are tensor infos; the reference ops take them as the tensors they are. */
+const asTensors = (n: Record<string, tf.TensorInfo>) => n as unknown as Record<string, Tensor>;
+
 /** An op the programs do not cover, computed by its reference (the kernel's result must be a new tensor). */
 function reference(make: () => Tensor): tf.TensorInfo {
   return tf.tidy(make) as unknown as tf.TensorInfo;
@@ -55,25 +57,12 @@ function reference(make: () => Tensor): tf.TensorInfo {
 
 export function registerWebGpuKernels(): void {
   registerOp(KERNEL.linear, (n, attrs, backend) => {
-    const x = n.x;
-    const inF = x.shape[x.shape.length - 1];
-    const pre = n.kernel.shape[1];
-    const rank = n.loraA ? n.loraA.shape[1] : 0;
-    const outF = attrs.gated ? pre / 2 : pre;
-    const rows = size(x.shape.slice(0, -1));
-    if (rank > 64 || Object.keys(n).length > MAX_INPUTS) {
-      const t = n as unknown as Record<string, Tensor>;
-      const o: LinearOptions = {
-        norm: t.normWeight ? { weight: t.normWeight, eps: attrs.eps, scale: attrs.normScale } : undefined,
-        bias: t.bias,
-        residual: t.residual,
-        activation: attrs.activation as FusedActivation,
-        gated: attrs.gated,
-        adapters: { loraA: t.loraA, loraB: t.loraB, loraScale: t.loraScale, inScale: t.inScale, outScale: t.outScale },
-      };
-      return reference(() => linearReference(t.x, t.kernel, o));
+    const g = linearGeometry(n, attrs.gated);
+    if (g.rank > 64 || Object.keys(n).length > MAX_INPUTS) {
+      const t = asTensors(n);
+      return reference(() => linearReference(t.x, t.kernel, linearFromKernel(t, attrs)));
     }
-    const program = linearProgram(rows, inF, pre, rank, {
+    const program = linearProgram(g.rows, g.inF, g.pre, g.rank, {
       norm: !!n.normWeight,
       bias: !!n.bias,
       residual: !!n.residual,
@@ -84,35 +73,22 @@ export function registerWebGpuKernels(): void {
       activation: attrs.activation,
       gated: attrs.gated,
     });
-    const uniforms = [
-      ...ints(rows, inF, pre, outF, rank, rows / x.shape[0], n.loraScale?.shape[0] ?? 1, n.inScale?.shape[0] ?? 1, n.outScale?.shape[0] ?? 1),
-      ...floats(attrs.eps, attrs.normScale),
-    ];
-    return run(backend, program, n, { W: 'kernel', normW: 'normWeight', loraS: 'loraScale', inS: 'inScale', outS: 'outScale' }, uniforms, [...x.shape.slice(0, -1), outF]);
+    const uniforms = [...ints(g.rows, g.inF, g.pre, g.outF, g.rank, g.rowsPerBatch, g.loraScaleRows, g.inScaleRows, g.outScaleRows), ...floats(attrs.eps, attrs.normScale)];
+    const byName = { W: 'kernel', normW: 'normWeight', loraS: 'loraScale', inS: 'inScale', outS: 'outScale' };
+    return run(backend, program, n, byName, uniforms, [...n.x.shape.slice(0, -1), g.outF]);
   });
 
   registerOp(KERNEL.attention, (n, attrs, backend) => {
-    const [b, lq, qCols] = n.q.shape;
-    const [, lk, kvCols] = n.kv.shape;
+    const g = attentionGeometry(n);
     const heads = attrs.numHeads;
     const d = attrs.headDim;
-    const p = n.prefixKeys ? n.prefixKeys.shape[2] : 0;
-    if (p + lk > ATTENTION_MAX_KEYS || d > 256) {
-      const t = n as unknown as Record<string, Tensor>;
-      return reference(() =>
-        attentionReference(t.q, { source: t.kv, kOffset: attrs.kOffset, vOffset: attrs.vOffset }, {
-          numHeads: heads,
-          headDim: d,
-          qOffset: attrs.qOffset,
-          prefix: t.prefixKeys ? { keys: t.prefixKeys, values: t.prefixValues } : undefined,
-          bias: t.biasTable ? { table: t.biasTable, index: t.biasIndex } : undefined,
-          mask: t.mask,
-          causalOffset: attrs.causal ? attrs.causalOffset : undefined,
-        }),
-      );
+    if (g.p + g.lk > ATTENTION_MAX_KEYS || d > 256) {
+      const t = asTensors(n);
+      const { kv, options } = attentionFromKernel(t, attrs);
+      return reference(() => attentionReference(t.q, kv, options));
     }
-    const program = attentionProgram(b, lq, heads, d, { prefix: p > 0, bias: !!n.biasTable, mask: !!n.mask, causal: attrs.causal });
-    const uniforms = ints(lq, lk, p, heads, d, qCols, attrs.qOffset, kvCols, attrs.kOffset, attrs.vOffset, n.prefixKeys?.shape[0] ?? 1, n.mask?.shape[0] ?? 1, attrs.causalOffset);
+    const program = attentionProgram(g.b, g.lq, heads, d, { prefix: g.p > 0, bias: !!n.biasTable, mask: !!n.mask, causal: attrs.causal });
+    const uniforms = ints(g.lq, g.lk, g.p, heads, d, g.qCols, attrs.qOffset, g.kvCols, attrs.kOffset, attrs.vOffset, g.prefixRows, g.maskRows, attrs.causalOffset);
     return run(backend, program, n, { pk: 'prefixKeys', pv: 'prefixValues', table: 'biasTable', bucket: 'biasIndex' }, uniforms);
   });
 

@@ -26,7 +26,16 @@ defineScenario({
       const b = seeded([8, 6], 2);
       const [da, db] = tf.grads((x: typeof a, y: typeof b) => tf.sum(tf.mul(tf.matMul(x, y), seeded([5, 6], 3))))([a, b]);
       return {
-        small: tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5, 6], [7, 8]])),
+        small: tf.matMul(
+          tf.tensor2d([
+            [1, 2],
+            [3, 4],
+          ]),
+          tf.tensor2d([
+            [5, 6],
+            [7, 8],
+          ]),
+        ),
         ab: tf.matMul(a, b),
         aTb: tf.matMul(seeded([8, 5], 4), b, true, false),
         abT: tf.matMul(a, seeded([6, 8], 5), false, true),
@@ -69,7 +78,11 @@ defineScenario({
       const w = seeded([3, 7], 22);
       const grad = tf.grad((x: typeof logits) => tf.sum(tf.mul(tf.softmax(x), w)))(logits);
       // Masked attention as T5 does it: a large finite negative, never -Infinity (WGSL may assume no Inf).
-      const mask = tf.tensor2d([[0, 0, 0, -1e9, -1e9, -1e9, -1e9], [0, 0, 0, 0, 0, -1e9, -1e9], [0, 0, 0, 0, 0, 0, 0]]);
+      const mask = tf.tensor2d([
+        [0, 0, 0, -1e9, -1e9, -1e9, -1e9],
+        [0, 0, 0, 0, 0, -1e9, -1e9],
+        [0, 0, 0, 0, 0, 0, 0],
+      ]);
       return {
         softmax: tf.softmax(logits),
         softmax3d: tf.softmax(seeded([2, 3, 5], 23, 4)),
@@ -107,7 +120,14 @@ defineScenario({
   run: (tf) =>
     tf.tidy(() => {
       const table = seeded([10, 4], 41); // an embedding table
-      const ids = tf.tensor2d([[1, 3, 3], [9, 0, 1]], undefined, 'int32'); // repeated ids accumulate
+      const ids = tf.tensor2d(
+        [
+          [1, 3, 3],
+          [9, 0, 1],
+        ],
+        undefined,
+        'int32',
+      ); // repeated ids accumulate
       const w = seeded([2, 3, 4], 42);
       const { value, grad } = tf.valueAndGrad((t: typeof table) => tf.sum(tf.mul(tf.gather(t, ids), w)))(table);
       const cols = tf.tensor1d([3, 0], 'int32');

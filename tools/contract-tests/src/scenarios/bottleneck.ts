@@ -39,7 +39,13 @@ const LABELS = [
   [4, 15, 1, -100],
 ];
 
-for (const [i, preset] of ['seq_bn[reduction_factor=4]', 'double_seq_bn[reduction_factor=4]', 'par_bn[reduction_factor=4]', 'seq_bn_inv[reduction_factor=4]', 'compacter++[reduction_factor=4]'].entries()) {
+for (const [i, preset] of [
+  'seq_bn[reduction_factor=4]',
+  'double_seq_bn[reduction_factor=4]',
+  'par_bn[reduction_factor=4]',
+  'seq_bn_inv[reduction_factor=4]',
+  'compacter++[reduction_factor=4]',
+].entries()) {
   defineScenario({
     name: `bottleneck ${preset.slice(0, preset.indexOf('['))} forward + gradient`,
     run: async (tf) => {

@@ -22,10 +22,18 @@ defineScenario({
       const res = seeded([rows, len, outF], 4);
       const A = seeded([inF, r], 5, 0.5);
       const B = seeded([r, 2 * outF], 6, 0.5);
-      const S = tf.tensor2d([[2, 2, 0, 0], [0, 0, 1, 1], [0.5, 0.5, 0.5, 0.5]]);
+      const S = tf.tensor2d([
+        [2, 2, 0, 0],
+        [0, 0, 1, 1],
+        [0.5, 0.5, 0.5, 0.5],
+      ]);
       const f = (xx: Tensor, AA: Tensor, BB: Tensor) =>
         linear(xx, w, { norm: { weight: nw, eps: 1e-6 }, gated: true, activation: 'gelu_new', residual: res, adapters: { loraA: AA, loraB: BB, loraScale: S } });
-      const [dx, dA, dB] = tf.grads((xx: Tensor, AA: Tensor, BB: Tensor) => f(xx, AA, BB).mul(seeded([rows, len, outF], 7)).sum())([x, A, B]);
+      const [dx, dA, dB] = tf.grads((xx: Tensor, AA: Tensor, BB: Tensor) =>
+        f(xx, AA, BB)
+          .mul(seeded([rows, len, outF], 7))
+          .sum(),
+      )([x, A, B]);
       return { y: f(x, A, B), dx: dx!, dA: dA!, dB: dB! };
     }),
 });
@@ -42,7 +50,11 @@ defineScenario({
       const inS = seeded([1, inF], 14);
       const outS = seeded([rows, outF], 15);
       const f = (xx: Tensor, ii: Tensor, oo: Tensor) => linear(xx, w, { activation: 'relu', bias, adapters: { inScale: ii, outScale: oo } });
-      const [dx, dIn, dOut] = tf.grads((xx: Tensor, ii: Tensor, oo: Tensor) => f(xx, ii, oo).mul(seeded([rows, outF], 16)).sum())([x, inS, outS]);
+      const [dx, dIn, dOut] = tf.grads((xx: Tensor, ii: Tensor, oo: Tensor) =>
+        f(xx, ii, oo)
+          .mul(seeded([rows, outF], 16))
+          .sum(),
+      )([x, inS, outS]);
       return { y: f(x, inS, outS), dx: dx!, dIn: dIn!, dOut: dOut! };
     }),
 });
@@ -57,11 +69,22 @@ defineScenario({
       const pk = seeded([b, h, p, d], 22);
       const pv = seeded([b, h, p, d], 23);
       const table = seeded([6, h], 24);
-      const index = tf.tensor2d(Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)), [l, p + l], 'int32');
-      const mask = tf.tensor2d([[MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE], [0, 0, 0, 0, 0, 0, 0, 0]]);
+      const index = tf.tensor2d(
+        Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)),
+        [l, p + l],
+        'int32',
+      );
+      const mask = tf.tensor2d([
+        [MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+      ]);
       const f = (x: Tensor, k: Tensor, v: Tensor) =>
         attention(x, { source: x, kOffset: h * d, vOffset: 2 * h * d }, { numHeads: h, headDim: d, prefix: { keys: k, values: v }, bias: { table, index }, mask, causalOffset: 0 });
-      const [dqkv, dpk, dpv] = tf.grads((x: Tensor, k: Tensor, v: Tensor) => f(x, k, v).mul(seeded([b, l, h * d], 25)).sum())([qkv, pk, pv]);
+      const [dqkv, dpk, dpv] = tf.grads((x: Tensor, k: Tensor, v: Tensor) =>
+        f(x, k, v)
+          .mul(seeded([b, l, h * d], 25))
+          .sum(),
+      )([qkv, pk, pv]);
       return { y: f(qkv, pk, pv), dqkv: dqkv!, dPrefixKeys: dpk!, dPrefixValues: dpv! };
     }),
 });
@@ -91,7 +114,14 @@ defineScenario({
       const logits = seeded([6, 11], 43, 3);
       const labels = tf.tensor1d([3, -100, 0, 10, 5, -100], 'int32');
       const [dLogits] = tf.grads((l: Tensor) => crossEntropy(l, labels, 0.1).sum())([logits]);
-      const [p, m, v] = adamW(seeded([4, 6], 44), seeded([4, 6], 45), seeded([4, 6], 46, 0.1), seeded([4, 6], 47, 0.1).abs(), { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 2 });
+      const [p, m, v] = adamW(seeded([4, 6], 44), seeded([4, 6], 45), seeded([4, 6], 46, 0.1), seeded([4, 6], 47, 0.1).abs(), {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weightDecay: 0.01,
+        step: 2,
+      });
       return { norm, loss: crossEntropy(logits, labels, 0.1), dLogits: dLogits!, p, m, v };
     }),
 });

@@ -19,7 +19,20 @@ const CONFIG = {
   relative_attention_num_buckets: 8,
   relative_attention_max_distance: 16,
 };
-const INPUT = { inputIds: [[4, 9, 13, 1], [7, 2, 1, 0]], attentionMask: [[1, 1, 1, 1], [1, 1, 1, 0]], decoderInputIds: [[0, 5, 8], [0, 3, 3]] };
+const INPUT = {
+  inputIds: [
+    [4, 9, 13, 1],
+    [7, 2, 1, 0],
+  ],
+  attentionMask: [
+    [1, 1, 1, 1],
+    [1, 1, 1, 0],
+  ],
+  decoderInputIds: [
+    [0, 5, 8],
+    [0, 3, 3],
+  ],
+};
 
 function withModel<T>(config: string, run: (model: T5ForConditionalGeneration) => T): T {
   const model = T5ForConditionalGeneration.random(CONFIG, 3);
@@ -52,7 +65,7 @@ defineScenario({
     withModel('prefix_tuning[prefix_length=3,bottleneck_size=8]', (model) => {
       const ids = tf.tensor2d(INPUT.inputIds, undefined, 'int32');
       const mask = tf.tensor2d(INPUT.attentionMask, undefined, 'int32');
-      const state = model.startDecoding(ids, mask, model.adapters.createContext({ originalBatchSize: 2 }));
+      const state = model.startDecoding(ids, mask, model.adapters.createContext());
       try {
         const first = tf.tensor1d([0, 0], 'int32');
         const second = tf.tensor1d([5, 3], 'int32');

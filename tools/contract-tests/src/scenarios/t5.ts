@@ -36,11 +36,14 @@ defineScenario({
       // Three cached decoder steps fed with decoderInputIds' first tokens: logits per step.
       const ids = tf.tensor2d(inputIds, undefined, 'int32');
       const mask = tf.tensor2d(attentionMask, undefined, 'int32');
-      const ctx = model.adapters.createContext({ originalBatchSize: 2 });
+      const ctx = model.adapters.createContext();
       const state = model.startDecoding(ids, mask, ctx);
       const steps: Tensor[] = [];
       for (let t = 0; t < 3; t++) {
-        const tokens = tf.tensor1d(decoderInputIds.map((r) => r[t]), 'int32');
+        const tokens = tf.tensor1d(
+          decoderInputIds.map((r) => r[t]),
+          'int32',
+        );
         steps.push(model.decodeStep(state, tokens));
         tokens.dispose();
       }

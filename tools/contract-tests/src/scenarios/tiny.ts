@@ -3,9 +3,21 @@
  * and one padded batch for it. Weights are random from a seed, so every backend computes the same thing.
  */
 export const TINY_T5 = {
-  model_type: 't5', vocab_size: 32, d_model: 16, d_kv: 8, d_ff: 24, num_layers: 1, num_decoder_layers: 1, num_heads: 2,
-  relative_attention_num_buckets: 8, relative_attention_max_distance: 16, dropout_rate: 0, layer_norm_epsilon: 1e-6,
-  decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
+  model_type: 't5',
+  vocab_size: 32,
+  d_model: 16,
+  d_kv: 8,
+  d_ff: 24,
+  num_layers: 1,
+  num_decoder_layers: 1,
+  num_heads: 2,
+  relative_attention_num_buckets: 8,
+  relative_attention_max_distance: 16,
+  dropout_rate: 0,
+  layer_norm_epsilon: 1e-6,
+  decoder_start_token_id: 0,
+  pad_token_id: 0,
+  eos_token_id: 1,
 };
 
 /** flan-style: gated-gelu feed-forward with its own lm_head. */

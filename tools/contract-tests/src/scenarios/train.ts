@@ -12,7 +12,14 @@ import { TINY_GATED as TINY } from './tiny.js';
 function optimizerRun(tf: TF, opt: Optimizer, lr: number): Record<string, ReturnType<TF['tensor']>> {
   const shapes: Record<string, number[]> = { matrix: [4, 3], vector: [5] };
   const vars = Object.entries(shapes).map(([name, shape], i) => {
-    const init = tf.tensor(seededValues(shape.reduce((a, b) => a * b, 1), 10 + i, 0.5), shape);
+    const init = tf.tensor(
+      seededValues(
+        shape.reduce((a, b) => a * b, 1),
+        10 + i,
+        0.5,
+      ),
+      shape,
+    );
     const variable = tf.variable(init, true);
     init.dispose();
     return { name, variable };
@@ -42,7 +49,7 @@ defineScenario({
 
 defineScenario({
   name: 'train: 3 Trainer steps (SGD) of a LoRA on a tiny T5',
-  run: async (tf) => {
+  run: async (_tf) => {
     const model = T5ForConditionalGeneration.random(TINY, 5);
     try {
       model.addAdapter('x', { method: 'lora', r: 2, alpha: 4 }, { seed: 3 });

@@ -1,6 +1,9 @@
 import { tf, type Tensor } from '@adapterkit/backend';
-import { InputError, SeededRandom, type AdapterComposition } from '@adapterkit/core';
-import type { IdsInput, T5Model } from './model.js';
+import { normalizeComposition, parallelChannels, replicateRows, type AdapterComposition } from './composition.js';
+import { InputError } from './errors.js';
+import { SeededRandom } from './rng.js';
+import type { AdapterHost } from './host.js';
+import type { ForwardContext } from './context.js';
 
 export interface GenerateOptions {
   inputIds?: IdsInput;
@@ -25,7 +28,11 @@ export interface GenerateOptions {
   composition?: AdapterComposition | null;
 }
 
-interface Defaults {
+/** Token ids as number[][] (rectangular) or an int32 tensor [batch, length]. */
+export type IdsInput = number[][] | Tensor;
+
+/** generation_config.json's values (or the model config's) that generate uses when an option is absent. */
+export interface GenerationDefaults {
   decoderStartTokenId: number;
   eosTokenId: number | number[];
   padTokenId: number;
@@ -33,9 +40,25 @@ interface Defaults {
   numBeams?: number;
 }
 
-function defaultsOf(model: T5Model): Defaults {
-  const g = (model as T5Model & { generationConfig?: Defaults }).generationConfig;
-  return g ?? { decoderStartTokenId: model.config.decoderStartTokenId, eosTokenId: model.config.eosTokenId, padTokenId: model.config.padTokenId };
+/**
+ * What generation needs from an encoder-decoder model: its adapters, its defaults, id validation, a full
+ * forward (the uncached path) and a KV-cached decoder (any state type the model keeps).
+ */
+export interface Seq2SeqModel<State = unknown> {
+  readonly adapters: AdapterHost;
+  readonly generationConfig: GenerationDefaults;
+  /** Validates ids (rectangular, in the vocabulary) and returns an int32 tensor the caller owns. */
+  toIds(input: IdsInput, argument: string): Tensor;
+  forward(input: { inputIds: IdsInput; attentionMask?: IdsInput; decoderInputIds: IdsInput; composition?: AdapterComposition | null; expandedRows?: { rowMultiplier: number } }): {
+    logits: Tensor;
+    encoderLastHiddenState: Tensor;
+  };
+  /** Encodes `ids` (already replicated/expanded to the decoding rows) and returns a decoder state. */
+  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity?: number): State;
+  /** One step for every row: logits [rows, vocab] (the caller owns them). */
+  decodeStep(state: State, tokens: Tensor): Tensor;
+  reorderDecoderState(state: State, index: number[]): void;
+  disposeDecoderState(state: State): void;
 }
 
 /** Steps through the decoder: cached (KV cache) or by full recomputation; same interface. */
@@ -46,8 +69,14 @@ interface Stepper {
   dispose(): void;
 }
 
-function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { composition?: AdapterComposition | null; rowMultiplier: number; batch: number; maxNewTokens: number }, useCache: boolean): Stepper {
-  const ctx = model.adapters.createContext({ originalBatchSize: ctxOptions.batch, rowMultiplier: ctxOptions.rowMultiplier, composition: ctxOptions.composition });
+function makeStepper(
+  model: Seq2SeqModel,
+  ids: Tensor,
+  mask: Tensor,
+  ctxOptions: { composition?: AdapterComposition | null; rowMultiplier: number; batch: number; maxNewTokens: number },
+  useCache: boolean,
+): Stepper {
+  const ctx = model.adapters.createContext({ rowMultiplier: ctxOptions.rowMultiplier, composition: ctxOptions.composition });
   if (useCache) {
     const state = model.startDecoding(ids, mask, ctx, Math.max(1, ctxOptions.maxNewTokens));
     return {
@@ -67,7 +96,13 @@ function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { co
   return {
     next: (seqs) =>
       tf.tidy(() => {
-        const out = model.forward({ inputIds: ids, attentionMask: mask, decoderInputIds: seqs, composition: ctx.composition, expandedRows: { rowMultiplier: ctxOptions.rowMultiplier } });
+        const out = model.forward({
+          inputIds: ids,
+          attentionMask: mask,
+          decoderInputIds: seqs,
+          composition: ctx.composition,
+          expandedRows: { rowMultiplier: ctxOptions.rowMultiplier },
+        });
         const [rows, T, V] = out.logits.shape as number[];
         const last = out.logits.slice([0, T - 1, 0], [rows, 1, V]).reshape([rows, V]);
         return last;
@@ -77,8 +112,8 @@ function makeStepper(model: T5Model, ids: Tensor, mask: Tensor, ctxOptions: { co
   };
 }
 
-function validate(model: T5Model, o: GenerateOptions) {
-  const d = defaultsOf(model);
+function validate(model: Seq2SeqModel, o: GenerateOptions) {
+  const d = model.generationConfig;
   const maxNewTokens = o.maxNewTokens ?? d.maxNewTokens ?? 20;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new InputError(`maxNewTokens must be an integer ≥ 0, got ${o.maxNewTokens}`, 'maxNewTokens');
   const numBeams = o.numBeams ?? d.numBeams ?? 1;
@@ -97,7 +132,7 @@ function validate(model: T5Model, o: GenerateOptions) {
  * sampling is seeded. Under a Parallel composition the result has one block of rows per branch
  * (adapter-major: rows [i·B, (i+1)·B) belong to branch i).
  */
-export async function generate(model: T5Model, options: GenerateOptions): Promise<number[][]> {
+export async function generate(model: Seq2SeqModel, options: GenerateOptions): Promise<number[][]> {
   if (options.inputIds === undefined) throw new InputError('generate needs inputIds', 'inputIds');
   const v = validate(model, options);
   const ids0 = model.toIds(options.inputIds, 'inputIds');
@@ -113,16 +148,19 @@ export async function generate(model: T5Model, options: GenerateOptions): Promis
     throw new InputError(`attentionMask has shape [${mask0.shape}] but inputIds has shape [${ids0.shape}]`, 'attentionMask');
   }
   const batch = ids0.shape[0] as number;
-  const probe = model.adapters.createContext({ originalBatchSize: batch, composition: options.composition });
-  const channels = probe.parallelChannels;
-  probe.dispose();
+  const channels = parallelChannels(
+    options.composition === undefined ? model.adapters.activeComposition : options.composition === null ? null : normalizeComposition(options.composition),
+  );
   // Parallel: replicate rows once (adapter-major); beams: expand each row into numBeams contiguous rows.
   const expand = (t: Tensor) =>
     tf.tidy(() => {
-      const rep = channels > 1 ? tf.tile(t, [channels, 1]) : t.clone();
+      const rep = channels > 1 ? replicateRows(t, channels) : t.clone();
       if (v.numBeams === 1) return rep;
       const rows = rep.shape[0] as number;
-      const index = tf.tensor1d(Array.from({ length: rows * v.numBeams }, (_, i) => Math.floor(i / v.numBeams)), 'int32');
+      const index = tf.tensor1d(
+        Array.from({ length: rows * v.numBeams }, (_, i) => Math.floor(i / v.numBeams)),
+        'int32',
+      );
       return tf.gather(rep, index);
     });
   const ids = expand(ids0);
@@ -143,7 +181,10 @@ async function sampleOrGreedy(stepper: Stepper, rows: number, v: ReturnType<type
   const unfinished = new Array(rows).fill(true);
   const rng = new SeededRandom(o.seed ?? 0);
   for (let step = 0; step < v.maxNewTokens; step++) {
-    const logits = stepper.next(seqs, seqs.map((s) => s[s.length - 1]));
+    const logits = stepper.next(
+      seqs,
+      seqs.map((s) => s[s.length - 1]),
+    );
     let chosen: number[];
     if (o.doSample) {
       const data = (await logits.data()) as Float32Array;
@@ -160,7 +201,10 @@ async function sampleOrGreedy(stepper: Stepper, rows: number, v: ReturnType<type
       seqs[r].push(tok);
       if (unfinished[r] && v.eos.has(tok)) unfinished[r] = false;
     }
-    o.onToken?.(step, seqs.map((s) => s[s.length - 1]));
+    o.onToken?.(
+      step,
+      seqs.map((s) => s[s.length - 1]),
+    );
     if (!unfinished.some(Boolean)) break;
   }
   return seqs;
@@ -210,14 +254,17 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
   // running and finished beams per batch entry
   let running: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [v.start]));
   let runningScores: number[][] = Array.from({ length: batch }, () => Array.from({ length: k }, (_, j) => (j === 0 ? 0 : NEG)));
-  let finished: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [v.start]));
-  let finishedScores: number[][] = Array.from({ length: batch }, () => new Array(k).fill(NEG));
-  let isFinished: boolean[][] = Array.from({ length: batch }, () => new Array(k).fill(false));
+  const finished: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [v.start]));
+  const finishedScores: number[][] = Array.from({ length: batch }, () => new Array(k).fill(NEG));
+  const isFinished: boolean[][] = Array.from({ length: batch }, () => new Array(k).fill(false));
   let heuristicUnsatisfied = new Array(batch).fill(true);
   let curLen = 1;
   while (curLen < maxLength) {
     const flat = running.flat();
-    const logits = stepper.next(flat, flat.map((s) => s[s.length - 1]));
+    const logits = stepper.next(
+      flat,
+      flat.map((s) => s[s.length - 1]),
+    );
     const logp = tf.logSoftmax(logits);
     logits.dispose();
     const data = (await logp.data()) as Float32Array;
@@ -247,7 +294,10 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
       const hits = cands.map((c) => lastStep || v.eos.has(c.token));
       if (!hits.every(Boolean)) anyValidContinuation = true;
       // a. next running beams: best k candidates that did not hit a stopping criterion
-      const runningCands = cands.map((c, i) => ({ ...c, s: hits[i] ? f32(c.score + NEG) : c.score, i })).sort((x, y) => y.s - x.s || x.i - y.i).slice(0, k);
+      const runningCands = cands
+        .map((c, i) => ({ ...c, s: hits[i] ? f32(c.score + NEG) : c.score, i }))
+        .sort((x, y) => y.s - x.s || x.i - y.i)
+        .slice(0, k);
       nextRunning.push(runningCands.map((c) => [...running[b][c.beam], c.token]));
       nextRunningScores.push(runningCands.map((c) => c.s));
       for (const c of runningCands) reorder.push(b * k + c.beam);
@@ -271,7 +321,10 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
     }
     running = nextRunning;
     runningScores = nextRunningScores;
-    o.onToken?.(curLen - 1, running.flat().map((s) => s[s.length - 1]));
+    o.onToken?.(
+      curLen - 1,
+      running.flat().map((s) => s[s.length - 1]),
+    );
     curLen += 1;
     // early-stop heuristic (transformers' _check_early_stop_heuristic)
     heuristicUnsatisfied = heuristicUnsatisfied.map((u, b) => {
@@ -286,7 +339,7 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
     stepper.reorder(reorder);
   }
   // Best finished sequence per batch entry, padded to the longest. transformers fills beam outputs with
-  // `pad_token_id or eos_token_id[0]` — a pad id of 0 is falsy in Python, so T5 beams are padded with eos.
+  // `pad_token_id or eos_token_id[0]` — a pad id of 0 is falsy in Python, so beams of models whose pad id is 0 are padded with eos.
   const out = finished.map((beams) => beams[0]);
   const len = Math.max(...out.map((s) => s.length));
   const fill = v.pad || [...v.eos][0];
@@ -294,7 +347,11 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
 }
 
 /** Text in, text out: tokenizes, generates, decodes (special tokens skipped). */
-export async function generateText(model: T5Model & { tokenizer?: { encodeBatch(t: string[]): { inputIds: number[][]; attentionMask: number[][] }; decode(ids: number[]): string } }, texts: string[], options: Omit<GenerateOptions, 'inputIds' | 'attentionMask'> = {}): Promise<string[]> {
+export async function generateText(
+  model: Seq2SeqModel & { tokenizer?: { encodeBatch(t: string[]): { inputIds: number[][]; attentionMask: number[][] }; decode(ids: number[]): string } },
+  texts: string[],
+  options: Omit<GenerateOptions, 'inputIds' | 'attentionMask'> = {},
+): Promise<string[]> {
   if (!model.tokenizer) throw new InputError('this model has no tokenizer (tokenizer.json was not found)', 'tokenizer');
   const enc = model.tokenizer.encodeBatch(texts);
   const ids = await generate(model, { ...options, inputIds: enc.inputIds, attentionMask: enc.attentionMask });

@@ -1,0 +1,17 @@
+import type { AdapterMethod, BlockType, ModelAccess } from '@adapterkit/core';
+import { normalizeBottleneckConfig, PRESETS } from './config.js';
+import { BottleneckRuntime } from './runtime.js';
+
+/**
+ * Bottleneck adapters (AdapterHub `adapters`' BnConfig): seq_bn (Pfeiffer), double_seq_bn (Houlsby), par_bn
+ * (He et al.), scaled_par_bn and the general `bn` config. Importing the package registers the method.
+ */
+export const bottleneckMethod: AdapterMethod<BottleneckRuntime> = {
+  name: 'bottleneck',
+  configMethods: ['bottleneck'],
+  presets: PRESETS,
+  // Fuse needs its fusion layers first: addAdapterFusion(model, Fuse('a', 'b')).
+  supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average', 'Split', 'Fuse']),
+  normalizeConfig: normalizeBottleneckConfig,
+  attach: (model: ModelAccess) => new BottleneckRuntime(model),
+};

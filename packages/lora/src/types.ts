@@ -1,0 +1,37 @@
+import type { Variable } from '@adapterkit/backend';
+import type { AdapterConfig, AdapterTable, LinearSite, ModelAccess } from '@adapterkit/core';
+import type { LoraConfig } from './config.js';
+
+/**
+ * Parameters of one adapter at one linear, in tfjs layout (kernels [in, out]):
+ *   `${key}.lora_A` [in, r], `${key}.lora_B` [r, out]        (add mode: Δ = scale · x·A·B)
+ *   `${key}.lora_B` [1, out]                                  (scale mode, output side: y = base(x) · l)
+ *   `${key}.ia3_in` [1, in]                                   (scale mode, input side:  y = base(x · l))
+ *   `${key}.gate` [in, 1], `${key}.gate_bias` [1]             (use_gating)
+ * `adapters` stores lora_A [r, in] and lora_B [out, r] (PyTorch layout): the transposes of these.
+ */
+export interface SiteParams {
+  site: LinearSite;
+  A?: Variable;
+  B?: Variable;
+  inVec?: Variable;
+  gate?: Variable;
+  gateBias?: Variable;
+}
+
+export interface LoraAdapter {
+  name: string;
+  config: LoraConfig;
+  scale: number;
+  sites: Map<string, SiteParams>;
+  vars: Map<string, Variable>;
+}
+
+/** What PEFT import and export need from the LoRA runtime (peft.ts does not import the runtime). */
+export interface LoraAccess {
+  readonly model: ModelAccess;
+  readonly adapters: Pick<AdapterTable<LoraAdapter>, 'get'>;
+  add(name: string, config: AdapterConfig, seed: number): void;
+  variables(name: string): Map<string, Variable>;
+  config(name: string): LoraConfig;
+}
