@@ -1,6 +1,7 @@
 import { tf, type Tensor } from '@adapterkit/backend';
 import { normalizeComposition, parallelChannels, replicateRows, type AdapterComposition } from './composition.js';
 import { InputError } from './errors.js';
+import { type OptionKeys, rejectUnknownOptions } from './options.js';
 import { SeededRandom } from './rng.js';
 import type { AdapterHost } from './host.js';
 import type { ForwardContext } from './context.js';
@@ -112,7 +113,26 @@ function makeStepper(
   };
 }
 
+const GENERATE_OPTIONS = {
+  inputIds: true,
+  attentionMask: true,
+  maxNewTokens: true,
+  numBeams: true,
+  lengthPenalty: true,
+  earlyStopping: true,
+  doSample: true,
+  temperature: true,
+  topK: true,
+  topP: true,
+  seed: true,
+  eosTokenId: true,
+  onToken: true,
+  useCache: true,
+  composition: true,
+} as const satisfies OptionKeys<GenerateOptions>;
+
 function validate(model: Seq2SeqModel, o: GenerateOptions) {
+  rejectUnknownOptions(o, GENERATE_OPTIONS, 'generate');
   const d = model.generationConfig;
   const maxNewTokens = o.maxNewTokens ?? d.maxNewTokens ?? 20;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new InputError(`maxNewTokens must be an integer ≥ 0, got ${o.maxNewTokens}`, 'maxNewTokens');

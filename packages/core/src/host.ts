@@ -22,6 +22,7 @@ import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.j
 import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { fnv1a } from './rng.js';
+import { type OptionKeys, rejectUnknownOptions } from './options.js';
 
 export const ADAPTER_FORMAT_VERSION = 1;
 
@@ -60,6 +61,24 @@ export interface AdapterSummaryRow {
 /** An adapter serialised to files (what saveAdapter writes, what a browser download carries). */
 export type AdapterFiles = Record<string, Uint8Array>;
 
+export interface AddAdapterOptions {
+  /** Seed of the adapter's initialisation (default: a hash of its name). */
+  seed?: number;
+  /** Replace an existing adapter of that name. */
+  overwrite?: boolean;
+  /** Where it was loaded from (recorded in its summary). */
+  source?: string;
+}
+const ADD_ADAPTER_OPTIONS = { seed: true, overwrite: true, source: true } as const satisfies OptionKeys<AddAdapterOptions>;
+
+export interface AverageAdapterOptions {
+  /** Divide the weights by their sum (default true, as `adapters`). */
+  normalizeWeights?: boolean;
+  /** `adapters`' combine_strategy: only 'linear' (every parameter averaged) is implemented; others are refused. */
+  combineStrategy?: string;
+}
+const AVERAGE_ADAPTER_OPTIONS = { normalizeWeights: true, combineStrategy: true } as const satisfies OptionKeys<AverageAdapterOptions>;
+
 /**
  * The adapter life cycle on one model: add/delete, activate a composition, choose what trains, save/load,
  * and the hook implementations the model calls. Model-agnostic: the model hands in a ModelAccess.
@@ -74,7 +93,8 @@ export class AdapterHost {
   constructor(readonly model: ModelAccess & { baseParameterCount?(): number }) {}
 
   // ---------------------------------------------------------------- life cycle
-  addAdapter(name: string, config: string | AdapterConfig = 'seq_bn', options: { seed?: number; overwrite?: boolean; source?: string } = {}): void {
+  addAdapter(name: string, config: string | AdapterConfig = 'seq_bn', options: AddAdapterOptions = {}): void {
+    rejectUnknownOptions(options, ADD_ADAPTER_OPTIONS, 'addAdapter');
     if (typeof name !== 'string' || !name || /[\s,()]/.test(name))
       throw new AdapterError(`adapter name ${JSON.stringify(name)} must be a non-empty string without spaces, commas or parentheses`, String(name));
     if (this.adapters.has(name)) {
@@ -213,7 +233,11 @@ export class AdapterHost {
   }
 
   /** Weighted linear average of adapters with identical configs, as `adapters`' average_adapter("linear"). */
-  averageAdapter(newName: string, names: string[], weights?: number[], options: { normalizeWeights?: boolean } = {}): void {
+  averageAdapter(newName: string, names: string[], weights?: number[], options: AverageAdapterOptions = {}): void {
+    rejectUnknownOptions(options, AVERAGE_ADAPTER_OPTIONS, 'averageAdapter');
+    const strategy = options.combineStrategy ?? 'linear';
+    if (strategy !== 'linear')
+      throw new UnsupportedError(`averageAdapter: combineStrategy '${strategy}' is not supported (only 'linear', the weighted average of every parameter)`, 'combineStrategy');
     if (names.length === 0) throw new AdapterError('averageAdapter needs at least one adapter');
     const recs = names.map((n) => this.get(n));
     const strip = (c: AdapterConfig) => JSON.stringify({ ...c, dropout: undefined, init_weights: undefined });

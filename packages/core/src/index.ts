@@ -10,3 +10,4 @@ export * from './rng.js';
 export * from './gating.js';
 export * from './generation.js';
 export * from './adapter-table.js';
+export * from './options.js';

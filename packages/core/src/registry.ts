@@ -61,15 +61,15 @@ function parseValue(raw: string): unknown {
   return v.replace(/^["']|["']$/g, '');
 }
 
-/** Splits "a=1,b=[1,2]|c=x" at top-level ',' or '|'. */
-function splitOverrides(s: string): string[] {
+/** Splits at the separators that are outside brackets: "a=1,b=[1,2]|c=x" at ',' or '|'. */
+function splitTopLevel(s: string, separators: string): string[] {
   const out: string[] = [];
   let depth = 0;
   let cur = '';
   for (const ch of s) {
     if (ch === '[' || ch === '{') depth++;
     if (ch === ']' || ch === '}') depth--;
-    if ((ch === ',' || ch === '|') && depth === 0) {
+    if (separators.includes(ch) && depth === 0) {
       out.push(cur);
       cur = '';
     } else cur += ch;
@@ -80,11 +80,14 @@ function splitOverrides(s: string): string[] {
 
 /**
  * Resolves a config given as a preset id, an `adapters`-style string ("double_seq_bn[reduction_factor=8]",
- * "lora[r=4,alpha=8]") or an object, into a full config with the method's defaults, validated.
+ * "lora[r=4,alpha=8]", unions "a[...]|b[...]") or an object, into a full config with the method's defaults, validated.
  */
 export function resolveConfig(config: string | AdapterConfig): AdapterConfig {
   let raw: AdapterConfig;
   if (typeof config === 'string') {
+    // `adapters`' union strings: "prefix_tuning[bottleneck_size=800]|par_bn" is ConfigUnion(prefix, par_bn)
+    const parts = splitTopLevel(config, '|');
+    if (parts.length > 1) return resolveConfig({ method: 'union', configs: parts.map((p) => p.trim()) });
     const m = STRING_CONFIG.exec(config.trim());
     if (!m) throw new ConfigError(`cannot parse adapter config string '${config}'`);
     const base = presets.get(m[1]);
@@ -92,7 +95,7 @@ export function resolveConfig(config: string | AdapterConfig): AdapterConfig {
       throw new ConfigError(`unknown adapter config '${m[1]}' (known: ${[...presets.keys()].sort().join(', ') || 'none — import a method package'})`, 'config');
     }
     raw = structuredClone(base);
-    for (const kv of m[2] ? splitOverrides(m[2]) : []) {
+    for (const kv of m[2] ? splitTopLevel(m[2], ',|') : []) {
       const eq = kv.indexOf('=');
       if (eq < 0) throw new ConfigError(`override '${kv}' in '${config}' is not key=value`);
       const key = kv.slice(0, eq).trim();

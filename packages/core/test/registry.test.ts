@@ -135,6 +135,14 @@ describe('union configs', () => {
     });
   });
 
+  it("`adapters`' union strings: \"fake[r=4]|other[k=3]\" is a union; '|' inside brackets still separates overrides", () => {
+    expect(resolveConfig('fake[r=4]|other[k=3]')).toEqual(resolveConfig({ method: 'union', configs: ['fake[r=4]', 'other[k=3]'] }));
+    expect(resolveConfig(' fake | other ')).toEqual(resolveConfig({ method: 'union', configs: ['fake', 'other'] }));
+    expect(resolveConfig('fake[r=4|alpha=2]')).toEqual({ method: 'fake', r: 4, alpha: 2, flag: false });
+    expectConfigError(() => resolveConfig('fake|fake_big'), /'fake' appears twice/);
+    expectConfigError(() => resolveConfig('fake|nope'), /unknown adapter config 'nope'/);
+  });
+
   it('two parts of the same method are rejected', () => {
     expectConfigError(() => resolveConfig({ method: 'union', configs: ['fake', 'fake_big'] }), /'fake' appears twice/);
     expectConfigError(() => resolveConfig({ method: 'union', configs: [{ method: 'fake' }, { method: 'fake', r: 2 }] }), /'fake' appears twice/);

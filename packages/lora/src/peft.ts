@@ -36,6 +36,10 @@ const REFUSED: Record<string, (v: unknown) => boolean> = {
   trainable_token_indices: (v) => !isEmpty(v),
   alora_invocation_tokens: (v) => !isEmpty(v),
   use_qalora: (v) => v === true,
+  // PiSSA / OLoRA / CorDA / LoftQ adapters saved without PEFT's weight conversion are deltas against a base
+  // that PEFT modified at initialisation (its principal components subtracted, or quantised): with the
+  // original base their outputs are wrong. Converted ones say init_lora_weights: true.
+  init_lora_weights: (v) => typeof v === 'string' && /^(pissa|olora|corda|loftq)/i.test(v),
 };
 
 function checkUnsupported(cfg: Record<string, unknown>): void {
@@ -59,11 +63,6 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
   return out;
 }
 
-/**
- * Imports a PEFT LORA or IA3 adapter (adapter_config.json + adapter_model.safetensors contents) as adapter
- * `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match regex,
- * exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
- */
 /** The model's PEFT defaults for target_modules / feedforward_modules (PEFT's mapping by model type). */
 function defaultsOf(rt: LoraAccess, key: 'LORA' | 'IA3' | 'IA3_FEEDFORWARD'): string[] {
   const defaults = rt.model.peftTargets?.[key];
@@ -71,6 +70,11 @@ function defaultsOf(rt: LoraAccess, key: 'LORA' | 'IA3' | 'IA3_FEEDFORWARD'): st
   return defaults;
 }
 
+/**
+ * Imports a PEFT LORA or IA3 adapter (adapter_config.json + adapter_model.safetensors contents) as adapter
+ * `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match regex,
+ * exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
+ */
 export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unknown>, tensors: Map<string, FloatTensor>): AdapterConfig {
   const type = cfg.peft_type;
   if (type !== 'LORA' && type !== 'IA3') throw new UnsupportedError(`PEFT peft_type '${String(type)}' is not LoRA or IA3`, 'peft_type');
@@ -111,8 +115,9 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
     for (const s of sites) {
       const isInput = inputSide.includes(s.key);
       // PEFT stores ia3_l as [out, 1] (output side) or [1, in] (feed-forward, input side): same flat order as ours.
-      expected.set(`${PREFIX}${s.key}.ia3_l.weight`, { key: s.key, param: isInput ? 'ia3_in' : 'lora_B', shape: isInput ? [1, s.inFeatures] : [s.outFeatures, 1] });
+      expected.set(`${PREFIX}${s.key}.ia3_l`, { key: s.key, param: isInput ? 'ia3_in' : 'lora_B', shape: isInput ? [1, s.inFeatures] : [s.outFeatures, 1] });
     }
+    tensors = withIa3Names(tensors);
   }
 
   for (const k of tensors.keys()) {
@@ -139,6 +144,21 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
   return config;
 }
 
+/**
+ * PEFT saves each IA3 vector under `<module>.ia3_l` (a bare nn.Parameter, no `.weight`); files written by
+ * other tools (and adapterkit before 0.2) say `<module>.ia3_l.weight`. Both load; one module named both
+ * ways is an error.
+ */
+function withIa3Names(tensors: Map<string, FloatTensor>): Map<string, FloatTensor> {
+  const out = new Map<string, FloatTensor>();
+  for (const [k, t] of tensors) {
+    const name = k.endsWith('.ia3_l.weight') ? k.slice(0, -'.weight'.length) : k;
+    if (out.has(name)) throw new WeightError(`PEFT adapter has the IA3 vector '${name}' twice (with and without '.weight')`, k);
+    out.set(name, t);
+  }
+  return out;
+}
+
 /** Short module names when they select exactly the adapter's sites, else the full module paths. */
 function targetNames(rt: LoraAccess, keys: string[]): string[] {
   const short = [...new Set(keys.map((k) => k.split('.').pop()!))].sort();
@@ -153,7 +173,7 @@ function targetNames(rt: LoraAccess, keys: string[]): string[] {
 /**
  * Exports a LoRA (or IA3) adapter in PEFT's format: adapter_config.json contents (only keys PEFT has known
  * for many releases, so older PEFT versions load it too; PEFT fills the rest with defaults) and tensors named
- * `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (IA3: `ia3_l.weight`).
+ * `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (IA3: `ia3_l`, no `.weight`, as PEFT names it).
  * Gated adapters have no PEFT equivalent and are refused.
  */
 export function exportPeft(rt: LoraAccess, name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
@@ -203,7 +223,7 @@ export function exportPeft(rt: LoraAccess, name: string): { config: Record<strin
   for (const [key, p] of adapter.sites) {
     const data = read(p.inVec ? `${key}.ia3_in` : `${key}.lora_B`).map((x) => x * adapter.scale);
     if (p.inVec) inputKeys.push(key);
-    tensors.set(`${PREFIX}${key}.ia3_l.weight`, { shape: p.inVec ? [1, data.length] : [data.length, 1], data });
+    tensors.set(`${PREFIX}${key}.ia3_l`, { shape: p.inVec ? [1, data.length] : [data.length, 1], data });
   }
   const targets = targetNames(rt, keys);
   const ffShort = [...new Set(inputKeys.map((k) => k.split('.').pop()!))];

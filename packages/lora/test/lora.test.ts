@@ -166,8 +166,16 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       model.deleteAdapter('ia3r');
     });
 
+    it('unknown options and unsupported strategies are errors, never ignored (addAdapter, averageAdapter, generate)', async () => {
+      expect(() => model.addAdapter('x', 'lora', { sead: 1 } as never)).toThrow(/addAdapter: unknown option 'sead'/);
+      expect(() => model.averageAdapter('avg', ['a', 'b'], [1, 0], { combine_strategy: 'svd' } as never)).toThrow(/averageAdapter: unknown option 'combine_strategy'/);
+      expect(() => model.averageAdapter('avg', ['a', 'b'], [1, 0], { combineStrategy: 'lora_delta_w_svd' })).toThrow(/combineStrategy 'lora_delta_w_svd' is not supported/);
+      await expect(model.generate({ inputIds: inputs.inputIds, maxNewTokens: 2, num_beams: 2 } as never)).rejects.toThrow(/generate: unknown option 'num_beams'/);
+      expect(model.adapters.hasAdapter('x') || model.adapters.hasAdapter('avg')).toBe(false);
+    });
+
     it('averageAdapter with weights [1, 0] equals the first adapter', async () => {
-      model.averageAdapter('avg', ['a', 'b'], [1, 0]);
+      model.averageAdapter('avg', ['a', 'b'], [1, 0], { combineStrategy: 'linear', normalizeWeights: true });
       model.setActiveAdapters('a');
       const a = await logitsOf(model);
       model.setActiveAdapters('avg');

@@ -7,7 +7,7 @@ import { backendsUnderTest } from '@adapterkit/backend/test';
 import { UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-import { FIXTURE_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
+import { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
 
 const ref = readJson(`${PEFT_LORA_DIR}/reference.json`);
 const peftConfig = readJson(`${PEFT_LORA_DIR}/adapter_config.json`);
@@ -142,6 +142,12 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         ['modules_to_save', ['lm_head']],
         ['fan_in_fan_out', true],
         ['lora_bias', true],
+        // saved without PEFT's conversion: deltas against a base PEFT modified at initialisation
+        ['init_lora_weights', 'pissa'],
+        ['init_lora_weights', 'pissa_niter_4'],
+        ['init_lora_weights', 'olora'],
+        ['init_lora_weights', 'corda'],
+        ['init_lora_weights', 'loftq'],
       ];
       for (const [option, value] of cases) {
         const cfg = { ...peftConfig, [option]: value };
@@ -156,6 +162,12 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         expect((err as UnsupportedError).option).toBe(option);
         expect((err as Error).message).toContain(option);
         expect(model.adapters.hasAdapter(`bad-${option}`)).toBe(false);
+      }
+      // initialisations that leave the base alone load (true, false, 'gaussian', 'eva', 'orthogonal')
+      for (const init of [true, false, 'gaussian', 'eva', 'orthogonal']) {
+        const cfg = { ...peftConfig, init_lora_weights: init };
+        const name = model.adapters.loadAdapterFiles({ ...files, 'adapter_config.json': new TextEncoder().encode(JSON.stringify(cfg)) }, { name: `init-${init}` });
+        model.deleteAdapter(name);
       }
       // Unknown keys are ignored; a regex target_modules is a full match (here: decoder only).
       const regex = { ...peftConfig, some_future_option: 1, target_modules: '.*decoder.*(SelfAttention|EncDecAttention)\\.(q|v)' };
@@ -190,6 +202,78 @@ describe('PEFT target_modules semantics', () => {
 });
 
 for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
+  describe(`PEFT IA3 fixture (written by PEFT 0.21) on ${backend}`, () => {
+    const ia3Ref = readJson(`${PEFT_IA3_DIR}/reference.json`);
+    let model: T5ForConditionalGeneration;
+    beforeAll(async () => {
+      await initBackend(backend);
+      model = await T5ForConditionalGeneration.fromPretrained(FIXTURE_DIR);
+      expect(await model.loadAdapter(PEFT_IA3_DIR, { name: 'ia3' })).toBe('ia3');
+      model.setActiveAdapters('ia3');
+    });
+    afterAll(() => model.dispose());
+
+    it('loads (keys end in `.ia3_l`, no `.weight`): logits within 1e-4, greedy and 3-beam ids identical', async () => {
+      const out = await logitsOf(model);
+      expect(maxDiff(out.data, ia3Ref.logits.data)).toBeLessThan(1e-4);
+      expect(await model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 8 })).toEqual(to2d(ia3Ref.greedy_ids));
+      const beam = await model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 8, numBeams: 3, earlyStopping: true, lengthPenalty: 1.0 });
+      expect(beam).toEqual(to2d(ia3Ref.beam3_ids));
+    });
+
+    it('loss and IA3 gradients match PEFT (1e-4 relative to max magnitude)', async () => {
+      model.trainAdapter('ia3');
+      const vars = model.adapters.adapterVariables('ia3');
+      const { value, grads } = tf.variableGrads(() => model.loss({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, labels }) as tf.Scalar, [...vars.values()]);
+      expect(Math.abs((await value.data())[0] - ia3Ref.loss) / ia3Ref.loss).toBeLessThan(1e-5);
+      const names = Object.keys(ia3Ref.grads);
+      expect(names.length).toBe(vars.size);
+      for (const peftName of names) {
+        const key = /^base_model\.model\.(.+)\.ia3_l\.default$/.exec(peftName)![1];
+        const v = vars.get(`${key}.lora_B`) ?? vars.get(`${key}.ia3_in`)!;
+        const expected = ia3Ref.grads[peftName];
+        const ours = (await grads[v.name].data()) as Float32Array; // [1, n] here, [n, 1] or [1, n] in PEFT: same order
+        const scale = Math.max(...expected.data.map(Math.abs));
+        expect(maxDiff(ours, expected.data) / scale, peftName).toBeLessThan(1e-4);
+      }
+      tf.dispose([value, ...Object.values(grads)]);
+      model.setActiveAdapters('ia3');
+    });
+
+    it("export writes PEFT's own names and values: the same tensors, bit-exact, as the file PEFT wrote", async () => {
+      await Promise.all([...model.adapters.adapterVariables('ia3').values()].map((v) => v.data()));
+      const exported = model.adapters.runtimeFor('lora')!.exportPeft!('ia3');
+      const original = readSafetensors(readFileSync(`${PEFT_IA3_DIR}/adapter_model.safetensors`)).tensors;
+      expect([...exported.tensors.keys()].sort()).toEqual([...original.keys()].sort());
+      for (const [k, t] of original) {
+        expect(exported.tensors.get(k)!.shape, k).toEqual(t.shape);
+        expect(Array.from(exported.tensors.get(k)!.data), k).toEqual(Array.from(t.data as Float32Array));
+      }
+      const peft = readJson(`${PEFT_IA3_DIR}/adapter_config.json`);
+      expect(exported.config).toMatchObject({ peft_type: 'IA3', feedforward_modules: peft.feedforward_modules });
+      expect([...(exported.config.target_modules as string[])].sort()).toEqual([...peft.target_modules].sort());
+    });
+
+    it('the `.ia3_l.weight` variant of the same file loads to the same logits; a vector named both ways is refused', async () => {
+      const bytes = readFileSync(`${PEFT_IA3_DIR}/adapter_model.safetensors`);
+      const { tensors } = readSafetensors(bytes);
+      const renamed = new Map([...tensors].map(([k, t]) => [`${k}.weight`, { shape: t.shape, data: t.data as Float32Array }]));
+      const config = readFileSync(`${PEFT_IA3_DIR}/adapter_config.json`);
+      const name = model.adapters.loadAdapterFiles({ 'adapter_config.json': config, 'adapter_model.safetensors': writeSafetensors(renamed) }, { name: 'ia3-variant' });
+      model.setActiveAdapters(name);
+      expect(maxDiff((await logitsOf(model)).data, ia3Ref.logits.data)).toBeLessThan(1e-4);
+      model.setActiveAdapters('ia3');
+      model.deleteAdapter(name);
+      const [first] = tensors.keys();
+      const both = new Map([...tensors].map(([k, t]) => [k, { shape: t.shape, data: t.data as Float32Array }]));
+      both.set(`${first}.weight`, both.get(first)!);
+      expect(() => model.adapters.loadAdapterFiles({ 'adapter_config.json': config, 'adapter_model.safetensors': writeSafetensors(both) }, { name: 'ia3-both' })).toThrow(/twice/);
+      expect(model.adapters.hasAdapter('ia3-both')).toBe(false);
+    });
+  });
+}
+
+for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
   describe(`PEFT IA3 and rsLoRA imports on ${backend}`, () => {
     let model: T5ForConditionalGeneration;
     beforeAll(async () => {
@@ -219,7 +303,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       return { 'adapter_config.json': new TextEncoder().encode(JSON.stringify(config)), 'adapter_model.safetensors': writeSafetensors(tensors) };
     }
 
-    it('IA3: output vectors scale k/v outputs, feed-forward vectors scale the input of wo (as PEFT)', async () => {
+    it('IA3 (a hand-made file in the `.ia3_l.weight` variant): output vectors scale k/v outputs, feed-forward vectors scale the input of wo', async () => {
       const files = ia3Files();
       const name = model.adapters.loadAdapterFiles(files, { name: 'ia3' });
       model.setActiveAdapters(name);

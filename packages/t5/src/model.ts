@@ -7,6 +7,8 @@ import {
   replicateRows,
   type AdapterComposition,
   type AdapterConfig,
+  type AddAdapterOptions,
+  type AverageAdapterOptions,
   type GenerationDefaults,
   type IdsInput,
   type Seq2SeqModel,
@@ -238,7 +240,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   }
 
   // ------------------------------------------------------------------ adapter API (delegates to the host)
-  addAdapter(name: string, config?: string | AdapterConfig, options?: { seed?: number; overwrite?: boolean }): void {
+  addAdapter(name: string, config?: string | AdapterConfig, options?: AddAdapterOptions): void {
     this.adapters.addAdapter(name, config, options);
   }
   deleteAdapter(name: string): void {
@@ -262,8 +264,8 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   adapterSummary() {
     return this.adapters.adapterSummary();
   }
-  averageAdapter(newName: string, names: string[], weights?: number[]) {
-    this.adapters.averageAdapter(newName, names, weights);
+  averageAdapter(newName: string, names: string[], weights?: number[], options?: AverageAdapterOptions) {
+    this.adapters.averageAdapter(newName, names, weights, options);
   }
   /** Folds a LoRA/IA3 adapter into the base weights (fast single-adapter inference). */
   mergeAdapter(name: string): void {

@@ -11,6 +11,7 @@ import { T5ForConditionalGeneration } from '../src/index.js';
 export const FIXTURE_DIR = fileURLToPath(new URL('./fixtures/tiny-gated', import.meta.url));
 export const PEFT_LORA_DIR = `${FIXTURE_DIR}/peft-lora`;
 export const PEFT_PREFIX_DIR = `${FIXTURE_DIR}/peft-prefix`;
+export const PEFT_IA3_DIR = `${FIXTURE_DIR}/peft-ia3`;
 
 /** A tensor as reference.json stores it: shape, dtype and row-major data. */
 export interface RefTensor {

@@ -4,11 +4,13 @@ import {
   ConfigError,
   ModelMismatchError,
   NonFiniteLossError,
+  rejectUnknownOptions,
   SeededRandom,
   WeightError,
   type AdapterComposition,
   type AdapterHost,
   type ModelDims,
+  type OptionKeys,
 } from '@adapterkit/core';
 import {
   checkCompatible,
@@ -94,6 +96,42 @@ export interface TrainerOptions {
   signal?: AbortSignal;
 }
 
+const TRAINER_OPTIONS = {
+  adapters: true,
+  trainData: true,
+  maxSteps: true,
+  optimizer: true,
+  optimizerOptions: true,
+  lr: true,
+  schedule: true,
+  warmupSteps: true,
+  batchSize: true,
+  gradientAccumulationSteps: true,
+  maxGradNorm: true,
+  labelSmoothing: true,
+  baseDropout: true,
+  seed: true,
+  shuffle: true,
+  shuffleBuffer: true,
+  bucketWindow: true,
+  maxSourceLength: true,
+  maxTargetLength: true,
+  truncation: true,
+  adapterDrop: true,
+  evalData: true,
+  evalEvery: true,
+  evalBatchSize: true,
+  evalGenerate: true,
+  earlyStopping: true,
+  checkpointDir: true,
+  checkpointEvery: true,
+  keepCheckpoints: true,
+  onProgress: true,
+  onEval: true,
+  onWarning: true,
+  signal: true,
+} as const satisfies OptionKeys<TrainerOptions>;
+
 export interface TrainProgress {
   step: number;
   maxSteps: number;
@@ -154,6 +192,7 @@ export class Trainer extends EventTarget {
     options: TrainerOptions,
   ) {
     super();
+    rejectUnknownOptions(options, TRAINER_OPTIONS, 'Trainer');
     this.options = options;
     this.adapterNames = typeof options.adapters === 'string' ? [options.adapters] : [...(options.adapters ?? [])];
     if (this.adapterNames.length === 0) throw new ConfigError('Trainer needs at least one adapter to train (options.adapters)', 'adapters');

@@ -154,6 +154,8 @@ describe.each(backendsUnderTest(['cpu', 'wasm']))('Trainer (generic, test bias m
   it('bad inputs: absent adapter, empty data, rows missing fields, too long, invalid JSONL', async () => {
     fresh();
     expect(() => new Trainer(model, opts({ adapters: ['nope'] }))).toThrow(AdapterError);
+    // an unknown option is an error, never ignored (a misspelt gradientAccumulationSteps would silently train differently)
+    expect(() => new Trainer(model, { ...opts({}), gradientAccumulation: 4 } as TrainerOptions)).toThrow(/Trainer: unknown option 'gradientAccumulation'/);
     await expect(new Trainer(model, opts({ trainData: [] })).train()).rejects.toThrow(/empty/);
     await expect(new Trainer(model, opts({ trainData: [train[0], { inputIds: [3, 1] }], shuffleBuffer: undefined })).train()).rejects.toThrow(/row 1 of trainData: 'targetIds'/);
     const e = await new Trainer(model, opts({ trainData: [{ input: 'a' }] })).train().catch((x) => x);
