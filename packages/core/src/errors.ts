@@ -32,6 +32,20 @@ export class SafetensorsError extends AdapterkitError {
   }
 }
 
+/**
+ * A PyTorch checkpoint (torch.save zip: pytorch_model.bin, adapter_model.bin) is malformed, in the legacy
+ * format, or asks for something the safe reader refuses (a global or opcode outside what torch.save emits
+ * for tensors, compressed entries, big-endian data, non-contiguous strides).
+ */
+export class TorchCheckpointError extends AdapterkitError {
+  constructor(
+    message: string,
+    readonly file?: string,
+  ) {
+    super('TORCH_CHECKPOINT', file ? `${file}: ${message}` : message);
+  }
+}
+
 /** A weight is missing, unexpected, or has the wrong shape for the model. */
 export class WeightError extends AdapterkitError {
   constructor(

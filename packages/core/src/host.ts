@@ -21,6 +21,7 @@ import type {
 import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.js';
 import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { readTorchCheckpoint } from './torch-checkpoint.js';
 import { fnv1a } from './rng.js';
 import { type OptionKeys, rejectUnknownOptions } from './options.js';
 
@@ -337,11 +338,16 @@ export class AdapterHost {
   async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean } = {}): Promise<string> {
     const cfgPath = joinPath(dir, 'adapter_config.json');
     if (!(await exists(cfgPath))) throw new FileError(`${dir} is not an adapter directory: adapter_config.json is missing`, dir);
-    const weightsPath = joinPath(dir, 'adapter_model.safetensors');
-    if (!(await exists(weightsPath))) throw new FileError(`${dir} is not an adapter directory: adapter_model.safetensors is missing`, dir);
+    // adapter_model.safetensors, else adapter_model.bin (torch.save, as PEFT wrote adapters before safetensors)
+    let weightsFile = 'adapter_model.safetensors';
+    if (!(await exists(joinPath(dir, weightsFile)))) {
+      weightsFile = 'adapter_model.bin';
+      if (!(await exists(joinPath(dir, weightsFile)))) throw new FileError(`${dir} is not an adapter directory: adapter_model.safetensors (or adapter_model.bin) is missing`, dir);
+    }
+    const weightsPath = joinPath(dir, weightsFile);
     const files: AdapterFiles = {
       'adapter_config.json': await readBytes(cfgPath),
-      'adapter_model.safetensors': await readBytes(weightsPath),
+      [weightsFile]: await readBytes(weightsPath),
     };
     const fallbackName = dir.replace(/\/+$/, '').split('/').pop() || 'adapter';
     return this.loadAdapterFiles(files, { ...options, name: options.name, fallbackName });
@@ -350,11 +356,12 @@ export class AdapterHost {
   /** Loads an adapter from its files' bytes (browser file pickers, tests). */
   loadAdapterFiles(files: AdapterFiles, options: { name?: string; overwrite?: boolean; fallbackName?: string } = {}): string {
     const cfgBytes = files['adapter_config.json'];
-    const weightBytes = files['adapter_model.safetensors'];
-    if (!cfgBytes || !weightBytes) throw new FileError('an adapter needs adapter_config.json and adapter_model.safetensors');
+    const binBytes = files['adapter_model.safetensors'] ? undefined : files['adapter_model.bin'];
+    const weightBytes = files['adapter_model.safetensors'] ?? binBytes;
+    if (!cfgBytes || !weightBytes) throw new FileError('an adapter needs adapter_config.json and adapter_model.safetensors (or adapter_model.bin)');
     const cfg = parseJson(new TextDecoder().decode(cfgBytes), 'adapter_config.json');
     if (!cfg || typeof cfg !== 'object') throw new FileError('adapter_config.json is not a JSON object', 'adapter_config.json');
-    const { tensors } = readSafetensors(weightBytes, 'adapter_model.safetensors');
+    const { tensors } = binBytes ? readTorchCheckpoint(binBytes, 'adapter_model.bin') : readSafetensors(weightBytes, 'adapter_model.safetensors');
     const floats = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [k, t] of tensors) floats.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
 

@@ -11,3 +11,4 @@ export * from './gating.js';
 export * from './generation.js';
 export * from './adapter-table.js';
 export * from './options.js';
+export * from './torch-checkpoint.js';

@@ -95,26 +95,33 @@ export function readSafetensors(bytes: Uint8Array, file?: string): { tensors: Ma
   const tensors = new Map<string, SafeTensor>();
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (const { name, dtype, shape, begin, end } of entries) {
-    const off = dataStart + begin;
-    const n = (end - begin) / DTYPE_BYTES[dtype];
-    let data: Float32Array | Int32Array;
-    if (dtype === 'F32') {
-      data = new Float32Array(n);
-      new Uint8Array(data.buffer).set(bytes.subarray(off, off + n * 4));
-    } else if (dtype === 'BF16') {
-      // bfloat16 is the top half of a float32
-      const u = new Uint32Array(n);
-      for (let i = 0; i < n; i++) u[i] = view.getUint16(off + i * 2, true) << 16;
-      data = new Float32Array(u.buffer);
-    } else {
-      const { float, read } = ELEMENT_READERS[dtype]!;
-      const size = DTYPE_BYTES[dtype];
-      data = float ? new Float32Array(n) : new Int32Array(n);
-      for (let i = 0; i < n; i++) data[i] = read(view, off + i * size);
-    }
-    tensors.set(name, { dtype, shape, data });
+    tensors.set(name, { dtype, shape, data: decodeTensorData(bytes, view, dataStart + begin, dtype, (end - begin) / DTYPE_BYTES[dtype]) });
   }
   return { tensors, metadata };
+}
+
+/**
+ * Decodes `n` little-endian elements of a safetensors dtype starting at byte `off` of `bytes` (`view` spans the
+ * same bytes): float dtypes become a Float32Array, integer dtypes an Int32Array. The caller has checked that
+ * the range lies inside `bytes`. Shared with the torch checkpoint reader.
+ */
+export function decodeTensorData(bytes: Uint8Array, view: DataView, off: number, dtype: string, n: number): Float32Array | Int32Array {
+  if (dtype === 'F32') {
+    const data = new Float32Array(n);
+    new Uint8Array(data.buffer).set(bytes.subarray(off, off + n * 4));
+    return data;
+  }
+  if (dtype === 'BF16') {
+    // bfloat16 is the top half of a float32
+    const u = new Uint32Array(n);
+    for (let i = 0; i < n; i++) u[i] = view.getUint16(off + i * 2, true) << 16;
+    return new Float32Array(u.buffer);
+  }
+  const { float, read } = ELEMENT_READERS[dtype]!;
+  const size = DTYPE_BYTES[dtype];
+  const data = float ? new Float32Array(n) : new Int32Array(n);
+  for (let i = 0; i < n; i++) data[i] = read(view, off + i * size);
+  return data;
 }
 
 /** Serialises float32 tensors to safetensors bytes (names sorted, 8-byte aligned header, as HF writes). */

@@ -1,7 +1,20 @@
 import { tf } from '@adapterkit/backend';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 
-export { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_DIR, type RefTensor, inputs, labels, logitsOf, maxDiff, readJson, reference as baseRef, to2d } from '@adapterkit/t5/test';
+export {
+  FIXTURE_DIR,
+  PEFT_IA3_DIR,
+  PEFT_LORA_BIN_DIR,
+  PEFT_LORA_DIR,
+  type RefTensor,
+  inputs,
+  labels,
+  logitsOf,
+  maxDiff,
+  readJson,
+  reference as baseRef,
+  to2d,
+} from '@adapterkit/t5/test';
 
 /** Rows [start, end) of a [rows, ...] flat array. */
 export function rowsOf(t: { shape: number[]; data: Float32Array }, start: number, end: number): Float32Array {

@@ -7,7 +7,7 @@ import { backendsUnderTest } from '@adapterkit/backend/test';
 import { UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-import { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
+import { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_BIN_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
 
 const ref = readJson(`${PEFT_LORA_DIR}/reference.json`);
 const peftConfig = readJson(`${PEFT_LORA_DIR}/adapter_config.json`);
@@ -30,6 +30,17 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const out = await logitsOf(model);
       expect(out.shape).toEqual(ref.logits.shape);
       expect(maxDiff(out.data, ref.logits.data)).toBeLessThan(1e-4);
+    });
+
+    it('the same adapter as PEFT saved it with torch.save (adapter_model.bin) gives the same logits and greedy ids', async () => {
+      const name = await model.loadAdapter(PEFT_LORA_BIN_DIR);
+      expect(name).toBe('peft-lora-bin');
+      model.setActiveAdapters(name);
+      const out = await logitsOf(model);
+      expect(maxDiff(out.data, ref.logits.data)).toBeLessThan(1e-4);
+      expect(await model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 8 })).toEqual(to2d(ref.greedy_ids));
+      model.deleteAdapter(name);
+      model.setActiveAdapters('peft-lora');
     });
 
     it('greedy and 3-beam ids identical to PEFT', async () => {

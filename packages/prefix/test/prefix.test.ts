@@ -40,8 +40,8 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       expect(await maxAbsDiff(l, base)).toBeGreaterThan(1e-3);
       l.dispose();
       await expectNoLeaks(() => tf.dispose(logitsOf('p')), 'forward');
-      await expectNoLeaks(() => model.generate({ ...inputs, maxNewTokens: 4 }), 'generate');
-      await expectNoLeaks(() => model.generate({ ...inputs, maxNewTokens: 4, numBeams: 2 }), 'beam generate');
+      await expectNoLeaks(() => model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 4 }), 'generate');
+      await expectNoLeaks(() => model.generate({ inputIds: inputs.inputIds, attentionMask: inputs.attentionMask, maxNewTokens: 4, numBeams: 2 }), 'beam generate');
       cleanup('p');
     });
 

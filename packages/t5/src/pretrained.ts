@@ -6,7 +6,8 @@ import { expectedWeights, readCheckpoint, validateWeights } from './weights.js';
 
 /**
  * T5ForConditionalGeneration: `fromPretrained(dirOrUrl)` loads config.json, model.safetensors (or a sharded
- * index), generation_config.json and tokenizer.json from a Hugging Face model directory.
+ * index) — else pytorch_model.bin (or its sharded index), read safely without executing the pickle —,
+ * generation_config.json and tokenizer.json from a Hugging Face model directory.
  */
 export class T5ForConditionalGeneration extends T5Model {
   tokenizer?: T5Tokenizer;

@@ -1,25 +1,34 @@
-import { FileError, WeightError, joinPath, readBytes, exists, parseJson, readText, readSafetensors, type SafeTensor } from '@adapterkit/core';
+import { FileError, WeightError, joinPath, readBytes, exists, parseJson, readText, readSafetensors, readTorchCheckpoint, type SafeTensor } from '@adapterkit/core';
 import type { T5Config } from './config.js';
 
-/** Reads model.safetensors, or every shard listed in model.safetensors.index.json. */
+/** The checkpoint layouts fromPretrained accepts, in order of preference: safetensors first, then torch.save files. */
+const CHECKPOINT_FORMATS = [
+  { single: 'model.safetensors', read: (bytes: Uint8Array, file: string) => readSafetensors(bytes, file).tensors },
+  { single: 'pytorch_model.bin', read: (bytes: Uint8Array, file: string) => readTorchCheckpoint(bytes, file).tensors },
+];
+
+/**
+ * Reads model.safetensors, or every shard listed in model.safetensors.index.json; without either, the same from
+ * pytorch_model.bin or pytorch_model.bin.index.json (torch.save zip files, read without executing anything).
+ */
 export async function readCheckpoint(source: string): Promise<Map<string, SafeTensor>> {
-  const single = joinPath(source, 'model.safetensors');
-  const index = joinPath(source, 'model.safetensors.index.json');
-  if (await exists(single)) return readSafetensors(await readBytes(single), 'model.safetensors').tensors;
-  if (await exists(index)) {
-    const idx = parseJson(await readText(index), 'model.safetensors.index.json');
-    if (!idx || typeof idx.weight_map !== 'object') throw new FileError("model.safetensors.index.json has no 'weight_map'", index);
+  for (const { single, read } of CHECKPOINT_FORMATS) {
+    if (await exists(joinPath(source, single))) return read(await readBytes(joinPath(source, single)), single);
+    const indexName = `${single}.index.json`;
+    const index = joinPath(source, indexName);
+    if (!(await exists(index))) continue;
+    const idx = parseJson(await readText(index), indexName);
+    if (!idx || typeof idx.weight_map !== 'object') throw new FileError(`${indexName} has no 'weight_map'`, index);
     const shards = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
     const out = new Map<string, SafeTensor>();
     for (const shard of shards) {
-      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/'))
-        throw new FileError(`model.safetensors.index.json names an invalid shard ${JSON.stringify(shard)}`, index);
-      for (const [k, v] of readSafetensors(await readBytes(joinPath(source, shard)), shard).tensors) out.set(k, v);
+      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/')) throw new FileError(`${indexName} names an invalid shard ${JSON.stringify(shard)}`, index);
+      for (const [k, v] of read(await readBytes(joinPath(source, shard)), shard)) out.set(k, v);
     }
     for (const name of Object.keys(idx.weight_map)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);
     return out;
   }
-  throw new FileError(`${source} has neither model.safetensors nor model.safetensors.index.json`, source);
+  throw new FileError(`${source} has neither model.safetensors (or model.safetensors.index.json) nor pytorch_model.bin (or pytorch_model.bin.index.json)`, source);
 }
 
 /** The weight names and shapes (HF layout, [out, in] for linears) a T5 of this config must have. */
@@ -84,8 +93,8 @@ export function validateWeights(c: T5Config, tensors: Map<string, SafeTensor>): 
     }
     if (name === 'lm_head.weight' && c.tieWordEmbeddings) continue; // tied: the head is shared.weight
     const shape = expected.get(name);
-    if (!shape) throw new WeightError(`model.safetensors has unexpected weight '${rawName}' for this config`, rawName);
-    if (out.has(name)) throw new WeightError(`model.safetensors has weight '${name}' twice (with and without a prefix)`, rawName);
+    if (!shape) throw new WeightError(`the checkpoint has unexpected weight '${rawName}' for this config`, rawName);
+    if (out.has(name)) throw new WeightError(`the checkpoint has weight '${name}' twice (with and without a prefix)`, rawName);
     check(rawName, t, shape);
     out.set(name, t);
   }
@@ -96,7 +105,7 @@ export function validateWeights(c: T5Config, tensors: Map<string, SafeTensor>): 
     out.set('shared.weight', copy[1]);
   }
   for (const name of expected.keys()) {
-    if (!out.has(name)) throw new WeightError(`model.safetensors lacks weight '${name}'`, name);
+    if (!out.has(name)) throw new WeightError(`the checkpoint lacks weight '${name}'`, name);
   }
   return out;
 }

@@ -12,6 +12,8 @@ export const FIXTURE_DIR = fileURLToPath(new URL('./fixtures/tiny-gated', import
 export const PEFT_LORA_DIR = `${FIXTURE_DIR}/peft-lora`;
 export const PEFT_PREFIX_DIR = `${FIXTURE_DIR}/peft-prefix`;
 export const PEFT_IA3_DIR = `${FIXTURE_DIR}/peft-ia3`;
+/** The PEFT LoRA adapter as torch.save wrote it (adapter_model.bin), same tensors as peft-lora. */
+export const PEFT_LORA_BIN_DIR = `${FIXTURE_DIR}/peft-lora-bin`;
 
 /** A tensor as reference.json stores it: shape, dtype and row-major data. */
 export interface RefTensor {
