@@ -615,7 +615,7 @@ export function isTorchCheckpoint(bytes: Uint8Array): boolean {
  * Throws TorchCheckpointError for anything else, without executing any part of the file.
  */
 export function readTorchCheckpoint(bytes: Uint8Array, file?: string): { tensors: Map<string, SafeTensor> } {
-  const r = new Reader(bytes, file);
+  const r: Reader = new Reader(bytes, file);
   if (bytes.byteLength > 0 && bytes[0] === 0x80)
     r.fail(
       'this is the legacy (pre-1.6, non-zip) torch.save format, which cannot be read safely; re-save it with a current PyTorch (torch.save(torch.load(path), path)) or convert it to safetensors',
