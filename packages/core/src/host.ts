@@ -286,8 +286,15 @@ export class AdapterHost {
   }
 
   // ---------------------------------------------------------------- save / load
-  /** Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU). */
-  async serializeAdapterAsync(name: string): Promise<AdapterFiles> {
+  /**
+   * Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU) — what saveAdapter
+   * writes, as bytes (browser downloads). `format: 'peft'` gives PEFT's files for methods that export to PEFT.
+   */
+  async serializeAdapterAsync(name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<AdapterFiles> {
+    rejectUnknownOptions(options, { format: true }, 'serializeAdapterAsync');
+    if (options.format !== undefined && options.format !== 'adapterkit' && options.format !== 'peft')
+      throw new ConfigError(`format must be 'adapterkit' or 'peft', got ${JSON.stringify(options.format)}`, 'format');
+    if (options.format === 'peft') return this.peftFiles(name);
     const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: (await v.data()) as Float32Array });
     return this.adapterFiles(name, tensors);
@@ -317,21 +324,21 @@ export class AdapterHost {
     };
   }
 
+  private async peftFiles(name: string): Promise<AdapterFiles> {
+    const rec = this.get(name);
+    const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
+    if (!rt?.exportPeft) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to PEFT format`, 'format');
+    // exportPeft reads synchronously: download the data first (WebGPU cannot read synchronously otherwise).
+    await Promise.all([...this.adapterVariables(name).values()].map((v) => v.data()));
+    const { config, tensors } = rt.exportPeft(name);
+    return {
+      'adapter_config.json': new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`),
+      'adapter_model.safetensors': writeSafetensors(tensors, { format: 'pt' }),
+    };
+  }
+
   async saveAdapter(dir: string, name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<void> {
-    if (options.format === 'peft') {
-      const rec = this.get(name);
-      const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
-      if (!rt?.exportPeft) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to PEFT format`, 'format');
-      const vars = this.adapterVariables(name);
-      await Promise.all([...vars.values()].map((v) => v.data()));
-      const { config, tensors } = rt.exportPeft(name);
-      await writeFilesAtomic(dir, {
-        'adapter_config.json': `${JSON.stringify(config, null, 2)}\n`,
-        'adapter_model.safetensors': writeSafetensors(tensors, { format: 'pt' }),
-      });
-      return;
-    }
-    await writeFilesAtomic(dir, await this.serializeAdapterAsync(name));
+    await writeFilesAtomic(dir, await this.serializeAdapterAsync(name, options));
   }
 
   /** Loads an adapter directory (adapterkit or PEFT format, detected) from a path or URL; returns its name. */

@@ -32,7 +32,21 @@ export async function readBytes(source: string): Promise<Uint8Array> {
     throw new FileError(`cannot fetch ${source}: ${(e as Error).message}`, source);
   }
   if (!res.ok) throw new FileError(`cannot fetch ${source}: HTTP ${res.status}`, source);
+  if (isHtmlFallback(source, res))
+    throw new FileError(
+      `cannot fetch ${source}: the server answered with an HTML page instead of the file (no such file; a dev server or static host serves index.html for missing paths)`,
+      source,
+    );
   return new Uint8Array(await res.arrayBuffer());
+}
+
+/**
+ * Single-page-app servers (Vite's dev server and preview, many static hosts) answer a missing path with
+ * index.html and status 200: an HTML response for a file that is not .html means the file is not there.
+ */
+function isHtmlFallback(source: string, res: Response): boolean {
+  const type = res.headers.get('content-type') ?? '';
+  return /^\s*text\/html/i.test(type) && !/\.html?$/i.test(new URL(source, 'http://x/').pathname);
 }
 
 export async function readText(source: string): Promise<string> {
@@ -46,7 +60,7 @@ export async function exists(source: string): Promise<boolean> {
   }
   try {
     const res = await fetch(source, { method: 'HEAD' });
-    return res.ok;
+    return res.ok && !isHtmlFallback(source, res);
   } catch {
     return false;
   }

@@ -138,3 +138,33 @@ describe('path helpers', () => {
     expect(isUrl('relative/path')).toBe(false); // Node: a relative path, not a URL
   });
 });
+
+describe('reading over HTTP from a server with an index.html fallback (Vite dev/preview, static hosts)', () => {
+  // Answers every unknown path with index.html and status 200, as a single-page-app server does.
+  async function spaServer(files: Record<string, { type: string; body: string }>) {
+    const { createServer } = await import('node:http');
+    const server = createServer((req, res) => {
+      const f = files[(req.url ?? '/').split('?')[0]] ?? { type: 'text/html', body: '<!doctype html><html></html>' };
+      res.writeHead(200, { 'content-type': f.type, 'content-length': Buffer.byteLength(f.body) });
+      res.end(req.method === 'HEAD' ? undefined : f.body);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { server, base: `http://127.0.0.1:${(server.address() as { port: number }).port}` };
+  }
+
+  it('a missing file answered with HTML does not exist, and reading it is a FileError, not a JSON parse error', async () => {
+    const { server, base } = await spaServer({ '/m/config.json': { type: 'application/json', body: '{"a":1}' }, '/page.html': { type: 'text/html', body: '<p>hi</p>' } });
+    try {
+      expect(await exists(`${base}/m/config.json`)).toBe(true);
+      expect(await readJson(`${base}/m/config.json`)).toEqual({ a: 1 });
+      expect(await exists(`${base}/m/tokenizer_config.json`)).toBe(false);
+      const err = await expectFileError(readJson(`${base}/m/tokenizer_config.json`), /HTML page instead of the file/);
+      expect(err.path).toBe(`${base}/m/tokenizer_config.json`);
+      // An .html file is still read as HTML.
+      expect(await exists(`${base}/page.html`)).toBe(true);
+      expect(await readText(`${base}/page.html`)).toBe('<p>hi</p>');
+    } finally {
+      server.close();
+    }
+  });
+});

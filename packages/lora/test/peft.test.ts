@@ -107,6 +107,18 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       model.setActiveAdapters('peft-lora');
     });
 
+    it('serializeAdapterAsync gives the bytes saveAdapter writes, in both formats (browser downloads)', async () => {
+      for (const format of ['peft', 'adapterkit'] as const) {
+        const dir = join(tmp, `serialized-${format}-${backend}`);
+        await model.saveAdapter(dir, 'peft-lora', { format });
+        const files = await model.adapters.serializeAdapterAsync('peft-lora', { format });
+        expect(Object.keys(files).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+        for (const [f, bytes] of Object.entries(files)) expect(Buffer.from(bytes).equals(readFileSync(join(dir, f))), `${format} ${f}`).toBe(true);
+      }
+      await expect(model.adapters.serializeAdapterAsync('peft-lora', { format: 'adapters' as 'peft' })).rejects.toThrow(/format must be/);
+      await expect(model.adapters.serializeAdapterAsync('peft-lora', { fromat: 'peft' } as object)).rejects.toThrow(/unknown option 'fromat'/);
+    });
+
     it('adapterkit save/load round trip keeps the PEFT origin and the logits', async () => {
       const dir = join(tmp, `saved-${backend}`);
       await model.saveAdapter(dir, 'peft-lora');
