@@ -32,6 +32,9 @@ function tfjsWasmFiles(): Plugin {
 }
 
 export default defineConfig({
+  // Relative asset URLs: the built site works from any folder of a static host (the page resolves the model
+  // and the .wasm files against document.baseURI).
+  base: './',
   // The bundled tiny model lives once in the repo, in the CLI package: served from there at /tiny-gated/.
   publicDir: join(here, '../node/models'),
   plugins: [tfjsWasmFiles()],

@@ -1,25 +1,30 @@
 /**
- * adapterkit in the browser: load a Hugging Face T5 from a URL (the bundled tiny model by default), run it on
- * WebGPU (wasm when navigator.gpu is absent), hot-swap adapters without reloading the model, load adapters
- * from files (adapterkit or PEFT format), train a LoRA in the tab with a live loss chart, download it.
+ * adapterkit in the browser: load a Hugging Face T5 by URL (the bundled tiny model by default) with a
+ * progress bar, run it on WebGPU (wasm when navigator.gpu is absent), hot-swap adapters loaded from files,
+ * generate with streamed text, and train an adapter on the user's own examples (held-out split, live loss and
+ * accuracy chart, stop/resume), then download it in adapterkit or PEFT format.
  */
 import { initBackend, setWasmPaths, type BackendInfo } from '@adapterkit/backend';
 import type { AdapterFiles } from '@adapterkit/core';
 import '@adapterkit/lora';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
-import { CategoryScale, Chart, LinearScale, LineController, LineElement, PointElement } from 'chart.js';
-import { shiftTaskExamples as shiftExamples, Trainer } from '@adapterkit/train';
-
-Chart.register(LineController, LineElement, PointElement, LinearScale, CategoryScale);
+import { shiftTaskExamples, Trainer, type ExampleRow, type TrainerOptions } from '@adapterkit/train';
+import { LineChart } from './chart.js';
+import { adapterNameProblem, detectFormat, parseDataset, splitHeldOut, toJsonl } from './dataset.js';
+import { modelSourceUrl, withDownloadProgress } from './source.js';
+import { textStream } from './stream.js';
+import { zipFiles } from './zip.js';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 const ui = {
   backend: $('backend'),
   backendNote: $('backend-note'),
+  modelForm: $<HTMLFormElement>('model-form'),
   modelUrl: $<HTMLInputElement>('model-url'),
   loadModel: $<HTMLButtonElement>('load-model'),
+  modelProgress: $<HTMLProgressElement>('model-progress'),
   modelStatus: $('model-status'),
-  adapterList: $('adapter-list'),
+  adapterList: $<HTMLFieldSetElement>('adapter-list'),
   adapterFiles: $<HTMLInputElement>('adapter-files'),
   adapterName: $<HTMLInputElement>('adapter-name'),
   adapterStatus: $('adapter-status'),
@@ -27,26 +32,46 @@ const ui = {
   genIds: $<HTMLInputElement>('gen-ids'),
   genMax: $<HTMLInputElement>('gen-max'),
   generate: $<HTMLButtonElement>('generate'),
+  genStream: $<HTMLOutputElement>('gen-stream'),
   genOutput: $('gen-output'),
+  trainData: $<HTMLTextAreaElement>('train-data'),
+  trainFile: $<HTMLInputElement>('train-file'),
+  trainExample: $<HTMLButtonElement>('train-example'),
+  trainDataStatus: $('train-data-status'),
+  trainName: $<HTMLInputElement>('train-name'),
+  trainNameError: $('train-name-error'),
+  trainMethod: $<HTMLSelectElement>('train-method'),
   trainConfig: $<HTMLInputElement>('train-config'),
   trainSteps: $<HTMLInputElement>('train-steps'),
   trainLr: $<HTMLInputElement>('train-lr'),
   trainBatch: $<HTMLInputElement>('train-batch'),
+  trainHeldOut: $<HTMLInputElement>('train-heldout'),
+  trainEvalEvery: $<HTMLInputElement>('train-eval-every'),
   train: $<HTMLButtonElement>('train'),
-  download: $<HTMLButtonElement>('download'),
+  trainStop: $<HTMLButtonElement>('train-stop'),
+  trainResume: $<HTMLButtonElement>('train-resume'),
+  trainProgress: $<HTMLProgressElement>('train-progress'),
   trainStatus: $('train-status'),
+  download: $<HTMLButtonElement>('download'),
+  downloadPeft: $<HTMLButtonElement>('download-peft'),
+  downloadStatus: $('download-status'),
 };
 
 let model: T5ForConditionalGeneration | undefined;
 let modelLoads = 0;
 let active: string | null = null;
-let trained: string | undefined;
 let busy = false;
+
+/** The adapter being trained (or last trained) and its trainer, kept for Resume. */
+let run: { name: string; trainer: Trainer; options: TrainerOptions; stop?: AbortController; heldOut: ExampleRow[] } | undefined;
+let training = false;
 
 function status(el: HTMLElement, text: string, state = 'ok') {
   el.textContent = text;
   el.dataset.state = state;
 }
+
+const errorText = (e: unknown) => `${(e as Error).name}: ${(e as Error).message}`;
 
 async function guard(el: HTMLElement, fn: () => Promise<void>) {
   if (busy) return;
@@ -56,7 +81,7 @@ async function guard(el: HTMLElement, fn: () => Promise<void>) {
     await fn();
   } catch (e) {
     console.error(e);
-    status(el, `${(e as Error).name}: ${(e as Error).message}`, 'error');
+    status(el, errorText(e), 'error');
   } finally {
     busy = false;
     setButtons();
@@ -64,10 +89,14 @@ async function guard(el: HTMLElement, fn: () => Promise<void>) {
 }
 
 function setButtons() {
-  ui.generate.disabled = busy || !model;
-  ui.train.disabled = busy || !model;
+  const idle = !busy && !!model;
+  ui.generate.disabled = !idle;
+  ui.train.disabled = !idle;
   ui.loadModel.disabled = busy;
-  ui.download.disabled = busy || !trained;
+  ui.trainStop.disabled = !training;
+  ui.trainResume.disabled = !idle || !run || run.trainer.currentStep >= run.options.maxSteps;
+  ui.download.disabled = !idle || !run || run.trainer.currentStep === 0;
+  ui.downloadPeft.disabled = ui.download.disabled;
 }
 
 // ---------------------------------------------------------------- backend: WebGPU, else wasm (visible)
@@ -99,16 +128,29 @@ async function startBackend(): Promise<BackendInfo> {
 }
 
 // ---------------------------------------------------------------- model
+const kB = (n: number) => `${(n / 1024).toFixed(n < 10 * 1024 ? 1 : 0)} kB`;
+
 async function loadModel() {
-  const url = new URL(ui.modelUrl.value.trim() || 'tiny-gated/', document.baseURI).href;
+  const url = modelSourceUrl(ui.modelUrl.value, document.baseURI);
   status(ui.modelStatus, `loading ${url} …`, 'loading');
+  ui.modelProgress.hidden = false;
+  ui.modelProgress.removeAttribute('value'); // indeterminate until a size is known
   const t0 = performance.now();
-  const next = await T5ForConditionalGeneration.fromPretrained(url.replace(/\/+$/, ''));
+  const next = await withDownloadProgress(
+    url,
+    (p) => {
+      if (p.total) ui.modelProgress.value = Math.min(1, p.loaded / p.total);
+      status(ui.modelStatus, `downloading ${p.file}: ${kB(p.loaded)}${p.total ? ` of ${kB(p.total)}` : ''} (${p.files} files done)`, 'loading');
+    },
+    () => T5ForConditionalGeneration.fromPretrained(url),
+  ).finally(() => {
+    ui.modelProgress.hidden = true;
+  });
   model?.dispose();
   model = next;
   modelLoads++;
   active = null;
-  trained = undefined;
+  run = undefined;
   const d = model.dims;
   status(
     ui.modelStatus,
@@ -117,10 +159,12 @@ async function loadModel() {
   );
   ui.modelStatus.dataset.loads = String(modelLoads);
   renderAdapters();
+  checkName();
 }
 
 function renderAdapters() {
-  ui.adapterList.replaceChildren();
+  const legend = ui.adapterList.querySelector('legend')!;
+  ui.adapterList.replaceChildren(legend);
   const rows = [
     { name: null as string | null, label: 'none (base model)' },
     ...(model?.adapters.adapterSummary() ?? []).map((r) => ({
@@ -147,128 +191,277 @@ function renderAdapters() {
 }
 
 // ---------------------------------------------------------------- adapters from files
+const ADAPTER_FILES: [RegExp, string][] = [
+  [/\.json$/i, 'adapter_config.json'],
+  [/\.safetensors$/i, 'adapter_model.safetensors'],
+  [/\.bin$/i, 'adapter_model.bin'],
+];
+
 async function loadAdapterFromFiles() {
   if (!model) throw new Error('load a model first');
   const files: AdapterFiles = {};
   for (const f of Array.from(ui.adapterFiles.files ?? [])) {
-    const key = f.name.endsWith('.json') ? 'adapter_config.json' : f.name.endsWith('.safetensors') ? 'adapter_model.safetensors' : '';
+    const key = ADAPTER_FILES.find(([re]) => re.test(f.name))?.[1];
     if (key) files[key] = new Uint8Array(await f.arrayBuffer());
   }
-  if (!files['adapter_config.json'] || !files['adapter_model.safetensors']) throw new Error('pick both adapter_config.json and adapter_model.safetensors');
+  ui.adapterFiles.value = '';
+  if (!files['adapter_config.json'] || !(files['adapter_model.safetensors'] || files['adapter_model.bin']))
+    throw new Error('pick adapter_config.json and adapter_model.safetensors (or adapter_model.bin) together');
   const wanted = ui.adapterName.value.trim();
+  const problem = wanted ? adapterNameProblem(wanted, []) : undefined;
+  if (problem) throw new Error(`adapter name: ${problem}`);
   const name = model.adapters.loadAdapterFiles(files, { ...(wanted ? { name: wanted } : {}), fallbackName: `adapter${model.adapters.listAdapters().length + 1}`, overwrite: true });
   active = name;
-  ui.adapterFiles.value = '';
   ui.adapterName.value = '';
   renderAdapters();
+  checkName();
   status(ui.adapterStatus, `loaded '${name}' (${model.adapters.adapterConfig(name).method}) and made it active`);
 }
 
-// ---------------------------------------------------------------- generate
+// ---------------------------------------------------------------- generate (streamed)
+function inputIds(m: T5ForConditionalGeneration): number[] {
+  const text = ui.genInput.value;
+  if (!ui.genIds.checked) {
+    if (!m.tokenizer) throw new Error('this model has no tokenizer: give token ids');
+    return m.tokenizer.encode(text);
+  }
+  const ids = text
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .map(Number);
+  if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0 || t >= m.dims.vocabSize)) throw new Error(`token ids must be integers in [0, ${m.dims.vocabSize})`);
+  return ids;
+}
+
 async function generate() {
   if (!model) return;
-  let ids: number[];
-  const text = ui.genInput.value;
-  if (ui.genIds.checked) {
-    ids = text
-      .split(/[\s,]+/)
-      .filter(Boolean)
-      .map(Number);
-    if (!ids.length || ids.some((t) => !Number.isInteger(t) || t < 0 || t >= model!.dims.vocabSize)) throw new Error(`token ids must be integers in [0, ${model.dims.vocabSize})`);
-  } else {
-    if (!model.tokenizer) throw new Error('this model has no tokenizer: use token ids');
-    ids = model.tokenizer.encode(text);
-  }
+  const m = model;
+  const ids = inputIds(m);
+  const eos = m.generationConfig.eosTokenId;
+  const eosIds = Array.isArray(eos) ? eos : [eos];
+  const asText = !ui.genIds.checked && !!m.tokenizer;
+  const stream = textStream((row) => (asText ? m.tokenizer!.decode(row, { skipSpecialTokens: true }) : `${row.join(' ')} `), asText ? [] : eosIds);
   const t0 = performance.now();
+  ui.genStream.textContent = '';
   ui.genOutput.textContent = '';
   ui.genOutput.dataset.ids = '';
-  const out = await model.generate({
+  let finished = false;
+  const out = await m.generate({
     inputIds: [ids],
     maxNewTokens: Number(ui.genMax.value) || 8,
     composition: active,
     onToken: (_step, tokens) => {
-      ui.genOutput.textContent += `${tokens[0]} `;
+      if (finished) return;
+      ui.genStream.textContent = stream.push(tokens[0]);
+      finished = eosIds.includes(tokens[0]);
     },
   });
-  const eos = model.generationConfig.eosTokenId;
+  ui.genStream.textContent = stream.end();
   const row: number[] = [];
   for (const t of out[0].slice(1)) {
     row.push(t);
-    if (t === eos) break;
+    if (eosIds.includes(t)) break;
   }
-  const decoded = model.tokenizer ? `\ntext: ${JSON.stringify(model.tokenizer.decode(row, { skipSpecialTokens: true }))}` : '';
+  const decoded = m.tokenizer ? `\ntext: ${JSON.stringify(m.tokenizer.decode(row, { skipSpecialTokens: true }))}` : '';
   ui.genOutput.textContent = `adapter: ${active ?? 'none'}\ninput ids:  ${JSON.stringify(ids)}\noutput ids: ${JSON.stringify(row)}${decoded}\n(${((performance.now() - t0) / 1000).toFixed(2)} s)`;
   ui.genOutput.dataset.ids = JSON.stringify(row);
   ui.genOutput.dataset.adapter = active ?? '';
 }
 
-// ---------------------------------------------------------------- train a LoRA in the tab
-const chart = new Chart($<HTMLCanvasElement>('loss-chart'), {
-  type: 'line',
-  data: { labels: [], datasets: [{ label: 'training loss', data: [], borderColor: '#2f6fb0', pointRadius: 0, borderWidth: 2 }] },
-  options: {
-    animation: false,
-    responsive: true,
-    maintainAspectRatio: false,
-    scales: { x: { title: { display: true, text: 'step' } }, y: { title: { display: true, text: 'loss' } } },
-  },
-});
+// ---------------------------------------------------------------- train on the user's examples
+const chart = new LineChart(
+  $<HTMLCanvasElement>('train-chart'),
+  [
+    { label: 'training loss', color: '#2f6fb0', axis: 'loss' },
+    { label: 'held-out loss', color: '#c0541b', axis: 'loss', dashed: true },
+    { label: 'held-out token accuracy', color: '#2f7d4f', axis: 'accuracy', dashed: true },
+  ],
+  $('train-legend'),
+);
 
-async function train() {
+function chartPoint(label: string, step: number, value: number) {
+  chart.add(label, step, value);
+  $('train-chart').dataset.points = JSON.stringify(chart.counts());
+}
+
+/** Validates the name as the user types; returns the problem, if any. */
+function checkName(): string | undefined {
+  const problem = adapterNameProblem(
+    ui.trainName.value.trim(),
+    (model?.adapters.listAdapters() ?? []).map((a) => a.name),
+  );
+  ui.trainName.setAttribute('aria-invalid', String(!!problem));
+  status(ui.trainNameError, problem ?? '', problem ? 'error' : 'ok');
+  return problem;
+}
+
+function readExamples(): { train: ExampleRow[]; heldOut: ExampleRow[] } {
+  const rows = parseDataset(ui.trainData.value, detectFormat(ui.trainData.value, ui.trainFile.files?.[0]?.name));
+  const split = splitHeldOut(rows, (Number(ui.trainHeldOut.value) || 0) / 100, 0);
+  status(ui.trainDataStatus, `${rows.length} examples: ${split.train.length} to train, ${split.heldOut.length} held out`);
+  return split;
+}
+
+async function evaluate(r: NonNullable<typeof run>) {
+  if (!r.heldOut.length) return;
+  const e = await r.trainer.evaluate(r.heldOut, { generate: false });
+  chartPoint('held-out loss', r.trainer.currentStep, e.loss);
+  if (e.tokenAccuracy !== undefined) chartPoint('held-out token accuracy', r.trainer.currentStep, e.tokenAccuracy);
+  ui.trainStatus.dataset.accuracy = String(e.tokenAccuracy ?? '');
+  return e;
+}
+
+async function startTraining() {
   if (!model) return;
-  const name = `lora${model.adapters.listAdapters().length + 1}`;
-  const steps = Number(ui.trainSteps.value) || 50;
+  const problem = checkName();
+  if (problem) throw new Error(`adapter name: ${problem}`);
+  let split: ReturnType<typeof readExamples>;
+  try {
+    split = readExamples();
+  } catch (e) {
+    status(ui.trainDataStatus, errorText(e), 'error');
+    throw new Error('the examples need fixing (see above)');
+  }
+  const name = ui.trainName.value.trim();
+  const maxSteps = Number(ui.trainSteps.value);
+  if (!Number.isInteger(maxSteps) || maxSteps < 1) throw new Error('steps must be a whole number ≥ 1');
   model.addAdapter(name, ui.trainConfig.value.trim(), { seed: 0 });
-  chart.data.labels = [];
-  chart.data.datasets[0].data = [];
-  chart.update();
-  const trainer = new Trainer(model, {
+  const evalEvery = Math.max(1, Math.round(Number(ui.trainEvalEvery.value) || 10));
+  const options: TrainerOptions = {
     adapters: name,
-    trainData: shiftExamples(1000, 0, 2),
-    maxSteps: steps,
+    trainData: split.train,
+    maxSteps,
     lr: Number(ui.trainLr.value) || 1e-2,
     optimizer: 'adamw',
     optimizerOptions: { weightDecay: 0 },
     batchSize: Number(ui.trainBatch.value) || 16,
     seed: 0,
+    ...(split.heldOut.length ? { evalData: split.heldOut, evalEvery, evalGenerate: false } : {}),
     onProgress: (p) => {
-      (chart.data.labels as number[]).push(p.step);
-      (chart.data.datasets[0].data as number[]).push(p.loss);
-      chart.update();
-      status(ui.trainStatus, `step ${p.step}/${p.maxSteps} — loss ${p.loss.toFixed(4)} — ${p.stepsPerSecond.toFixed(2)} steps/s`);
+      chartPoint('training loss', p.step, p.loss);
+      ui.trainProgress.value = p.step / p.maxSteps;
+      status(ui.trainStatus, `step ${p.step}/${p.maxSteps} — loss ${p.loss.toFixed(4)} — ${p.stepsPerSecond.toFixed(2)} steps/s`, 'training');
       ui.trainStatus.dataset.steps = String(p.step);
     },
-  });
+    onEval: (e) => {
+      chartPoint('held-out loss', e.step, e.loss);
+      if (e.tokenAccuracy !== undefined) chartPoint('held-out token accuracy', e.step, e.tokenAccuracy);
+      ui.trainStatus.dataset.accuracy = String(e.tokenAccuracy ?? '');
+    },
+  };
+  let trainer: Trainer;
   try {
-    await trainer.train();
-  } finally {
-    trainer.dispose();
+    trainer = new Trainer(model, options);
+  } catch (e) {
+    model.deleteAdapter(name);
+    throw e;
   }
-  trained = name;
+  run?.trainer.dispose();
+  run = { name, trainer, options, heldOut: split.heldOut };
   active = name;
   renderAdapters();
-  status(ui.trainStatus, `${ui.trainStatus.textContent} — done; '${name}' is active`);
-  ui.trainStatus.dataset.done = name;
+  checkName();
+  chart.clear();
+  ui.trainProgress.value = 0;
+  delete ui.trainStatus.dataset.done;
+  ui.trainStatus.dataset.steps = '0';
+  model.setActiveAdapters(name);
+  await evaluate(run); // the step-0 point: the untrained adapter on the held-out rows
+  await continueTraining();
 }
 
-async function download() {
-  if (!model || !trained) return;
-  const files = await model.adapters.serializeAdapterAsync(trained);
-  for (const [file, bytes] of Object.entries(files)) {
-    const a = document.createElement('a');
-    a.href = URL.createObjectURL(new Blob([bytes as BlobPart], { type: file.endsWith('.json') ? 'application/json' : 'application/octet-stream' }));
-    a.download = `${trained}-${file}`;
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+async function continueTraining() {
+  const r = run;
+  if (!r) return;
+  r.stop = new AbortController();
+  // The trainer reads options.signal before every step: a fresh signal per run lets the same trainer (its
+  // optimizer state and data position) stop and resume.
+  r.options.signal = r.stop.signal;
+  training = true;
+  setButtons();
+  let last: Awaited<ReturnType<Trainer['train']>>;
+  try {
+    last = await r.trainer.train();
+  } finally {
+    training = false;
   }
+  const step = r.trainer.currentStep;
+  const evalEvery = r.options.evalEvery ?? 0;
+  const e = evalEvery && step % evalEvery === 0 ? last.lastEval : await evaluate(r);
+  const acc = e?.tokenAccuracy !== undefined ? `, held-out token accuracy ${(e.tokenAccuracy * 100).toFixed(1)}%` : '';
+  if (step < r.options.maxSteps) {
+    status(ui.trainStatus, `stopped at step ${step}/${r.options.maxSteps}${acc} — Resume continues; '${r.name}' is active`, 'stopped');
+  } else {
+    status(ui.trainStatus, `done: ${step} steps${acc}; '${r.name}' is active`, 'done');
+    ui.trainStatus.dataset.done = r.name;
+  }
+  // Try it: the first held-out example goes into the generate box.
+  const sample = r.heldOut[0];
+  if (sample) {
+    ui.genIds.checked = 'inputIds' in sample;
+    ui.genInput.value = 'inputIds' in sample ? sample.inputIds.join(',') : sample.input;
+  }
+}
+
+async function download(format: 'adapterkit' | 'peft') {
+  if (!model || !run) return;
+  const files = await model.adapters.serializeAdapterAsync(run.name, { format });
+  const folder = format === 'peft' ? `${run.name}-peft` : run.name;
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([zipFiles(folder, files) as BlobPart], { type: 'application/zip' }));
+  a.download = `${folder}.zip`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  status(ui.downloadStatus, `downloaded ${folder}.zip (${format} format: unzip it, then load the folder)`);
+}
+
+async function readDatasetFile() {
+  const f = ui.trainFile.files?.[0];
+  if (!f) return;
+  ui.trainData.value = await f.text();
+  readExamples();
+}
+
+function fillExample() {
+  // The built-in example: the shift-2 copy task in token ids (the bundled tiny model was trained on shift 1).
+  ui.trainData.value = toJsonl(shiftTaskExamples(400, 0, 2));
+  ui.trainFile.value = '';
+  readExamples();
 }
 
 // ---------------------------------------------------------------- wire up
-ui.loadModel.addEventListener('click', () => guard(ui.modelStatus, loadModel));
+ui.modelForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  guard(ui.modelStatus, loadModel);
+});
 ui.adapterFiles.addEventListener('change', () => guard(ui.adapterStatus, loadAdapterFromFiles));
 ui.generate.addEventListener('click', () => guard(ui.genOutput, generate));
-ui.train.addEventListener('click', () => guard(ui.trainStatus, train));
-ui.download.addEventListener('click', () => guard(ui.trainStatus, download));
+ui.train.addEventListener('click', () => guard(ui.trainStatus, startTraining));
+ui.trainResume.addEventListener('click', () => guard(ui.trainStatus, continueTraining));
+ui.trainStop.addEventListener('click', () => run?.stop?.abort());
+ui.download.addEventListener('click', () => guard(ui.downloadStatus, () => download('adapterkit')));
+ui.downloadPeft.addEventListener('click', () => guard(ui.downloadStatus, () => download('peft')));
+ui.trainName.addEventListener('input', checkName);
+ui.trainMethod.addEventListener('change', () => {
+  ui.trainConfig.value = ui.trainMethod.value;
+});
+ui.trainFile.addEventListener('change', () => guard(ui.trainDataStatus, readDatasetFile));
+ui.trainExample.addEventListener('click', () => {
+  try {
+    fillExample();
+  } catch (e) {
+    status(ui.trainDataStatus, errorText(e), 'error');
+  }
+});
+ui.trainData.addEventListener('change', () => {
+  try {
+    readExamples();
+  } catch (e) {
+    status(ui.trainDataStatus, errorText(e), 'error');
+  }
+});
+ui.trainConfig.value = ui.trainMethod.value;
+fillExample();
 
 (async () => {
   try {
