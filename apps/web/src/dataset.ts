@@ -135,3 +135,12 @@ export function adapterNameProblem(name: string, taken: readonly string[]): stri
   if (taken.includes(name)) return `an adapter named '${name}' already exists`;
   return undefined;
 }
+
+/** A free name like `name` for the next adapter: `name-2`, `name-3`, … */
+export function nextFreeName(name: string, taken: readonly string[]): string {
+  const m = /^(.*?)-(\d+)$/.exec(name);
+  const stem = m ? m[1] : name;
+  let n = m ? Number(m[2]) + 1 : 2;
+  while (taken.includes(`${stem}-${n}`)) n++;
+  return `${stem}-${n}`;
+}

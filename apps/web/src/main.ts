@@ -10,7 +10,7 @@ import '@adapterkit/lora';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { shiftTaskExamples, Trainer, type ExampleRow, type TrainerOptions } from '@adapterkit/train';
 import { LineChart } from './chart.js';
-import { adapterNameProblem, detectFormat, parseDataset, splitHeldOut, toJsonl } from './dataset.js';
+import { adapterNameProblem, detectFormat, nextFreeName, parseDataset, splitHeldOut, toJsonl } from './dataset.js';
 import { modelSourceUrl, withDownloadProgress } from './source.js';
 import { textStream } from './stream.js';
 import { zipFiles } from './zip.js';
@@ -136,9 +136,11 @@ async function loadModel() {
   ui.modelProgress.hidden = false;
   ui.modelProgress.removeAttribute('value'); // indeterminate until a size is known
   const t0 = performance.now();
+  let downloaded = 0;
   const next = await withDownloadProgress(
     url,
     (p) => {
+      downloaded = p.loaded;
       if (p.total) ui.modelProgress.value = Math.min(1, p.loaded / p.total);
       status(ui.modelStatus, `downloading ${p.file}: ${kB(p.loaded)}${p.total ? ` of ${kB(p.total)}` : ''} (${p.files} files done)`, 'loading');
     },
@@ -158,6 +160,7 @@ async function loadModel() {
     'ready',
   );
   ui.modelStatus.dataset.loads = String(modelLoads);
+  ui.modelStatus.dataset.downloaded = String(downloaded);
   renderAdapters();
   checkName();
 }
@@ -284,6 +287,8 @@ function chartPoint(label: string, step: number, value: number) {
   $('train-chart').dataset.points = JSON.stringify(chart.counts());
 }
 
+const adapterNames = () => (model?.adapters.listAdapters() ?? []).map((a) => a.name);
+
 /** Validates the name as the user types; returns the problem, if any. */
 function checkName(): string | undefined {
   const problem = adapterNameProblem(
@@ -360,6 +365,8 @@ async function startTraining() {
   run = { name, trainer, options, heldOut: split.heldOut };
   active = name;
   renderAdapters();
+  // The name is taken now: offer a free one for the next adapter.
+  ui.trainName.value = nextFreeName(name, adapterNames());
   checkName();
   chart.clear();
   ui.trainProgress.value = 0;

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { adapterNameProblem, DatasetParseError, detectFormat, parseDataset, splitHeldOut, toJsonl } from '../src/dataset.js';
+import { adapterNameProblem, DatasetParseError, detectFormat, nextFreeName, parseDataset, splitHeldOut, toJsonl } from '../src/dataset.js';
 import { modelSourceUrl } from '../src/source.js';
 import { textStream } from '../src/stream.js';
 import { crc32, zipFiles } from '../src/zip.js';
@@ -79,6 +79,8 @@ describe('datasets', () => {
     expect(adapterNameProblem('a,b', [])).toMatch(/letter/);
     expect(adapterNameProblem('x'.repeat(65), [])).toMatch(/64/);
     expect(adapterNameProblem('taken', ['taken'])).toMatch(/already exists/);
+    expect(nextFreeName('lora', ['lora'])).toBe('lora-2');
+    expect(nextFreeName('lora-2', ['lora-2', 'lora-3'])).toBe('lora-4');
   });
 });
 

@@ -200,6 +200,8 @@ describe.skipIf(!existsSync(CHROMIUM))('web app in headless Chromium (dev server
         expect(await page.getAttribute('#backend', 'data-backend')).toBe('wasm');
         // The optional files the bundled model lacks (tokenizer_config.json, …) were answered with HTML: the loader saw through it.
         expect(await page.textContent('#model-status')).toMatch(/^ready: .*vocab 128/);
+        // The progress bar counted every byte of every file the loader fetched (the weights and more).
+        expect(Number(await page.getAttribute('#model-status', 'data-downloaded'))).toBeGreaterThan(statSync(join(MODEL, 'model.safetensors')).size);
         expect(await generateInPage(page, INPUT)).toEqual(expected.base);
         await page.fill('#adapter-name', 'beta');
         await page.setInputFiles('#adapter-files', [join(peftDir, 'adapter_config.json'), join(peftDir, 'adapter_model.safetensors')]);
@@ -244,6 +246,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web app in headless Chromium (dev server
         expect(await page.isEnabled('#train-resume')).toBe(true);
         await page.click('#train-resume');
         await page.waitForSelector('#train-status[data-done="reverse"]', { timeout: TIMEOUT });
+        expect(await page.inputValue('#train-name')).toBe('reverse-2'); // a free name for the next adapter
         expect(await page.getAttribute('#train-status', 'data-steps')).toBe(String(TRAIN_STEPS));
         const points = JSON.parse((await page.getAttribute('#train-chart', 'data-points'))!);
         expect(points['training loss']).toBe(TRAIN_STEPS);
