@@ -62,9 +62,9 @@ export type LinearTerm =
   | { kind: 'outScale' | 'inScale'; vector: Tensor; scale: number; rows: RowRange[] };
 
 /** The kinds of hook a method implements; `MethodRuntime.actsAt` answers per hook and site. */
-export type HookKind = 'linear' | 'sublayer' | 'attentionPrefix' | 'embeddings';
+export type HookKind = 'linear' | 'sublayer' | 'attentionPrefix' | 'embeddings' | 'inputEmbeddings';
 
-/** A site of any hook: the embeddings hook's site is its stack. */
+/** A site of any hook: the embeddings hooks' site is their stack. */
 export type AnySite = LinearSite | SublayerSite | AttentionSite | StackName;
 
 /** The output of a sub-layer, where bottleneck adapters sit: after self-attention, cross-attention, FFN. */
@@ -102,6 +102,16 @@ export interface PrefixKV {
   positionRule?: 'zero' | 'past';
 }
 
+/**
+ * A stack's input after the token embedding lookup: embeddings [rows, L, d] and the 0/1 mask of those
+ * positions [rows, L]. The input-embeddings hook may return a longer sequence (prompt tuning's virtual
+ * tokens) with its mask; the model uses that mask wherever the stack's positions are attended to.
+ */
+export interface InputEmbeddings {
+  embeds: Tensor;
+  mask: Tensor;
+}
+
 export interface ModelDims {
   modelType: string;
   dModel: number;
@@ -132,6 +142,10 @@ export interface ModelAccess {
    * (input-side) modules.
    */
   readonly peftTargets?: { LORA?: string[]; IA3?: string[]; IA3_FEEDFORWARD?: string[] };
+  /** Rows of the input (token) embedding matrix for these ids, [n, d_model]; the caller owns it (prompts initialised from tokens). */
+  readInputEmbeddings?(ids: number[]): Tensor;
+  /** The model's tokenizer on one text, special tokens included as its tokenizer adds them (prompts initialised from a text). */
+  encodeText?(text: string): number[];
 }
 
 /** A method's config: plain JSON with a `method` field plus the method's options. */
@@ -187,6 +201,11 @@ export interface MethodRuntime {
   sublayer?(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor | undefined;
   /** Prefix hook: keys/values to prepend at this attention, or undefined. `hidden` is the attention input (for gating). */
   attentionPrefix?(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined;
+  /**
+   * Input-embeddings hook (prompt tuning): the stack's embedded input and its mask, possibly lengthened by
+   * virtual tokens; undefined when nothing changes. At most one method acts here in a forward.
+   */
+  inputEmbeddings?(stack: StackName, input: InputEmbeddings, ctx: ForwardContext): InputEmbeddings | undefined;
   /** Embedding hook (invertible adapters): `inverse` on the way back to the LM head. */
   embeddings?(stack: StackName, embeds: Tensor, ctx: ForwardContext, inverse: boolean): Tensor | undefined;
   /** Load tensors saved by `variables` (names as returned there). */

@@ -8,6 +8,7 @@ import type {
   AnySite,
   AttentionSite,
   HookKind,
+  InputEmbeddings,
   LinearGroup,
   LinearSite,
   LinearTerm,
@@ -47,7 +48,16 @@ export interface LinearInputs {
   outScale?: Tensor;
 }
 
-const HOOK_METHOD: Record<HookKind, keyof MethodRuntime> = { linear: 'linear', sublayer: 'sublayer', attentionPrefix: 'attentionPrefix', embeddings: 'embeddings' };
+const HOOK_METHOD: Record<HookKind, keyof MethodRuntime> = {
+  linear: 'linear',
+  sublayer: 'sublayer',
+  attentionPrefix: 'attentionPrefix',
+  embeddings: 'embeddings',
+  inputEmbeddings: 'inputEmbeddings',
+};
+
+/** What each exclusive hook owns (error messages). */
+const OWNS = { sublayer: "sub-layer's output", attentionPrefix: "attention's prefix", inputEmbeddings: "stack's input embeddings" } as const;
 
 export interface AdapterSummaryRow {
   name: string;
@@ -369,7 +379,7 @@ export class AdapterHost {
       const method = methodForPeftType(cfg.peft_type);
       if (!method)
         throw new UnsupportedError(
-          `PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING)`,
+          `PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING, @adapterkit/prompt for PROMPT_TUNING)`,
           'peft_type',
         );
       const name = options.name ?? options.fallbackName ?? 'default';
@@ -524,14 +534,21 @@ export class AdapterHost {
     return rts.length === 0 ? undefined : rts[0][1].attentionPrefix!(site, hidden, ctx);
   }
 
+  /**
+   * The input-embeddings hook (prompt tuning): a stack's embedded input and mask, possibly lengthened;
+   * as for sub-layers, at most one method may change a stack's input.
+   */
+  inputEmbeddings(stack: StackName, input: InputEmbeddings, ctx: ForwardContext): InputEmbeddings {
+    const rts = this.acting('inputEmbeddings', stack, ctx);
+    return (rts.length === 0 ? undefined : rts[0][1].inputEmbeddings!(stack, input, ctx)) ?? input;
+  }
+
   /** Runtimes with the hook that act at the site; more than one is refused by name. */
-  private acting(hook: 'sublayer' | 'attentionPrefix', site: SublayerSite | AttentionSite, ctx: ForwardContext): [string, MethodRuntime][] {
+  private acting(hook: keyof typeof OWNS, site: SublayerSite | AttentionSite | StackName, ctx: ForwardContext): [string, MethodRuntime][] {
     const rts = [...this.runtimes].filter(([, rt]) => rt[hook] && (rt.actsAt ? rt.actsAt(hook, site, ctx) : true));
     if (rts.length > 1) {
-      throw new CompositionError(
-        `methods ${rts.map(([m]) => m).join(' and ')} both act at ${hook === 'sublayer' ? 'sub-layer' : 'attention'} ${site.key}; only one method may own a ${hook === 'sublayer' ? "sub-layer's output" : "attention's prefix"}`,
-        'Stack',
-      );
+      const where = typeof site === 'string' ? `the ${site}'s input` : `${hook === 'sublayer' ? 'sub-layer' : 'attention'} ${site.key}`;
+      throw new CompositionError(`methods ${rts.map(([m]) => m).join(' and ')} both act at ${where}; only one method may own a ${OWNS[hook]}`, 'Stack');
     }
     return rts;
   }
