@@ -549,7 +549,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
         const rIds = rep(ids);
         const rMask = rep(mask!);
         const { states: enc, mask: encMask } = this.encodeIds(rIds, rMask, ctx);
-        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, encMask, ctx).reshape([rIds.shape[0] as number, dec.shape[1] as number, this.config.vocabSize]);
+        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, encMask, ctx).reshape([-1, dec.shape[1] as number, this.config.vocabSize]);
         return { logits, encoderLastHiddenState: enc };
       });
     } finally {
