@@ -89,7 +89,7 @@ function compositionFor(names: string[], text?: string): AdapterComposition | nu
 
 export function buildProgram(): Command {
   const program = new Command('adapterkit')
-    .description('Parameter-efficient adapters (LoRA, IA3, bottleneck, prefix) for T5 on TensorFlow.js: train, generate, merge, convert, serve.')
+    .description('Parameter-efficient adapters (LoRA, IA3, bottleneck, prefix, prompt) for T5 on TensorFlow.js: train, generate, merge, convert, serve.')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)');
 
