@@ -187,10 +187,10 @@ export function buildProgram(): Command {
 
   // ---------------------------------------------------------------- convert
   common(program.command('convert'))
-    .description('convert an adapter between PEFT and adapterkit formats (load, then save)')
+    .description('convert an adapter between adapterkit, PEFT and AdapterHub adapters formats (load, then save)')
     .argument('<input>', 'adapter directory (format detected)')
     .argument('<output>', 'directory to write')
-    .addOption(new Option('--to <format>', 'output format').choices(['peft', 'adapterkit']).makeOptionMandatory())
+    .addOption(new Option('--to <format>', 'output format').choices(['peft', 'adapterkit', 'adapters']).makeOptionMandatory())
     .action(async (input: string, output: string, o) => {
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);

@@ -142,6 +142,10 @@ export interface ModelAccess {
    * (input-side) modules.
    */
   readonly peftTargets?: { LORA?: string[]; IA3?: string[]; IA3_FEEDFORWARD?: string[] };
+  /** The model class `adapters` records in an adapter_config.json it saves (`model_class`). */
+  readonly adaptersModelClass?: string;
+  /** The prefix of this model's modules in the state dict of `adapters`' model with heads (its base_model_prefix and a dot). */
+  readonly adaptersBasePrefix?: string;
   /** Rows of the input (token) embedding matrix for these ids, [n, d_model]; the caller owns it (prompts initialised from tokens). */
   readInputEmbeddings?(ids: number[]): Tensor;
   /** The model's tokenizer on one text, special tokens included as its tokenizer adds them (prompts initialised from a text). */
@@ -171,6 +175,22 @@ export interface AdapterMethod<R extends MethodRuntime = MethodRuntime> {
   attach(model: ModelAccess): R;
   /** PEFT `peft_type`s this method imports. */
   readonly peftTypes?: readonly string[];
+  /** AdapterHub `adapters` config `architecture`s this method imports (a missing architecture is 'bottleneck', as `adapters` reads it). */
+  readonly adaptersArchitectures?: readonly string[];
+}
+
+/** What an AdapterHub `adapters` adapter_config.json says about its adapter: the name its keys carry, its method config, the release that wrote it. */
+export interface AdaptersFile {
+  name: string;
+  config: Record<string, unknown>;
+  /** "adapters.<release>" (absent in files from adapter-transformers). */
+  version?: string;
+}
+
+/** A tensor as adapter files carry it (row-major float32). */
+export interface FileTensor {
+  shape: number[];
+  data: Float32Array;
 }
 
 export interface MethodRuntime {
@@ -219,6 +239,13 @@ export interface MethodRuntime {
   eject?(name: string): void;
   /** Method-specific export to PEFT (LoRA). */
   exportPeft?(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> };
+  /**
+   * AdapterHub `adapters` format: the adapter's `adapters` config (adapter_config.json's `config`) and its tensors
+   * under the state-dict keys `adapters` saves (module paths from the model's sites, the method's own module names).
+   */
+  exportAdapters?(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> };
+  /** Imports what `exportAdapters` describes, as adapter `name` (the file's keys carry `file.name`). */
+  importAdapters?(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig;
 }
 
 export type { AdapterComposition, CompositionBlock };

@@ -57,7 +57,8 @@ function targetSpec(cfg: Record<string, unknown>, field: string, fallback: () =>
   throw new ConfigError(`PEFT ${field} must be a list of module names or a regex string, got ${JSON.stringify(v)}`, field);
 }
 
-function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+/** A row-major [rows, cols] matrix transposed to [cols, rows] (PyTorch ⇄ tfjs linear layouts). */
+export function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(data.length);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j];
   return out;

@@ -7,6 +7,7 @@ import {
   replicateRows,
   type AdapterComposition,
   type AdapterConfig,
+  type AdapterFormat,
   type AddAdapterOptions,
   type AverageAdapterOptions,
   type GenerationDefaults,
@@ -110,6 +111,9 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   readonly decoderBias: PositionBias;
   /** What generate uses when an option is absent (generation_config.json's, when loaded from a directory). */
   generationConfig: GenerationDefaults;
+  /** What `adapters` records as the model class when it saves an adapter of this model. */
+  readonly adaptersModelClass = 'T5ForConditionalGeneration';
+  readonly adaptersBasePrefix = 'transformer.';
   /** PEFT's defaults for T5 (peft/utils/constants.py). */
   readonly peftTargets = { LORA: ['q', 'v'], IA3: ['k', 'v', 'wo'], IA3_FEEDFORWARD: ['wo'] };
   private disposed = false;
@@ -259,7 +263,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   trainAdapter(names: string | string[]): void {
     this.adapters.trainAdapter(names);
   }
-  saveAdapter(dir: string, name: string, options?: { format?: 'adapterkit' | 'peft' }): Promise<void> {
+  saveAdapter(dir: string, name: string, options?: { format?: AdapterFormat }): Promise<void> {
     return this.adapters.saveAdapter(dir, name, options);
   }
   loadAdapter(dir: string, options?: { name?: string; overwrite?: boolean }): Promise<string> {
