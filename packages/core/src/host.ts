@@ -423,7 +423,11 @@ export class AdapterHost {
       const arch = cfg.config.architecture as string | null | undefined;
       if (arch === 'union') throw new UnsupportedError("AdapterHub adapters union configs ('union' architecture) cannot be loaded yet; load each part separately", 'architecture');
       const method = methodForAdaptersArchitecture(arch);
-      if (!method) throw new UnsupportedError(`AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/lora for lora)`, 'architecture');
+      if (!method)
+        throw new UnsupportedError(
+          `AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora)`,
+          'architecture',
+        );
       const d = this.model.dims;
       if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`adapter was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
       if (typeof cfg.hidden_size === 'number' && cfg.hidden_size !== d.dModel)

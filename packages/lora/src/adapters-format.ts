@@ -1,7 +1,5 @@
-import { tf } from '@adapterkit/backend';
-import { UnsupportedError, WeightError, type AdapterConfig, type AdaptersFile, type FileTensor } from '@adapterkit/core';
+import { assignFileTensors, slotTensor, UnsupportedError, type AdapterConfig, type AdaptersFile, type FileTensor, type TensorSlot } from '@adapterkit/core';
 import { normalizeLoraConfig, type LoraConfig } from './config.js';
-import { transpose } from './peft.js';
 import type { LoraAccess, SiteParams } from './types.js';
 
 /** `adapters`' LoRAConfig fields, in its order (what its config.to_dict() writes besides `architecture`). */
@@ -29,20 +27,20 @@ const ADAPTERS_FIELDS = [
  * module path and keeps `loras.<name>.lora_A` [r, in], `lora_B` [out, r] (IA3: `lora_B` [out, 1]) and a
  * gate `gate.weight` [1, in], `gate.bias` [1] (methods/lora.py) — PyTorch layout, the transposes of ours.
  */
-function siteTensors(p: SiteParams, name: string): { key: string; param: string; shape: number[]; transposed: boolean }[] {
+function siteSlots(p: SiteParams, name: string): TensorSlot[] {
   const at = `${p.site.key}.loras.${name}`;
   const { inFeatures: inF, outFeatures: outF } = p.site;
-  const out = [];
+  const out: TensorSlot[] = [];
   if (p.A) {
     const r = p.A.shape[1] as number;
-    out.push({ key: `${at}.lora_A`, param: `${p.site.key}.lora_A`, shape: [r, inF], transposed: true });
-    out.push({ key: `${at}.lora_B`, param: `${p.site.key}.lora_B`, shape: [outF, r], transposed: true });
+    out.push({ key: `${at}.lora_A`, shape: [r, inF], variable: p.A, transposed: true });
+    out.push({ key: `${at}.lora_B`, shape: [outF, r], variable: p.B!, transposed: true });
   } else {
-    out.push({ key: `${at}.lora_B`, param: `${p.site.key}.lora_B`, shape: [outF, 1], transposed: false });
+    out.push({ key: `${at}.lora_B`, shape: [outF, 1], variable: p.B!, transposed: false });
   }
   if (p.gate) {
-    out.push({ key: `${at}.gate.weight`, param: `${p.site.key}.gate`, shape: [1, inF], transposed: false });
-    out.push({ key: `${at}.gate.bias`, param: `${p.site.key}.gate_bias`, shape: [1], transposed: false });
+    out.push({ key: `${at}.gate.weight`, shape: [1, inF], variable: p.gate, transposed: false });
+    out.push({ key: `${at}.gate.bias`, shape: [1], variable: p.gateBias!, transposed: false });
   }
   return out;
 }
@@ -66,15 +64,8 @@ export function exportAdapters(rt: LoraAccess, name: string): { config: Record<s
   checkExpressible(c, name);
   const config: Record<string, unknown> = { architecture: 'lora' };
   for (const f of ADAPTERS_FIELDS) config[f] = structuredClone(c[f]);
-  const vars = rt.variables(name);
-  const tensors = new Map<string, FileTensor>();
-  for (const p of rt.adapters.get(name).sites.values()) {
-    for (const t of siteTensors(p, name)) {
-      const v = vars.get(t.param)!;
-      const data = Float32Array.from(v.dataSync() as Float32Array);
-      tensors.set(t.key, { shape: t.shape, data: t.transposed ? transpose(data, t.shape[1], t.shape[0]) : data });
-    }
-  }
+  const slots = [...rt.adapters.get(name).sites.values()].flatMap((p) => siteSlots(p, name));
+  const tensors = new Map(slots.map((slot) => [slot.key, slotTensor(slot)]));
   return { config, tensors };
 }
 
@@ -91,20 +82,11 @@ export function importAdapters(rt: LoraAccess, name: string, file: AdaptersFile,
   const config = normalizeLoraConfig({ method: options.composition_mode === 'scale' ? 'ia3' : 'lora', ...options });
   rt.add(name, config, 0);
   try {
-    const vars = rt.variables(name);
-    const expected = [...rt.adapters.get(name).sites.values()].flatMap((p) => siteTensors(p, file.name));
-    const known = new Set(expected.map((e) => e.key));
-    for (const k of tensors.keys()) if (!known.has(k)) throw new WeightError(`adapters file has tensor '${k}', which is no parameter of this LoRA config on this model`, k);
-    for (const e of expected) {
-      const t = tensors.get(e.key);
-      if (!t) throw new WeightError(`adapters file lacks tensor '${e.key}'`, e.key);
-      if (t.shape.join(',') !== e.shape.join(',')) throw new WeightError(`adapters tensor '${e.key}' has shape [${t.shape}], expected [${e.shape}]`, e.key);
-      if (!t.data.every(Number.isFinite)) throw new WeightError(`adapters tensor '${e.key}' contains NaN or Infinity`, e.key);
-      const v = vars.get(e.param)!;
-      const value = tf.tensor(e.transposed ? transpose(t.data, e.shape[0], e.shape[1]) : t.data, v.shape, 'float32');
-      v.assign(value);
-      value.dispose();
-    }
+    assignFileTensors(
+      [...rt.adapters.get(name).sites.values()].flatMap((p) => siteSlots(p, file.name)),
+      tensors,
+      'adapters file',
+    );
   } catch (e) {
     rt.remove(name);
     throw e;
