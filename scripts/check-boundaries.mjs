@@ -18,6 +18,7 @@ const ALLOWED = {
   bottleneck: ['backend', 'kernels', 'core', 'init', 'compose'],
   lora: ['backend', 'kernels', 'core', 'init', 'compose'],
   prefix: ['backend', 'kernels', 'core', 'init', 'compose'],
+  prompt: ['backend', 'core', 'compose'],
   presets: ['backend', 'core', 'bottleneck', 'lora', 'prefix'],
   t5: ['backend', 'kernels', 'core'],
   train: ['backend', 'kernels', 'core'],

@@ -89,7 +89,7 @@ function compositionFor(names: string[], text?: string): AdapterComposition | nu
 
 export function buildProgram(): Command {
   const program = new Command('adapterkit')
-    .description('Parameter-efficient adapters (LoRA, IA3, bottleneck, prefix) for T5 on TensorFlow.js: train, generate, merge, convert, serve.')
+    .description('Parameter-efficient adapters (LoRA, IA3, bottleneck, prefix, prompt) for T5 on TensorFlow.js: train, generate, merge, convert, serve.')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)');
 
@@ -187,10 +187,10 @@ export function buildProgram(): Command {
 
   // ---------------------------------------------------------------- convert
   common(program.command('convert'))
-    .description('convert an adapter between PEFT and adapterkit formats (load, then save)')
+    .description('convert an adapter between adapterkit, PEFT and AdapterHub adapters formats (load, then save)')
     .argument('<input>', 'adapter directory (format detected)')
     .argument('<output>', 'directory to write')
-    .addOption(new Option('--to <format>', 'output format').choices(['peft', 'adapterkit']).makeOptionMandatory())
+    .addOption(new Option('--to <format>', 'output format').choices(['peft', 'adapterkit', 'adapters']).makeOptionMandatory())
     .action(async (input: string, output: string, o) => {
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);

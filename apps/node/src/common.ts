@@ -7,11 +7,12 @@ import { basename, dirname, resolve } from 'node:path';
 import { initBackend, type BackendInfo, type BackendRequest } from '@adapterkit/backend';
 import { AdapterkitError, Average, BatchSplit, Fuse, Parallel, Split, Stack, type AdapterComposition } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
-// Method packages register themselves with core on import (LoRA/IA3, bottleneck, prefix); presets adds
-// the combined configs (mam, unipelt).
+// Method packages register themselves with core on import (LoRA/IA3, bottleneck, prefix, prompt); presets
+// adds the combined configs (mam, unipelt).
 import '@adapterkit/lora';
 import '@adapterkit/bottleneck';
 import '@adapterkit/prefix';
+import '@adapterkit/prompt';
 import '@adapterkit/presets';
 
 /** The tiny T5 shipped with the CLI (apps/node/models/tiny-gated). */

@@ -118,6 +118,30 @@ describe('commands on the bundled model (wasm)', () => {
     expect(ids[2]).toEqual(ids[0]);
   });
 
+  it('convert adapterkit → AdapterHub adapters → adapterkit keeps the tensors (bottleneck, LoRA) and the outputs', async () => {
+    const dir = tempDir();
+    const m = await T5ForConditionalGeneration.fromPretrained(BUNDLED_MODEL);
+    addNoisyAdapter(m, 'bn', 'seq_bn[reduction_factor=4]', 2);
+    addNoisyAdapter(m, 'lo', 'lora[r=2,output_lora=true]', 3);
+    const rows = randomRows(2, 11, 5);
+    for (const name of ['bn', 'lo']) {
+      await m.saveAdapter(join(dir, name), name);
+      const a = await runCli(['convert', '--backend', 'cpu', join(dir, name), join(dir, `${name}-adapters`), '--to', 'adapters']);
+      expect(a.code, a.stderr).toBe(0);
+      expect(existsSync(join(dir, `${name}-adapters`, 'adapter.safetensors'))).toBe(true);
+      expect(JSON.parse(readFileSync(join(dir, `${name}-adapters`, 'adapter_config.json'), 'utf8')).version).toMatch(/^adapters\./);
+      const b = await runCli(['convert', '--backend', 'cpu', join(dir, `${name}-adapters`), join(dir, `${name}-back`), '--to', 'adapterkit']);
+      expect(b.code, b.stderr).toBe(0);
+      const orig = readSafetensors(new Uint8Array(readFileSync(join(dir, name, 'adapter_model.safetensors')))).tensors;
+      const back = readSafetensors(new Uint8Array(readFileSync(join(dir, `${name}-back`, 'adapter_model.safetensors')))).tensors;
+      expect([...back.keys()].sort()).toEqual([...orig.keys()].sort());
+      for (const [k, t] of orig) expect(Array.from(back.get(k)!.data), k).toEqual(Array.from(t.data));
+      const loaded = await m.loadAdapter(join(dir, `${name}-adapters`), { name: `${name}-x` });
+      expect(await m.generate({ inputIds: rows, maxNewTokens: 6, composition: loaded })).toEqual(await m.generate({ inputIds: rows, maxNewTokens: 6, composition: name }));
+    }
+    m.dispose();
+  });
+
   it('merge writes an HF checkpoint whose plain generation equals the model + LoRA', async () => {
     const dir = tempDir();
     const r = await runCli(['merge', '--backend', 'cpu', '--json', '--adapter', PEFT_LORA, '--out', join(dir, 'merged')]);

@@ -13,5 +13,6 @@ export const bottleneckMethod: AdapterMethod<BottleneckRuntime> = {
   // Fuse needs its fusion layers first: addAdapterFusion(model, Fuse('a', 'b')).
   supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average', 'Split', 'Fuse']),
   normalizeConfig: normalizeBottleneckConfig,
+  adaptersArchitectures: ['bottleneck'],
   attach: (model: ModelAccess) => new BottleneckRuntime(model),
 };

@@ -8,8 +8,12 @@ import {
   InputError,
   SeededRandom,
   sequenceMeanGate,
+  assignFileTensors,
+  slotTensor,
   type AdapterComposition,
   type AdapterConfig,
+  type AdaptersFile,
+  type FileTensor,
   type CompositionBlock,
   type ForwardContext,
   type MethodRuntime,
@@ -23,6 +27,7 @@ import { composeLayer, dispatch, touches, type LayerPrimitives } from '@adapterk
 import { initParam, type ParamRole } from '@adapterkit/init';
 import { activation, matMulLast } from '@adapterkit/kernels';
 import { normalizeBottleneckConfig, reductionFactorAt, type BottleneckConfig } from './config.js';
+import { adaptersBottleneckConfig, bottleneckConfigFromAdapters, bottleneckSlots } from './adapters-format.js';
 import { createFusionModules, fusionForward, type AdapterFusionConfig, type FusionEntry } from './fusion.js';
 
 /** One bottleneck module (adapters' `Adapter` / `ParallelAdapter`) at one sub-layer site. */
@@ -323,6 +328,26 @@ export class BottleneckRuntime extends TableRuntime<AdapterEntry> implements Met
   /** The config an adapter was created with (normalised). */
   config(name: string): BottleneckConfig | undefined {
     return this.adapters.find(name)?.config;
+  }
+
+  // ------------------------------------------------------------------ AdapterHub adapters files
+  exportAdapters(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> } {
+    const e = this.adapters.get(name);
+    const config = adaptersBottleneckConfig(e.config);
+    return { config, tensors: new Map(bottleneckSlots(e.config, e.modules.values(), name).map((slot) => [slot.key, slotTensor(slot)])) };
+  }
+
+  importAdapters(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig {
+    const config = bottleneckConfigFromAdapters(file.config);
+    this.add(name, config, 0);
+    const e = this.adapters.get(name);
+    try {
+      assignFileTensors(bottleneckSlots(e.config, e.modules.values(), file.name), tensors, 'adapters file');
+    } catch (err) {
+      this.remove(name);
+      throw err;
+    }
+    return e.config;
   }
 
   // ------------------------------------------------------------------ forward

@@ -62,9 +62,9 @@ export type LinearTerm =
   | { kind: 'outScale' | 'inScale'; vector: Tensor; scale: number; rows: RowRange[] };
 
 /** The kinds of hook a method implements; `MethodRuntime.actsAt` answers per hook and site. */
-export type HookKind = 'linear' | 'sublayer' | 'attentionPrefix' | 'embeddings';
+export type HookKind = 'linear' | 'sublayer' | 'attentionPrefix' | 'embeddings' | 'inputEmbeddings';
 
-/** A site of any hook: the embeddings hook's site is its stack. */
+/** A site of any hook: the embeddings hooks' site is their stack. */
 export type AnySite = LinearSite | SublayerSite | AttentionSite | StackName;
 
 /** The output of a sub-layer, where bottleneck adapters sit: after self-attention, cross-attention, FFN. */
@@ -102,6 +102,16 @@ export interface PrefixKV {
   positionRule?: 'zero' | 'past';
 }
 
+/**
+ * A stack's input after the token embedding lookup: embeddings [rows, L, d] and the 0/1 mask of those
+ * positions [rows, L]. The input-embeddings hook may return a longer sequence (prompt tuning's virtual
+ * tokens) with its mask; the model uses that mask wherever the stack's positions are attended to.
+ */
+export interface InputEmbeddings {
+  embeds: Tensor;
+  mask: Tensor;
+}
+
 export interface ModelDims {
   modelType: string;
   dModel: number;
@@ -132,6 +142,14 @@ export interface ModelAccess {
    * (input-side) modules.
    */
   readonly peftTargets?: { LORA?: string[]; IA3?: string[]; IA3_FEEDFORWARD?: string[] };
+  /** The model class `adapters` records in an adapter_config.json it saves (`model_class`). */
+  readonly adaptersModelClass?: string;
+  /** The prefix of this model's modules in the state dict of `adapters`' model with heads (its base_model_prefix and a dot). */
+  readonly adaptersBasePrefix?: string;
+  /** Rows of the input (token) embedding matrix for these ids, [n, d_model]; the caller owns it (prompts initialised from tokens). */
+  readInputEmbeddings?(ids: number[]): Tensor;
+  /** The model's tokenizer on one text, special tokens included as its tokenizer adds them (prompts initialised from a text). */
+  encodeText?(text: string): number[];
 }
 
 /** A method's config: plain JSON with a `method` field plus the method's options. */
@@ -157,6 +175,22 @@ export interface AdapterMethod<R extends MethodRuntime = MethodRuntime> {
   attach(model: ModelAccess): R;
   /** PEFT `peft_type`s this method imports. */
   readonly peftTypes?: readonly string[];
+  /** AdapterHub `adapters` config `architecture`s this method imports (a missing architecture is 'bottleneck', as `adapters` reads it). */
+  readonly adaptersArchitectures?: readonly string[];
+}
+
+/** What an AdapterHub `adapters` adapter_config.json says about its adapter: the name its keys carry, its method config, the release that wrote it. */
+export interface AdaptersFile {
+  name: string;
+  config: Record<string, unknown>;
+  /** "adapters.<release>" (absent in files from adapter-transformers). */
+  version?: string;
+}
+
+/** A tensor as adapter files carry it (row-major float32). */
+export interface FileTensor {
+  shape: number[];
+  data: Float32Array;
 }
 
 export interface MethodRuntime {
@@ -187,6 +221,11 @@ export interface MethodRuntime {
   sublayer?(site: SublayerSite, output: Tensor, residual: Tensor, ctx: ForwardContext): Tensor | undefined;
   /** Prefix hook: keys/values to prepend at this attention, or undefined. `hidden` is the attention input (for gating). */
   attentionPrefix?(site: AttentionSite, hidden: Tensor, ctx: ForwardContext): PrefixKV | undefined;
+  /**
+   * Input-embeddings hook (prompt tuning): the stack's embedded input and its mask, possibly lengthened by
+   * virtual tokens; undefined when nothing changes. At most one method acts here in a forward.
+   */
+  inputEmbeddings?(stack: StackName, input: InputEmbeddings, ctx: ForwardContext): InputEmbeddings | undefined;
   /** Embedding hook (invertible adapters): `inverse` on the way back to the LM head. */
   embeddings?(stack: StackName, embeds: Tensor, ctx: ForwardContext, inverse: boolean): Tensor | undefined;
   /** Load tensors saved by `variables` (names as returned there). */
@@ -200,6 +239,13 @@ export interface MethodRuntime {
   eject?(name: string): void;
   /** Method-specific export to PEFT (LoRA). */
   exportPeft?(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> };
+  /**
+   * AdapterHub `adapters` format: the adapter's `adapters` config (adapter_config.json's `config`) and its tensors
+   * under the state-dict keys `adapters` saves (module paths from the model's sites, the method's own module names).
+   */
+  exportAdapters?(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> };
+  /** Imports what `exportAdapters` describes, as adapter `name` (the file's keys carry `file.name`). */
+  importAdapters?(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig;
 }
 
 export type { AdapterComposition, CompositionBlock };

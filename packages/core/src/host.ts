@@ -8,6 +8,7 @@ import type {
   AnySite,
   AttentionSite,
   HookKind,
+  InputEmbeddings,
   LinearGroup,
   LinearSite,
   LinearTerm,
@@ -19,13 +20,36 @@ import type {
   SublayerSite,
 } from './hooks.js';
 import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.js';
-import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
+import { methodForAdaptersArchitecture, methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { readTorchCheckpoint } from './torch-checkpoint.js';
 import { fnv1a } from './rng.js';
 import { type OptionKeys, rejectUnknownOptions } from './options.js';
 
 export const ADAPTER_FORMAT_VERSION = 1;
+/** The `adapters` release whose file format adapterkit writes (adapter_config.json's `version`: "adapters.<release>"). */
+export const ADAPTERS_FORMAT_RELEASE = '1.2.0';
+
+/** Adapter file formats: adapterkit's own, PEFT's, AdapterHub `adapters`'. */
+export type AdapterFormat = 'adapterkit' | 'peft' | 'adapters';
+
+/** Weight files an adapter directory may hold, in the order they are looked for (PEFT's, then `adapters`'). */
+const ADAPTER_WEIGHT_FILES = ['adapter_model.safetensors', 'adapter_model.bin', 'adapter.safetensors', 'pytorch_adapter.bin'] as const;
+
+/** JSON with keys sorted at every level, as `adapters` writes its configs (json.dump(sort_keys=True, indent=2)). */
+function sortedJson(value: unknown): string {
+  const sort = (v: unknown): unknown =>
+    Array.isArray(v)
+      ? v.map(sort)
+      : v && typeof v === 'object'
+        ? Object.fromEntries(
+            Object.keys(v as object)
+              .sort()
+              .map((k) => [k, sort((v as Record<string, unknown>)[k])]),
+          )
+        : v;
+  return `${JSON.stringify(sort(value), null, 2)}\n`;
+}
 
 interface AdapterRecord {
   name: string;
@@ -47,7 +71,16 @@ export interface LinearInputs {
   outScale?: Tensor;
 }
 
-const HOOK_METHOD: Record<HookKind, keyof MethodRuntime> = { linear: 'linear', sublayer: 'sublayer', attentionPrefix: 'attentionPrefix', embeddings: 'embeddings' };
+const HOOK_METHOD: Record<HookKind, keyof MethodRuntime> = {
+  linear: 'linear',
+  sublayer: 'sublayer',
+  attentionPrefix: 'attentionPrefix',
+  embeddings: 'embeddings',
+  inputEmbeddings: 'inputEmbeddings',
+};
+
+/** What each exclusive hook owns (error messages). */
+const OWNS = { sublayer: "sub-layer's output", attentionPrefix: "attention's prefix", inputEmbeddings: "stack's input embeddings" } as const;
 
 export interface AdapterSummaryRow {
   name: string;
@@ -288,13 +321,13 @@ export class AdapterHost {
   // ---------------------------------------------------------------- save / load
   /**
    * Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU) — what saveAdapter
-   * writes, as bytes (browser downloads). `format: 'peft'` gives PEFT's files for methods that export to PEFT.
+   * writes, as bytes (browser downloads). `format: 'peft' | 'adapters'` gives those libraries' files for methods that export to them.
    */
-  async serializeAdapterAsync(name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<AdapterFiles> {
+  async serializeAdapterAsync(name: string, options: { format?: AdapterFormat } = {}): Promise<AdapterFiles> {
     rejectUnknownOptions(options, { format: true }, 'serializeAdapterAsync');
-    if (options.format !== undefined && options.format !== 'adapterkit' && options.format !== 'peft')
-      throw new ConfigError(`format must be 'adapterkit' or 'peft', got ${JSON.stringify(options.format)}`, 'format');
-    if (options.format === 'peft') return this.peftFiles(name);
+    if (options.format !== undefined && options.format !== 'adapterkit' && options.format !== 'peft' && options.format !== 'adapters')
+      throw new ConfigError(`format must be 'adapterkit', 'peft' or 'adapters', got ${JSON.stringify(options.format)}`, 'format');
+    if (options.format === 'peft' || options.format === 'adapters') return this.exportedFiles(name, options.format);
     const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: (await v.data()) as Float32Array });
     return this.adapterFiles(name, tensors);
@@ -324,37 +357,51 @@ export class AdapterHost {
     };
   }
 
-  private async peftFiles(name: string): Promise<AdapterFiles> {
+  /** The files of an adapter exported by its method to PEFT's or AdapterHub `adapters`' format. */
+  private async exportedFiles(name: string, format: 'peft' | 'adapters'): Promise<AdapterFiles> {
     const rec = this.get(name);
     const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
-    if (!rt?.exportPeft) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to PEFT format`, 'format');
-    // exportPeft reads synchronously: download the data first (WebGPU cannot read synchronously otherwise).
+    const exporter = format === 'peft' ? rt?.exportPeft : rt?.exportAdapters;
+    if (!rt || !exporter) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to ${JSON.stringify(format)} format`, 'format');
+    // exporters read synchronously: download the data first (WebGPU cannot read synchronously otherwise).
     await Promise.all([...this.adapterVariables(name).values()].map((v) => v.data()));
-    const { config, tensors } = rt.exportPeft(name);
-    return {
-      'adapter_config.json': new TextEncoder().encode(`${JSON.stringify(config, null, 2)}\n`),
-      'adapter_model.safetensors': writeSafetensors(tensors, { format: 'pt' }),
+    const { config, tensors } = exporter.call(rt, name);
+    const weights = writeSafetensors(tensors, { format: 'pt' });
+    const encode = (text: string) => new TextEncoder().encode(text);
+    if (format === 'peft') return { 'adapter_config.json': encode(`${JSON.stringify(config, null, 2)}\n`), 'adapter_model.safetensors': weights };
+    const d = this.model.dims;
+    // `adapters`' build_full_config: model-wide fields around the method's config
+    const full = {
+      config,
+      hidden_size: d.dModel,
+      model_class: this.model.adaptersModelClass ?? null,
+      model_name: null,
+      model_type: d.modelType,
+      name,
+      version: `adapters.${ADAPTERS_FORMAT_RELEASE}`,
     };
+    return { 'adapter_config.json': encode(sortedJson(full)), 'adapter.safetensors': weights };
   }
 
-  async saveAdapter(dir: string, name: string, options: { format?: 'adapterkit' | 'peft' } = {}): Promise<void> {
+  /**
+   * Saves an adapter: adapterkit's format (default), PEFT's (`adapter_model.safetensors`) or AdapterHub `adapters`'
+   * (`adapter.safetensors` with the state-dict keys `adapters` saves), the last two for methods that export them.
+   */
+  async saveAdapter(dir: string, name: string, options: { format?: AdapterFormat } = {}): Promise<void> {
     await writeFilesAtomic(dir, await this.serializeAdapterAsync(name, options));
   }
 
-  /** Loads an adapter directory (adapterkit or PEFT format, detected) from a path or URL; returns its name. */
+  /** Loads an adapter directory (adapterkit, PEFT or AdapterHub `adapters` format, detected) from a path or URL; returns its name. */
   async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean } = {}): Promise<string> {
     const cfgPath = joinPath(dir, 'adapter_config.json');
     if (!(await exists(cfgPath))) throw new FileError(`${dir} is not an adapter directory: adapter_config.json is missing`, dir);
-    // adapter_model.safetensors, else adapter_model.bin (torch.save, as PEFT wrote adapters before safetensors)
-    let weightsFile = 'adapter_model.safetensors';
-    if (!(await exists(joinPath(dir, weightsFile)))) {
-      weightsFile = 'adapter_model.bin';
-      if (!(await exists(joinPath(dir, weightsFile)))) throw new FileError(`${dir} is not an adapter directory: adapter_model.safetensors (or adapter_model.bin) is missing`, dir);
-    }
-    const weightsPath = joinPath(dir, weightsFile);
+    // .bin files are torch.save archives (PEFT before safetensors; `adapters` by default)
+    let weightsFile: string | undefined;
+    for (const f of ADAPTER_WEIGHT_FILES) if (!weightsFile && (await exists(joinPath(dir, f)))) weightsFile = f;
+    if (!weightsFile) throw new FileError(`${dir} is not an adapter directory: none of ${ADAPTER_WEIGHT_FILES.join(', ')} is there`, dir);
     const files: AdapterFiles = {
       'adapter_config.json': await readBytes(cfgPath),
-      [weightsFile]: await readBytes(weightsPath),
+      [weightsFile]: await readBytes(joinPath(dir, weightsFile)),
     };
     const fallbackName = dir.replace(/\/+$/, '').split('/').pop() || 'adapter';
     return this.loadAdapterFiles(files, { ...options, name: options.name, fallbackName });
@@ -363,12 +410,12 @@ export class AdapterHost {
   /** Loads an adapter from its files' bytes (browser file pickers, tests). */
   loadAdapterFiles(files: AdapterFiles, options: { name?: string; overwrite?: boolean; fallbackName?: string } = {}): string {
     const cfgBytes = files['adapter_config.json'];
-    const binBytes = files['adapter_model.safetensors'] ? undefined : files['adapter_model.bin'];
-    const weightBytes = files['adapter_model.safetensors'] ?? binBytes;
-    if (!cfgBytes || !weightBytes) throw new FileError('an adapter needs adapter_config.json and adapter_model.safetensors (or adapter_model.bin)');
+    const weightsFile = ADAPTER_WEIGHT_FILES.find((f) => files[f]);
+    if (!cfgBytes || !weightsFile) throw new FileError(`an adapter needs adapter_config.json and one of ${ADAPTER_WEIGHT_FILES.join(', ')}`);
     const cfg = parseJson(new TextDecoder().decode(cfgBytes), 'adapter_config.json');
     if (!cfg || typeof cfg !== 'object') throw new FileError('adapter_config.json is not a JSON object', 'adapter_config.json');
-    const { tensors } = binBytes ? readTorchCheckpoint(binBytes, 'adapter_model.bin') : readSafetensors(weightBytes, 'adapter_model.safetensors');
+    const weightBytes = files[weightsFile];
+    const { tensors } = weightsFile.endsWith('.bin') ? readTorchCheckpoint(weightBytes, weightsFile) : readSafetensors(weightBytes, weightsFile);
     const floats = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [k, t] of tensors) floats.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
 
@@ -376,20 +423,46 @@ export class AdapterHost {
       const method = methodForPeftType(cfg.peft_type);
       if (!method)
         throw new UnsupportedError(
-          `PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING)`,
+          `PEFT adapter type '${cfg.peft_type}' is not supported (import @adapterkit/lora for LORA/IA3, @adapterkit/prefix for PREFIX_TUNING, @adapterkit/prompt for PROMPT_TUNING)`,
           'peft_type',
         );
       const name = options.name ?? options.fallbackName ?? 'default';
-      this.prepareName(name, options.overwrite);
-      const rt = this.runtime(method);
-      if (!rt.importPeft) throw new UnsupportedError(`${method.name} cannot import PEFT adapters`, 'peft_type');
-      const config = rt.importPeft(name, cfg, floats);
-      this.adapters.set(name, { name, config, parts: [{ method, config }], source: 'peft' });
-      return name;
+      return this.importForeign(method, name, 'peft', options.overwrite, (rt) => rt.importPeft?.(name, cfg, floats));
+    }
+
+    // AdapterHub `adapters`: { config: { architecture, … }, name, model_type, hidden_size, version: "adapters.x" }
+    if (cfg.format !== 'adapterkit' && cfg.config && typeof cfg.config === 'object' && typeof cfg.name === 'string') {
+      const arch = cfg.config.architecture as string | null | undefined;
+      if (arch === 'union') throw new UnsupportedError("AdapterHub adapters union configs ('union' architecture) cannot be loaded yet; load each part separately", 'architecture');
+      const method = methodForAdaptersArchitecture(arch);
+      if (!method)
+        throw new UnsupportedError(
+          `AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora)`,
+          'architecture',
+        );
+      const d = this.model.dims;
+      if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`adapter was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
+      if (typeof cfg.hidden_size === 'number' && cfg.hidden_size !== d.dModel)
+        throw new ModelMismatchError(`adapter was made for hidden_size ${cfg.hidden_size}, this model has ${d.dModel}`);
+      const name = options.name ?? cfg.name;
+      const file = { name: cfg.name, config: cfg.config, version: typeof cfg.version === 'string' ? cfg.version : undefined };
+      // a model with heads saves its base model's modules under a prefix (`adapters`' base_model_prefix)
+      const prefix = this.model.adaptersBasePrefix;
+      const keys = [...floats.keys()];
+      if (prefix && keys.length > 0 && keys.every((k) => k.startsWith(prefix))) {
+        for (const k of keys) {
+          floats.set(k.slice(prefix.length), floats.get(k)!);
+          floats.delete(k);
+        }
+      }
+      return this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
     }
 
     if (cfg.format !== 'adapterkit' || !cfg.config)
-      throw new FileError("adapter_config.json is neither an adapterkit adapter (format: 'adapterkit') nor a PEFT adapter (peft_type)", 'adapter_config.json');
+      throw new FileError(
+        "adapter_config.json is neither an adapterkit adapter (format: 'adapterkit'), a PEFT adapter (peft_type) nor an AdapterHub adapters adapter (config, name)",
+        'adapter_config.json',
+      );
     this.checkDims(cfg);
     const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
     this.prepareName(name, options.overwrite);
@@ -410,6 +483,21 @@ export class AdapterHost {
       this.deleteAdapter(name);
       throw e;
     }
+    return name;
+  }
+
+  /** Registers an adapter a method imported from another library's files (`importer` undefined: the method cannot). */
+  private importForeign(
+    method: AdapterMethod,
+    name: string,
+    source: 'peft' | 'adapters',
+    overwrite: boolean | undefined,
+    importer: (rt: MethodRuntime) => AdapterConfig | undefined,
+  ): string {
+    this.prepareName(name, overwrite);
+    const config = importer(this.runtime(method));
+    if (!config) throw new UnsupportedError(`${method.name} cannot import ${source === 'peft' ? 'PEFT' : 'AdapterHub adapters'} adapters`, 'format');
+    this.adapters.set(name, { name, config, parts: [{ method, config }], source });
     return name;
   }
 
@@ -531,14 +619,21 @@ export class AdapterHost {
     return rts.length === 0 ? undefined : rts[0][1].attentionPrefix!(site, hidden, ctx);
   }
 
+  /**
+   * The input-embeddings hook (prompt tuning): a stack's embedded input and mask, possibly lengthened;
+   * as for sub-layers, at most one method may change a stack's input.
+   */
+  inputEmbeddings(stack: StackName, input: InputEmbeddings, ctx: ForwardContext): InputEmbeddings {
+    const rts = this.acting('inputEmbeddings', stack, ctx);
+    return (rts.length === 0 ? undefined : rts[0][1].inputEmbeddings!(stack, input, ctx)) ?? input;
+  }
+
   /** Runtimes with the hook that act at the site; more than one is refused by name. */
-  private acting(hook: 'sublayer' | 'attentionPrefix', site: SublayerSite | AttentionSite, ctx: ForwardContext): [string, MethodRuntime][] {
+  private acting(hook: keyof typeof OWNS, site: SublayerSite | AttentionSite | StackName, ctx: ForwardContext): [string, MethodRuntime][] {
     const rts = [...this.runtimes].filter(([, rt]) => rt[hook] && (rt.actsAt ? rt.actsAt(hook, site, ctx) : true));
     if (rts.length > 1) {
-      throw new CompositionError(
-        `methods ${rts.map(([m]) => m).join(' and ')} both act at ${hook === 'sublayer' ? 'sub-layer' : 'attention'} ${site.key}; only one method may own a ${hook === 'sublayer' ? "sub-layer's output" : "attention's prefix"}`,
-        'Stack',
-      );
+      const where = typeof site === 'string' ? `the ${site}'s input` : `${hook === 'sublayer' ? 'sub-layer' : 'attention'} ${site.key}`;
+      throw new CompositionError(`methods ${rts.map(([m]) => m).join(' and ')} both act at ${where}; only one method may own a ${OWNS[hook]}`, 'Stack');
     }
     return rts;
   }

@@ -43,6 +43,12 @@ export function methodForPeftType(peftType: string): AdapterMethod | undefined {
   return [...methods.values()].find((m) => m.peftTypes?.includes(peftType));
 }
 
+/** The method that imports an `adapters` config of this architecture (`adapters` reads a missing one as a bottleneck config). */
+export function methodForAdaptersArchitecture(architecture: string | null | undefined): AdapterMethod | undefined {
+  const arch = architecture ?? 'bottleneck';
+  return [...methods.values()].find((m) => m.adaptersArchitectures?.includes(arch));
+}
+
 const STRING_CONFIG = /^([A-Za-z0-9_+-]+)(?:\[(.*)\])?$/s;
 
 function parseValue(raw: string): unknown {

@@ -5,7 +5,7 @@ import { LoraRuntime } from './runtime.js';
 /**
  * LoRA and IA3 as one method (as `adapters`: IA3 is LoRA with composition_mode 'scale'). Importing this
  * package registers it with core, so configs 'lora', 'ia3' and "lora[r=4,alpha=8]" resolve and PEFT
- * LORA / IA3 directories load.
+ * LORA / IA3 and AdapterHub `adapters` (architecture 'lora') directories load.
  */
 export const loraMethod: AdapterMethod = {
   name: 'lora',
@@ -13,6 +13,7 @@ export const loraMethod: AdapterMethod = {
   presets: PRESETS,
   supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average']),
   peftTypes: ['LORA', 'IA3'],
+  adaptersArchitectures: ['lora'],
   normalizeConfig: normalizeLoraConfig,
   attach: (model: ModelAccess) => new LoraRuntime(model),
 };
@@ -23,3 +24,4 @@ export { LoraRuntime } from './runtime.js';
 export { moduleMatches } from './peft.js';
 export { normalizeLoraConfig, scalingOf, LORA_DEFAULTS, IA3_DEFAULTS, PRESETS, type LoraConfig, type LoraOptions } from './config.js';
 export { importPeft, exportPeft } from './peft.js';
+export { importAdapters, exportAdapters } from './adapters-format.js';

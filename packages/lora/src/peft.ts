@@ -1,5 +1,5 @@
 import { tf } from '@adapterkit/backend';
-import { ConfigError, UnsupportedError, WeightError, type AdapterConfig } from '@adapterkit/core';
+import { ConfigError, transpose, UnsupportedError, WeightError, type AdapterConfig } from '@adapterkit/core';
 import { IA3_DEFAULTS, LORA_DEFAULTS, normalizeLoraConfig, type LoraConfig } from './config.js';
 import type { LoraAccess } from './types.js';
 
@@ -55,12 +55,6 @@ function targetSpec(cfg: Record<string, unknown>, field: string, fallback: () =>
   if (v === undefined || v === null) return fallback();
   if (typeof v === 'string' || (Array.isArray(v) && v.every((s) => typeof s === 'string'))) return v as string | string[];
   throw new ConfigError(`PEFT ${field} must be a list of module names or a regex string, got ${JSON.stringify(v)}`, field);
-}
-
-function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(data.length);
-  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j];
-  return out;
 }
 
 /** The model's PEFT defaults for target_modules / feedforward_modules (PEFT's mapping by model type). */

@@ -10,6 +10,8 @@ import {
   sequenceMeanGate,
   UnsupportedError,
   type AdapterConfig,
+  type AdaptersFile,
+  type FileTensor,
   type ForwardContext,
   type HookKind,
   type LinearRole,
@@ -24,6 +26,7 @@ import { initParam } from '@adapterkit/init';
 import { matMulLast } from '@adapterkit/kernels';
 import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
 import { exportPeft, importPeft } from './peft.js';
+import { exportAdapters, importAdapters } from './adapters-format.js';
 import type { LoraAccess, LoraAdapter, SiteParams } from './types.js';
 
 /**
@@ -342,5 +345,13 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
 
   exportPeft(name: string): { config: Record<string, unknown>; tensors: Map<string, { shape: number[]; data: Float32Array }> } {
     return exportPeft(this, name);
+  }
+
+  importAdapters(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig {
+    return importAdapters(this, name, file, tensors);
+  }
+
+  exportAdapters(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> } {
+    return exportAdapters(this, name);
   }
 }

@@ -27,11 +27,12 @@ export interface LoraAdapter {
   vars: Map<string, Variable>;
 }
 
-/** What PEFT import and export need from the LoRA runtime (peft.ts does not import the runtime). */
+/** What PEFT and `adapters` import and export need from the LoRA runtime (peft.ts, adapters-format.ts do not import the runtime). */
 export interface LoraAccess {
   readonly model: ModelAccess;
   readonly adapters: Pick<AdapterTable<LoraAdapter>, 'get'>;
   add(name: string, config: AdapterConfig, seed: number): void;
+  remove(name: string): void;
   variables(name: string): Map<string, Variable>;
   config(name: string): LoraConfig;
 }

@@ -115,7 +115,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         expect(Object.keys(files).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
         for (const [f, bytes] of Object.entries(files)) expect(Buffer.from(bytes).equals(readFileSync(join(dir, f))), `${format} ${f}`).toBe(true);
       }
-      await expect(model.adapters.serializeAdapterAsync('peft-lora', { format: 'adapters' as 'peft' })).rejects.toThrow(/format must be/);
+      await expect(model.adapters.serializeAdapterAsync('peft-lora', { format: 'onnx' as 'peft' })).rejects.toThrow(/format must be/);
       await expect(model.adapters.serializeAdapterAsync('peft-lora', { fromat: 'peft' } as object)).rejects.toThrow(/unknown option 'fromat'/);
     });
 

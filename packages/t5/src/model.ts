@@ -7,6 +7,7 @@ import {
   replicateRows,
   type AdapterComposition,
   type AdapterConfig,
+  type AdapterFormat,
   type AddAdapterOptions,
   type AverageAdapterOptions,
   type GenerationDefaults,
@@ -110,6 +111,9 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   readonly decoderBias: PositionBias;
   /** What generate uses when an option is absent (generation_config.json's, when loaded from a directory). */
   generationConfig: GenerationDefaults;
+  /** What `adapters` records as the model class when it saves an adapter of this model. */
+  readonly adaptersModelClass = 'T5ForConditionalGeneration';
+  readonly adaptersBasePrefix = 'transformer.';
   /** PEFT's defaults for T5 (peft/utils/constants.py). */
   readonly peftTargets = { LORA: ['q', 'v'], IA3: ['k', 'v', 'wo'], IA3_FEEDFORWARD: ['wo'] };
   private disposed = false;
@@ -199,6 +203,13 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
     old.dispose();
   }
 
+  /** Rows of the shared token embedding for these ids, [n, d_model] (a copy the caller owns). */
+  readInputEmbeddings(ids: number[]): Tensor {
+    for (const id of ids)
+      if (!Number.isInteger(id) || id < 0 || id >= this.config.vocabSize) throw new InputError(`${id} is not a token id in [0, ${this.config.vocabSize})`, 'ids');
+    return tf.tidy(() => this.embed(tf.tensor1d(ids, 'int32')));
+  }
+
   baseParameterCount(): number {
     let n = 0;
     for (const t of this.weights.values()) n += t.size;
@@ -252,7 +263,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   trainAdapter(names: string | string[]): void {
     this.adapters.trainAdapter(names);
   }
-  saveAdapter(dir: string, name: string, options?: { format?: 'adapterkit' | 'peft' }): Promise<void> {
+  saveAdapter(dir: string, name: string, options?: { format?: AdapterFormat }): Promise<void> {
     return this.adapters.saveAdapter(dir, name, options);
   }
   loadAdapter(dir: string, options?: { name?: string; overwrite?: boolean }): Promise<string> {
@@ -460,16 +471,21 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   }
 
   // ------------------------------------------------------------------ encoder / decoder
-  /** Encoder over already-replicated ids. Returns the final hidden states [rows, L, d]. */
-  encodeIds(ids: Tensor, mask: Tensor, ctx: ForwardContext): Tensor {
+  /**
+   * Encoder over already-replicated ids: the final hidden states [rows, L', d] and the 0/1 mask of those
+   * positions (cross-attention's key mask). L' = L unless a method puts virtual tokens into the input
+   * (prompt tuning, after the invertible adapters as in `adapters`).
+   */
+  encodeIds(ids: Tensor, mask: Tensor, ctx: ForwardContext): { states: Tensor; mask: Tensor } {
     let h = this.dropout(this.embed(ids), ctx, 101);
     if (this.adapters.actsAt('embeddings', 'encoder', ctx)) h = this.adapters.embeddings('encoder', h, ctx);
+    if (this.adapters.actsAt('inputEmbeddings', 'encoder', ctx)) ({ embeds: h, mask } = this.adapters.inputEmbeddings('encoder', { embeds: h, mask }, ctx));
     const padding = additiveMask(mask);
     for (const block of this.layout.encoder) {
       h = this.selfAttention(block.self, h, padding, ctx);
       h = this.feedForward(block.ffn, h, ctx);
     }
-    return this.dropout(rmsNorm(h, this.weight('encoder.final_layer_norm.weight'), this.eps), ctx, 102);
+    return { states: this.dropout(rmsNorm(h, this.weight('encoder.final_layer_norm.weight'), this.eps), ctx, 102), mask };
   }
 
   /** Decoder hidden states → logits [rows·T, vocab] (2-D): final norm, output scaling and head in one projection. */
@@ -536,8 +552,8 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
       return tf.tidy(() => {
         const rIds = rep(ids);
         const rMask = rep(mask!);
-        const enc = this.encodeIds(rIds, rMask, ctx);
-        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, rMask, ctx).reshape([rIds.shape[0] as number, dec.shape[1] as number, this.config.vocabSize]);
+        const { states: enc, mask: encMask } = this.encodeIds(rIds, rMask, ctx);
+        const logits = this.decodeFull(rep(dec), decMask ? rep(decMask) : null, enc, encMask, ctx).reshape([-1, dec.shape[1] as number, this.config.vocabSize]);
         return { logits, encoderLastHiddenState: enc };
       });
     } finally {
@@ -591,7 +607,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
         const rIds = this.replicate(ids, ctx);
         const rMask = this.replicate(mask, ctx);
         const enc = this.encodeIds(rIds, rMask, ctx);
-        const logits = this.decodeFull(this.replicate(decIds, ctx), null, enc, rMask, ctx);
+        const logits = this.decodeFull(this.replicate(decIds, ctx), null, enc.states, enc.mask, ctx);
         return T5Model.crossEntropy(logits, this.replicate(labels, ctx), input.labelSmoothing ?? 0);
       });
     } finally {
@@ -628,8 +644,8 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
     const width = 2 * this.config.numHeads * this.config.dKv;
     const layers = tidyResult(() => {
       const enc = this.encodeIds(ids, mask, ctx);
-      const encPadding = additiveMask(mask);
-      return this.layout.decoder.map((block): LayerCache => ({ self: tf.zeros([rows, cap, width]), cross: this.crossKeysValues(block.cross!, enc, encPadding, ctx) }));
+      const encPadding = additiveMask(enc.mask);
+      return this.layout.decoder.map((block): LayerCache => ({ self: tf.zeros([rows, cap, width]), cross: this.crossKeysValues(block.cross!, enc.states, encPadding, ctx) }));
     });
     for (const l of layers) {
       tf.keep(l.self);

@@ -1,4 +1,4 @@
-import { exists, generate, generateText, joinPath, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
+import { exists, generate, generateText, InputError, joinPath, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
 import { parseT5Config, type T5Config } from './config.js';
 import { T5Model } from './model.js';
 import { T5Tokenizer } from './tokenizer.js';
@@ -45,6 +45,12 @@ export class T5ForConditionalGeneration extends T5Model {
   static random(rawConfig: Record<string, unknown>, seed = 0): T5ForConditionalGeneration {
     const config = parseT5Config(rawConfig);
     return new T5ForConditionalGeneration(config, T5Model.randomWeights(config, expectedWeights(config), seed));
+  }
+
+  /** The tokenizer's ids for one text (`</s>` appended); methods use it to initialise from text (prompt tuning). */
+  encodeText(text: string): number[] {
+    if (!this.tokenizer) throw new InputError('this model has no tokenizer (tokenizer.json was not in its directory)', 'tokenizer');
+    return this.tokenizer.encode(text);
   }
 
   generate(options: GenerateOptions): Promise<number[][]> {
