@@ -7,6 +7,7 @@ import {
   ForwardContext,
   UnsupportedError,
   WeightError,
+  fnv1a,
   resolveConfig,
   writeSafetensors,
   Parallel,
@@ -222,6 +223,32 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         model.deleteAdapter(kind);
       });
     }
+
+    it('DoRA with dropout in training follows PEFT: W·x + (g − 1) ⊙ W·drop(x) + s·drop(x)·A·(B ⊙ g)', async () => {
+      model.addAdapter('dd', { ...DORA, dropout: 0.5 }, { seed: 12 });
+      randomize(model, 'dd', 111, 0.3, 0.5);
+      const v = model.adapters.adapterVariables('dd');
+      const W = model.readLinearWeight(site.key);
+      const x = tf.randomNormal([2, 3, 32], 0, 1, 'float32', 13);
+      const ctx = new ForwardContext(Stack('dd'), { training: true, seed: 4 });
+      const baseFn = (t: tf.Tensor) => matMul3(t, W);
+      // the hook path, since dropout cannot be declared
+      expect(rt().linearTerms(site, 2, ctx)).toBe('hooks');
+      const got = tf.tidy(() => rt().linear(site, x, baseFn, ctx)!);
+      const norm = await normOf(W, v, site, 2, 'dora');
+      const want = tf.tidy(() => {
+        const xd = tf.dropout(x, 0.5, undefined, ctx.dropoutSeed(fnv1a(`dd/${site.key}`) % 1_000_000));
+        const g = v.get(`${site.key}.lora_magnitude_vector`)!.div(norm);
+        const lora = matMul3(matMul3(xd, v.get(`${site.key}.lora_A`)!), v.get(`${site.key}.lora_B`)!.mul(g)).mul(2);
+        return baseFn(x)
+          .add(baseFn(xd).mul(g.sub(1)))
+          .add(lora);
+      });
+      expect(maxDiff((await got.data()) as Float32Array, (await want.data()) as Float32Array)).toBeLessThan(1e-5);
+      tf.dispose([W, x, got, want, norm]);
+      ctx.dispose();
+      model.deleteAdapter('dd');
+    });
 
     it('Parallel slices, BatchSplit rows and cached generation equal each adapter alone', async () => {
       model.addAdapter('d', DORA, { seed: 7 });
