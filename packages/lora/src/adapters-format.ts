@@ -1,5 +1,5 @@
 import { assignFileTensors, slotTensor, UnsupportedError, type AdapterConfig, type AdaptersFile, type FileTensor, type TensorSlot } from '@adapterkit/core';
-import { normalizeLoraConfig, type LoraConfig } from './config.js';
+import { isVera, normalizeLoraConfig, type LoraConfig } from './config.js';
 import type { LoraAccess, SiteParams } from './types.js';
 
 /** `adapters`' LoRAConfig fields, in its order (what its config.to_dict() writes besides `architecture`). */
@@ -54,7 +54,11 @@ function checkExpressible(c: LoraConfig, name: string): void {
         ? 'scales linear inputs (input_scale_modules)'
         : c.use_rslora
           ? 'uses rsLoRA scaling (use_rslora)'
-          : null;
+          : c.use_dora
+            ? 'is a DoRA adapter (use_dora; its magnitude has no mapping to adapters files here yet)'
+            : isVera(c)
+              ? 'is a VeRA adapter (its vectors have no mapping to adapters files here yet)'
+              : null;
   if (why) throw new UnsupportedError(`adapter '${name}' ${why}, which AdapterHub adapters' LoRAConfig cannot express`, 'format');
 }
 
@@ -80,6 +84,8 @@ export function importAdapters(rt: LoraAccess, name: string, file: AdaptersFile,
   const release = /^adapters\.(\d+)\.(\d+)/.exec(file.version ?? '');
   if (release && (Number(release[1]) < 1 || (Number(release[1]) === 1 && Number(release[2]) < 1)) && options.r !== options.alpha) options.alpha = options.r;
   const config = normalizeLoraConfig({ method: options.composition_mode === 'scale' ? 'ia3' : 'lora', ...options });
+  // adapters keeps DoRA's magnitude and VeRA's matrices under keys this mapping does not cover yet
+  if (config.use_dora || isVera(config)) throw new UnsupportedError(`importing a ${config.use_dora ? 'DoRA' : 'VeRA'} adapter from adapters files is not supported yet`, 'format');
   rt.add(name, config, 0);
   try {
     assignFileTensors(

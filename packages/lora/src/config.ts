@@ -20,11 +20,15 @@ export interface LoraOptions {
   attn_matrices: ('q' | 'k' | 'v')[];
   /** 'add': base(x) + Δ (LoRA); 'scale': base(x) · l (IA3). */
   composition_mode: 'add' | 'scale';
-  init_weights: 'lora' | 'bert' | 'ia3';
+  /** 'vera': kaiming-uniform (a = 0) A and B — VeRA's frozen projections (or, without vera_d/vera_b, a LoRA so initialised, as adapters). */
+  init_weights: 'lora' | 'bert' | 'ia3' | 'vera';
   init_weights_seed: number | null;
   use_gating: boolean;
+  /** DoRA: W' = m · (W + s·BA) / ‖W + s·BA‖ per output feature, m trainable (initialised so that W' = W + s·BA). */
   use_dora: boolean;
+  /** VeRA: initial value of the trainable vector λ_d [r] (set together with vera_b). */
   vera_d: number | null;
+  /** VeRA: initial value of the trainable vector λ_b [out]; 0 makes a fresh adapter an exact no-op. */
   vera_b: number | null;
   dtype: string | null;
   /** scaling = alpha / √r instead of alpha / r (PEFT use_rslora). */
@@ -72,10 +76,20 @@ export const IA3_DEFAULTS: LoraOptions = {
   init_weights: 'ia3',
 };
 
+/** adapters' VeraConfig (its alpha/r scaling kept: 8/8 = 1 by default, as PEFT's VeRA, which has none). */
+const VERA_DEFAULTS: LoraOptions = { ...LORA_DEFAULTS, vera_d: 0.1, vera_b: 0, init_weights: 'vera' };
+
+/** adapters' config strings: LoRAConfig, IA3Config, VeraConfig, DoRAConfig and DvoRAConfig (VeRA with DoRA). */
 export const PRESETS: Record<string, LoraConfig> = {
   lora: { method: 'lora', ...structuredClone(LORA_DEFAULTS) },
   ia3: { method: 'ia3', ...structuredClone(IA3_DEFAULTS) },
+  vera: { method: 'lora', ...structuredClone(VERA_DEFAULTS) },
+  dora: { method: 'lora', ...structuredClone(LORA_DEFAULTS), use_dora: true },
+  dvora: { method: 'lora', ...structuredClone(VERA_DEFAULTS), use_dora: true },
 };
+
+/** Whether an adapter is VeRA (adapters: vera_d or vera_b is a number). */
+export const isVera = (c: LoraOptions): boolean => c.vera_d !== null || c.vera_b !== null;
 
 const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
 const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
@@ -101,15 +115,15 @@ export function normalizeLoraConfig(raw: AdapterConfig): LoraConfig {
   if (typeof c.dropout !== 'number' || !(c.dropout >= 0 && c.dropout < 1)) fail('dropout', 'must be in [0, 1)');
   if (!Array.isArray(c.attn_matrices) || !c.attn_matrices.every((m) => m === 'q' || m === 'k' || m === 'v')) fail('attn_matrices', "must be a list of 'q', 'k', 'v'");
   if (c.composition_mode !== 'add' && c.composition_mode !== 'scale') fail('composition_mode', "must be 'add' or 'scale'");
-  if (!['lora', 'bert', 'ia3'].includes(c.init_weights as string)) {
-    if (c.init_weights === ('vera' as string)) throw new UnsupportedError("init_weights 'vera' (VeRA) is not supported by @adapterkit/lora", 'init_weights');
-    fail('init_weights', "must be 'lora', 'bert' or 'ia3'");
-  }
+  if (!['lora', 'bert', 'ia3', 'vera'].includes(c.init_weights as string)) fail('init_weights', "must be 'lora', 'bert', 'ia3' or 'vera'");
   if (c.init_weights_seed !== null && !Number.isInteger(c.init_weights_seed)) fail('init_weights_seed', 'must be an integer or null');
   if (!Array.isArray(c.leave_out) || !c.leave_out.every((l) => Number.isInteger(l) && l >= 0)) fail('leave_out', 'must be a list of layer ids');
-  if (c.use_dora) throw new UnsupportedError('use_dora (DoRA) is not supported by @adapterkit/lora', 'use_dora');
-  if (c.vera_d !== null) throw new UnsupportedError('vera_d (VeRA) is not supported by @adapterkit/lora', 'vera_d');
-  if (c.vera_b !== null) throw new UnsupportedError('vera_b (VeRA) is not supported by @adapterkit/lora', 'vera_b');
+  for (const f of ['vera_d', 'vera_b'] as const) if (c[f] !== null && !(typeof c[f] === 'number' && Number.isFinite(c[f]))) fail(f, 'must be a finite number or null');
+  // adapters multiplies both vectors' initial values: one without the other is no VeRA (it would fail there)
+  if (isVera(c) && (c.vera_d === null || c.vera_b === null)) fail(c.vera_d === null ? 'vera_d' : 'vera_b', 'must be set together with the other (VeRA)');
+  if (c.composition_mode === 'scale' && (c.use_dora || isVera(c))) fail(c.use_dora ? 'use_dora' : 'vera_d', "needs composition_mode 'add' (IA3 has no DoRA or VeRA)");
+  // The gate replaces alpha/r on the update, which DoRA's norm of W + s·BA assumes: not defined together
+  if (c.use_dora && c.use_gating) throw new UnsupportedError('use_dora with use_gating is not supported (the gate replaces the scaling DoRA normalises with)', 'use_gating');
   if (c.dtype !== null && c.dtype !== 'float32') throw new UnsupportedError(`dtype '${c.dtype}' is not supported (adapterkit computes in float32)`, 'dtype');
   if (c.target_modules !== null && !isStringList(c.target_modules)) fail('target_modules', 'must be a list of module paths or null');
   if (!isStringList(c.input_scale_modules)) fail('input_scale_modules', 'must be a list of module paths');

@@ -12,7 +12,7 @@ export const loraMethod: AdapterMethod = {
   configMethods: ['lora', 'ia3'],
   presets: PRESETS,
   supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average']),
-  peftTypes: ['LORA', 'IA3'],
+  peftTypes: ['LORA', 'IA3', 'VERA'],
   adaptersArchitectures: ['lora'],
   normalizeConfig: normalizeLoraConfig,
   attach: (model: ModelAccess) => new LoraRuntime(model),

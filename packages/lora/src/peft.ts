@@ -1,6 +1,6 @@
 import { tf } from '@adapterkit/backend';
 import { ConfigError, transpose, UnsupportedError, WeightError, type AdapterConfig } from '@adapterkit/core';
-import { IA3_DEFAULTS, LORA_DEFAULTS, normalizeLoraConfig, type LoraConfig } from './config.js';
+import { IA3_DEFAULTS, isVera, LORA_DEFAULTS, normalizeLoraConfig, type LoraConfig } from './config.js';
 import type { LoraAccess } from './types.js';
 
 type FloatTensor = { shape: number[]; data: Float32Array };
@@ -23,7 +23,6 @@ const isEmpty = (v: unknown) =>
  * ignored. (`check` gets the value; a non-empty / true value is refused.) Unknown keys are ignored.
  */
 const REFUSED: Record<string, (v: unknown) => boolean> = {
-  use_dora: (v) => v === true,
   rank_pattern: (v) => !isEmpty(v),
   alpha_pattern: (v) => !isEmpty(v),
   layers_to_transform: (v) => !isEmpty(v),
@@ -57,21 +56,31 @@ function targetSpec(cfg: Record<string, unknown>, field: string, fallback: () =>
   throw new ConfigError(`PEFT ${field} must be a list of module names or a regex string, got ${JSON.stringify(v)}`, field);
 }
 
-/** The model's PEFT defaults for target_modules / feedforward_modules (PEFT's mapping by model type). */
-function defaultsOf(rt: LoraAccess, key: 'LORA' | 'IA3' | 'IA3_FEEDFORWARD'): string[] {
+/** The model's PEFT defaults for target_modules / feedforward_modules (PEFT's mapping by model type; VeRA's is LoRA's). */
+function defaultsOf(rt: LoraAccess, type: 'LORA' | 'IA3' | 'IA3_FEEDFORWARD' | 'VERA'): string[] {
+  const key = type === 'VERA' ? 'LORA' : type;
   const defaults = rt.model.peftTargets?.[key];
   if (!defaults) throw new UnsupportedError(`the adapter has no target_modules and this model (${rt.model.dims.modelType}) declares no PEFT default for ${key}`, 'target_modules');
   return defaults;
 }
 
+const positiveInt = (cfg: Record<string, unknown>, field: string): number => {
+  const v = cfg[field];
+  if (!Number.isInteger(v) || (v as number) < 1) throw new ConfigError(`PEFT ${field} must be a positive integer, got ${JSON.stringify(v)}`, field);
+  return v as number;
+};
+
+/** Where a PEFT tensor goes: the adapter variable's save name, the file's shape, and [rows, cols] to transpose. */
+type Placement = { target: string; shape: number[]; transposeTo?: [number, number] };
+
 /**
- * Imports a PEFT LORA or IA3 adapter (adapter_config.json + adapter_model.safetensors contents) as adapter
- * `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match regex,
- * exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
+ * Imports a PEFT LORA (incl. DoRA), IA3 or VERA adapter (adapter_config.json + adapter_model.safetensors
+ * contents) as adapter `name`: picks the sites PEFT would (target_modules as names/suffixes or a full-match
+ * regex, exclude_modules), transposes PEFT's [out, in] weights to tfjs [in, out], and returns the config built.
  */
 export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unknown>, tensors: Map<string, FloatTensor>): AdapterConfig {
   const type = cfg.peft_type;
-  if (type !== 'LORA' && type !== 'IA3') throw new UnsupportedError(`PEFT peft_type '${String(type)}' is not LoRA or IA3`, 'peft_type');
+  if (type !== 'LORA' && type !== 'IA3' && type !== 'VERA') throw new UnsupportedError(`PEFT peft_type '${String(type)}' is not LoRA, IA3 or VeRA`, 'peft_type');
   checkUnsupported(cfg);
   const targets = targetSpec(cfg, 'target_modules', () => defaultsOf(rt, type));
   const exclude = cfg.exclude_modules === undefined || cfg.exclude_modules === null ? null : targetSpec(cfg, 'exclude_modules', () => []);
@@ -81,10 +90,9 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
   const keys = sites.map((s) => s.key);
 
   let config: LoraConfig;
-  const expected = new Map<string, { key: string; param: string; shape: number[]; transposeTo?: [number, number] }>();
+  const expected = new Map<string, Placement>();
   if (type === 'LORA') {
-    const r = cfg.r;
-    if (!Number.isInteger(r) || (r as number) < 1) throw new ConfigError(`PEFT r must be a positive integer, got ${JSON.stringify(r)}`, 'r');
+    const r = positiveInt(cfg, 'r');
     const alpha = cfg.lora_alpha ?? r;
     if (typeof alpha !== 'number') throw new ConfigError(`PEFT lora_alpha must be a number, got ${JSON.stringify(alpha)}`, 'lora_alpha');
     const dropout = typeof cfg.lora_dropout === 'number' ? cfg.lora_dropout : 0;
@@ -95,12 +103,44 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
       alpha,
       dropout,
       use_rslora: cfg.use_rslora === true,
+      use_dora: cfg.use_dora === true,
       target_modules: keys,
       peft: structuredClone(cfg),
     };
     for (const s of sites) {
-      expected.set(`${PREFIX}${s.key}.lora_A.weight`, { key: s.key, param: 'lora_A', shape: [r as number, s.inFeatures], transposeTo: [r as number, s.inFeatures] });
-      expected.set(`${PREFIX}${s.key}.lora_B.weight`, { key: s.key, param: 'lora_B', shape: [s.outFeatures, r as number], transposeTo: [s.outFeatures, r as number] });
+      expected.set(`${PREFIX}${s.key}.lora_A.weight`, { target: `${s.key}.lora_A`, shape: [r, s.inFeatures], transposeTo: [r, s.inFeatures] });
+      expected.set(`${PREFIX}${s.key}.lora_B.weight`, { target: `${s.key}.lora_B`, shape: [s.outFeatures, r], transposeTo: [s.outFeatures, r] });
+      // DoRA's magnitude m [out] (PEFT keeps the key of its old ParameterDict: no '.weight'); same flat order as our [1, out]
+      if (config.use_dora) expected.set(`${PREFIX}${s.key}.lora_magnitude_vector`, { target: `${s.key}.lora_magnitude_vector`, shape: [s.outFeatures] });
+    }
+    if (config.use_dora) tensors = withoutWeightSuffix(tensors, '.lora_magnitude_vector', 'DoRA magnitude');
+  } else if (type === 'VERA') {
+    const r = positiveInt(cfg, 'r');
+    // PEFT regenerates unsaved projections with torch's generator, which adapterkit cannot reproduce
+    if (cfg.save_projection === false)
+      throw new UnsupportedError('PEFT VeRA adapter saved without its projections (save_projection: false): they would come from torch’s random generator', 'save_projection');
+    const dropout = typeof cfg.vera_dropout === 'number' ? cfg.vera_dropout : 0;
+    const dInitial = typeof cfg.d_initial === 'number' ? cfg.d_initial : 0.1;
+    // PEFT's VeRA has no scaling: alpha = r makes adapters' alpha/r exactly 1
+    config = {
+      method: 'lora',
+      ...structuredClone(LORA_DEFAULTS),
+      r,
+      alpha: r,
+      dropout,
+      vera_d: dInitial,
+      vera_b: 0,
+      init_weights: 'vera',
+      target_modules: keys,
+      peft: structuredClone(cfg),
+    };
+    const inMax = Math.max(...sites.map((s) => s.inFeatures));
+    const outMax = Math.max(...sites.map((s) => s.outFeatures));
+    expected.set('base_model.vera_A', { target: 'vera_A', shape: [r, inMax], transposeTo: [r, inMax] });
+    expected.set('base_model.vera_B', { target: 'vera_B', shape: [outMax, r], transposeTo: [outMax, r] });
+    for (const s of sites) {
+      expected.set(`${PREFIX}${s.key}.vera_lambda_b`, { target: `${s.key}.vera_lambda_b`, shape: [s.outFeatures] });
+      expected.set(`${PREFIX}${s.key}.vera_lambda_d`, { target: `${s.key}.vera_lambda_d`, shape: [r] });
     }
   } else {
     const ff = targetSpec(cfg, 'feedforward_modules', () => defaultsOf(rt, 'IA3_FEEDFORWARD'));
@@ -109,9 +149,9 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
     for (const s of sites) {
       const isInput = inputSide.includes(s.key);
       // PEFT stores ia3_l as [out, 1] (output side) or [1, in] (feed-forward, input side): same flat order as ours.
-      expected.set(`${PREFIX}${s.key}.ia3_l`, { key: s.key, param: isInput ? 'ia3_in' : 'lora_B', shape: isInput ? [1, s.inFeatures] : [s.outFeatures, 1] });
+      expected.set(`${PREFIX}${s.key}.ia3_l`, { target: `${s.key}.${isInput ? 'ia3_in' : 'lora_B'}`, shape: isInput ? [1, s.inFeatures] : [s.outFeatures, 1] });
     }
-    tensors = withIa3Names(tensors);
+    tensors = withoutWeightSuffix(tensors, '.ia3_l', 'IA3 vector');
   }
 
   for (const k of tensors.keys()) {
@@ -129,7 +169,7 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
   const vars = rt.variables(name);
   for (const [k, e] of expected) {
     const t = tensors.get(k)!;
-    const v = vars.get(`${e.key}.${e.param}`)!;
+    const v = vars.get(e.target)!;
     const data = e.transposeTo ? transpose(t.data, e.transposeTo[0], e.transposeTo[1]) : t.data;
     const value = tf.tensor(data, v.shape, 'float32');
     v.assign(value);
@@ -139,15 +179,16 @@ export function importPeft(rt: LoraAccess, name: string, cfg: Record<string, unk
 }
 
 /**
- * PEFT saves each IA3 vector under `<module>.ia3_l` (a bare nn.Parameter, no `.weight`); files written by
- * other tools (and adapterkit before 0.2) say `<module>.ia3_l.weight`. Both load; one module named both
- * ways is an error.
+ * PEFT saves each IA3 vector under `<module>.ia3_l` (a bare nn.Parameter, no `.weight`) and DoRA's magnitude
+ * under `<module>.lora_magnitude_vector` (its state-dict key from before the magnitude became a module's
+ * `.weight`); files written by other tools (and adapterkit before 0.2 for IA3) add `.weight`. Both load; one
+ * module named both ways is an error.
  */
-function withIa3Names(tensors: Map<string, FloatTensor>): Map<string, FloatTensor> {
+function withoutWeightSuffix(tensors: Map<string, FloatTensor>, suffix: string, what: string): Map<string, FloatTensor> {
   const out = new Map<string, FloatTensor>();
   for (const [k, t] of tensors) {
-    const name = k.endsWith('.ia3_l.weight') ? k.slice(0, -'.weight'.length) : k;
-    if (out.has(name)) throw new WeightError(`PEFT adapter has the IA3 vector '${name}' twice (with and without '.weight')`, k);
+    const name = k.endsWith(`${suffix}.weight`) ? k.slice(0, -'.weight'.length) : k;
+    if (out.has(name)) throw new WeightError(`PEFT adapter has the ${what} '${name}' twice (with and without '.weight')`, k);
     out.set(name, t);
   }
   return out;
@@ -165,10 +206,12 @@ function targetNames(rt: LoraAccess, keys: string[]): string[] {
 }
 
 /**
- * Exports a LoRA (or IA3) adapter in PEFT's format: adapter_config.json contents (only keys PEFT has known
- * for many releases, so older PEFT versions load it too; PEFT fills the rest with defaults) and tensors named
- * `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (IA3: `ia3_l`, no `.weight`, as PEFT names it).
- * Gated adapters have no PEFT equivalent and are refused.
+ * Exports a LoRA (DoRA, IA3, VeRA) adapter in PEFT's format: adapter_config.json contents (only keys PEFT has
+ * known for many releases, so older PEFT versions load it too; PEFT fills the rest with defaults) and tensors
+ * named `base_model.model.<module>.lora_A.weight` [r, in] / `lora_B.weight` [out, r] (+ DoRA's
+ * `lora_magnitude_vector` [out]; IA3: `ia3_l`, no `.weight`, as PEFT names it; VeRA: `base_model.vera_A`
+ * [r, in_max], `base_model.vera_B` [out_max, r], `<module>.vera_lambda_b` [out], `.vera_lambda_d` [r]).
+ * Gated adapters and VeRA with DoRA have no PEFT equivalent and are refused.
  */
 export function exportPeft(rt: LoraAccess, name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
   const c = rt.config(name);
@@ -189,12 +232,40 @@ export function exportPeft(rt: LoraAccess, name: string): { config: Record<strin
     layers_to_transform: null,
     layers_pattern: null,
   };
+  if (isVera(c)) {
+    if (c.use_dora) throw new UnsupportedError(`adapter '${name}' is VeRA with DoRA, which PEFT cannot represent`, 'use_dora');
+    const { A, B } = adapter.projections!;
+    const [inMax, r] = A.shape as [number, number];
+    const outMax = B.shape[1] as number;
+    tensors.set('base_model.vera_A', { shape: [r, inMax], data: transpose(read('vera_A'), inMax, r) });
+    tensors.set('base_model.vera_B', { shape: [outMax, r], data: transpose(read('vera_B'), r, outMax) });
+    for (const key of keys) {
+      // adapters' alpha/r folded into λ_b (PEFT's VeRA has no scaling; 1 with the defaults, so nothing changes)
+      const lambdaB = read(`${key}.vera_lambda_b`).map((x) => x * adapter.scale);
+      tensors.set(`${PREFIX}${key}.vera_lambda_b`, { shape: [lambdaB.length], data: lambdaB });
+      tensors.set(`${PREFIX}${key}.vera_lambda_d`, { shape: [r], data: read(`${key}.vera_lambda_d`) });
+    }
+    const config = {
+      ...common,
+      peft_type: 'VERA',
+      r: c.r,
+      target_modules: targetNames(rt, keys),
+      projection_prng_key: origin.projection_prng_key ?? 0,
+      save_projection: true,
+      vera_dropout: c.dropout,
+      d_initial: c.vera_d,
+      bias: 'none',
+      init_weights: true,
+    };
+    return { config, tensors };
+  }
   if (c.composition_mode === 'add') {
     for (const [key, p] of adapter.sites) {
       const [inF, r] = p.A!.shape as [number, number];
       const outF = p.B!.shape[1] as number;
       tensors.set(`${PREFIX}${key}.lora_A.weight`, { shape: [r, inF], data: transpose(read(`${key}.lora_A`), inF, r) });
       tensors.set(`${PREFIX}${key}.lora_B.weight`, { shape: [outF, r], data: transpose(read(`${key}.lora_B`), r, outF) });
+      if (p.magnitude) tensors.set(`${PREFIX}${key}.lora_magnitude_vector`, { shape: [outF], data: read(`${key}.lora_magnitude_vector`) });
     }
     const config = {
       ...common,
@@ -205,7 +276,7 @@ export function exportPeft(rt: LoraAccess, name: string): { config: Record<strin
       target_modules: targetNames(rt, keys),
       bias: 'none',
       use_rslora: c.use_rslora,
-      use_dora: false,
+      use_dora: c.use_dora,
       init_lora_weights: true,
       rank_pattern: {},
       alpha_pattern: {},

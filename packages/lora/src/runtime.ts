@@ -22,23 +22,25 @@ import {
   type RowRange,
 } from '@adapterkit/core';
 import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
-import { initParam } from '@adapterkit/init';
 import { matMulLast } from '@adapterkit/kernels';
-import { normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
+import { isVera, normalizeLoraConfig, scalingOf, type LoraConfig } from './config.js';
 import { exportPeft, importPeft } from './peft.js';
 import { exportAdapters, importAdapters } from './adapters-format.js';
 import type { LoraAccess, LoraAdapter, SiteParams } from './types.js';
+import { columnNorm, type Factors, factorsOf, initialValues, mergedKernel } from './variants.js';
 
 /**
  * The state LoRA passes through a composition at one linear: the layer input `x` and three optional parts
- * of the update — `add` (the LoRA delta, chained by Stack), `scale` (IA3 output vector) and `inScale` (IA3
- * input vector). Null means "nothing yet" (identity). The result is base(x · inScale) · scale + add.
+ * of the update — `add` (the LoRA delta, chained by Stack), `scale` (IA3 output vector, DoRA's gain) and
+ * `inScale` (IA3 input vector). Null means "nothing yet" (identity). The result is
+ * base(x · inScale) · scale + add. `dora`: a DoRA adapter produced these rows (nothing may stack on it).
  */
 interface LoraState {
   x: Tensor;
   add: Tensor | null;
   scale: Tensor | null;
   inScale: Tensor | null;
+  dora: boolean;
 }
 
 type Part = 'add' | 'scale' | 'inScale';
@@ -55,8 +57,8 @@ interface TermPlan {
   terms: PlannedTerm[];
   undeclarable: boolean;
 }
-/** A term and its identity: slices of one term keep its id, so concatenated parts merge back into one. */
-type PlannedTerm = LinearTerm & { id: number };
+/** A term and its identity: slices of one term keep its id, so concatenated parts merge back into one. `dora`: a DoRA adapter's. */
+type PlannedTerm = LinearTerm & { id: number; dora?: boolean };
 
 let termIds = 0;
 
@@ -66,6 +68,13 @@ function restrict(terms: PlannedTerm[], start: number, end: number): PlannedTerm
 }
 
 let variableCounter = 0;
+
+/** A [1, n] vector repeated for each row of `x` ([rows, 1…, n]), so composition blocks slice and concatenate it like the delta. */
+function perRow(x: Tensor, vec: Tensor): Tensor {
+  const [rows, ...rest] = x.shape;
+  const shape = [1, ...rest.slice(0, -1).map(() => 1), vec.shape[1] as number];
+  return tf.ones([rows, ...shape.slice(1, -1), 1]).mul(vec.reshape(shape));
+}
 
 /** adapters' attn_matrices vocabulary → linear roles. */
 const ATTENTION_MATRIX: Record<string, LinearRole> = { q: 'query', k: 'key', v: 'value' };
@@ -101,19 +110,32 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     const sites = new Map<string, SiteParams>();
     const vars = new Map<string, Variable>();
     const inputSide = new Set(c.input_scale_modules);
-    const make = (key: string, role: 'lora_A' | 'lora_B' | 'gate', shape: number[], extra: { fanIn?: number; bias?: boolean } = {}) => {
-      const values = initParam(c.init_weights, { role, shape, ...extra }, rng);
+    const create = (key: string, values: Float32Array, shape: number[]) => {
       const initial = tf.tensor(values, shape, 'float32');
       const v = tf.variable(initial, false, `lora/${name}/${key}#${variableCounter++}`);
       initial.dispose(); // the variable holds its own reference to the data
       vars.set(key, v);
       return v;
     };
+    const make = (key: string, role: 'lora_A' | 'lora_B' | 'gate', shape: number[], extra: { fanIn?: number; bias?: boolean } = {}) =>
+      create(key, initialValues(c, { role, shape, ...extra }, rng), shape);
+    const filled = (key: string, value: number, shape: number[]) => create(key, new Float32Array(shape.reduce((x, y) => x * y, 1)).fill(value), shape);
+    const adapter: LoraAdapter = { name, config: c, scale: scalingOf(c), sites, vars };
     try {
-      for (const site of this.selectSites(c)) {
+      const selected = this.selectSites(c);
+      if (isVera(c) && selected.length > 0) {
+        // One pair of frozen projections per adapter, as large as its largest linear (PEFT's _find_dim)
+        const inMax = Math.max(...selected.map((s) => s.inFeatures));
+        const outMax = Math.max(...selected.map((s) => s.outFeatures));
+        adapter.projections = { A: make('vera_A', 'lora_A', [inMax, c.r]), B: make('vera_B', 'lora_B', [c.r, outMax]) };
+      }
+      for (const site of selected) {
         const p: SiteParams = { site };
         const k = site.key;
-        if (c.composition_mode === 'add') {
+        if (c.composition_mode === 'add' && isVera(c)) {
+          p.lambdaD = filled(`${k}.vera_lambda_d`, c.vera_d!, [1, c.r]);
+          p.lambdaB = filled(`${k}.vera_lambda_b`, c.vera_b!, [1, site.outFeatures]);
+        } else if (c.composition_mode === 'add') {
           p.A = make(`${k}.lora_A`, 'lora_A', [site.inFeatures, c.r]);
           p.B = make(`${k}.lora_B`, 'lora_B', [c.r, site.outFeatures]);
         } else if (inputSide.has(k)) {
@@ -125,13 +147,24 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
           p.gate = make(`${k}.gate`, 'gate', [site.inFeatures, 1]);
           p.gateBias = make(`${k}.gate_bias`, 'gate', [1], { fanIn: site.inFeatures, bias: true });
         }
+        if (c.use_dora) {
+          // m = ‖W + s·BA‖ as PEFT initialises it: the adapter starts as W + s·BA exactly (the base model when B = 0)
+          const m = tf.tidy(() => {
+            const w = this.model.readLinearWeight(k);
+            const { a, b } = factorsOf(adapter, p, () => w);
+            return columnNorm(w, a, b, adapter.scale);
+          });
+          p.magnitude = tf.variable(m, false, `lora/${name}/${k}.lora_magnitude_vector#${variableCounter++}`);
+          m.dispose();
+          vars.set(`${k}.lora_magnitude_vector`, p.magnitude);
+        }
         sites.set(k, p);
       }
     } catch (e) {
       for (const v of vars.values()) v.dispose();
       throw e;
     }
-    this.adapters.add(name, { name, config: c, scale: scalingOf(c), sites, vars });
+    this.adapters.add(name, adapter);
   }
 
   override remove(name: string): void {
@@ -193,7 +226,25 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     const out = dispatch(site.layer, { start: 0, end: rows, terms: [], undeclarable: false }, prims, ctx);
     if (!out) return undefined;
     if (out.undeclarable) return 'hooks';
-    return out.terms.length ? out.terms.map(({ id: _id, ...t }) => t as LinearTerm) : undefined;
+    return out.terms.length ? out.terms.map(({ id: _id, dora: _dora, ...t }) => t as LinearTerm) : undefined;
+  }
+
+  /**
+   * An add-mode adapter's factors at a linear in this forward (see variants.ts). LoRA's are its variables;
+   * VeRA's and DoRA's are derived from them once per forward (or generation) and owned by the context.
+   */
+  private factors(a: LoraAdapter, p: SiteParams, ctx: ForwardContext): Factors {
+    if (!p.magnitude && !p.lambdaB) return { a: p.A!, b: p.B! };
+    const key = p.site.key;
+    const weight = () => ctx.remember(`lora:kernel:${key}`, () => this.model.readLinearWeight(key));
+    const derived = ctx.remember(`lora:factors:${a.name}:${key}`, () =>
+      tf.tidy(() => {
+        // the context disposes what it remembers: keep the adapter's own variables out of it
+        const f = factorsOf(a, p, weight) as unknown as Record<string, Tensor>;
+        return Object.fromEntries(Object.entries(f).filter(([, t]) => t && !(t instanceof tf.Variable)));
+      }),
+    );
+    return { a: derived.a ?? p.A!, b: derived.b, gain: derived.gain };
   }
 
   /** One adapter's term over the plan's rows. */
@@ -201,18 +252,23 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     const p = a.sites.get(site.key)!;
     const c = a.config;
     const undeclarable = () => ({ ...s, undeclarable: true });
-    if (p.gate || (ctx.training && c.dropout > 0)) return undeclarable();
+    // nothing stacks on DoRA, nor DoRA on anything (the hook path says so by name)
+    if (p.gate || (ctx.training && c.dropout > 0) || s.terms.some((t) => t.dora) || (p.magnitude && s.terms.length > 0)) return undeclarable();
     const rows = { start: s.start, end: s.end };
     if (c.composition_mode === 'add') {
       // LoRA on LoRA (Stack) chains on the update path, h_b = f_b(f_a(x)): a product, not a sum of terms
       if (s.terms.some((t) => t.kind === 'lora')) return undeclarable();
-      return { ...s, terms: [...s.terms, { id: termIds++, kind: 'lora', a: p.A!, b: p.B!, rows: [{ ...rows, scale: a.scale }] }] };
+      const f = this.factors(a, p, ctx);
+      const terms: PlannedTerm[] = [...s.terms, { id: termIds++, kind: 'lora', a: f.a, b: f.b, rows: [{ ...rows, scale: a.scale }], dora: !!f.gain }];
+      // DoRA: y = (x·W) ⊙ g + s·(x·a)·(b ⊙ g): the gain is the base projection's output scale on these rows
+      if (f.gain) terms.push({ id: termIds++, kind: 'outScale', vector: f.gain, scale: 1, rows: [rows], dora: true });
+      return { ...s, terms };
     }
     return { ...s, terms: [...s.terms, { id: termIds++, kind: p.inVec ? 'inScale' : 'outScale', vector: (p.inVec ?? p.B)!, scale: a.scale, rows: [rows] }] };
   }
 
   linear(site: LinearSite, x: Tensor, base: (x: Tensor) => Tensor, ctx: ForwardContext): Tensor | undefined {
-    const out = dispatch<LoraState>(site.layer, { x, add: null, scale: null, inScale: null }, this.primitives(site, ctx), ctx);
+    const out = dispatch<LoraState>(site.layer, { x, add: null, scale: null, inScale: null, dora: false }, this.primitives(site, ctx, base), ctx);
     if (!out || (!out.add && !out.scale && !out.inScale)) return undefined;
     let y = base(out.inScale ? x.mul(out.inScale) : x);
     if (out.scale) y = y.mul(out.scale);
@@ -220,7 +276,7 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     return y;
   }
 
-  private primitives(site: LinearSite, ctx: ForwardContext): LayerPrimitives<LoraState> {
+  private primitives(site: LinearSite, ctx: ForwardContext, base: (x: Tensor) => Tensor): LayerPrimitives<LoraState> {
     const identityOf = (s: LoraState, part: Part): Tensor => {
       const [rows, ...rest] = s.x.shape;
       if (part === 'add') return tf.zeros([rows, ...rest.slice(0, -1), site.outFeatures]);
@@ -229,11 +285,11 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     };
     return {
       has: (n) => this.holds(n, site),
-      single: (n, s) => this.single(this.adapters.get(n), site, s, ctx),
+      single: (n, s) => this.single(this.adapters.get(n), site, s, ctx, base),
       rows: (s) => s.x.shape[0],
       sliceRows: (s, start, end) => {
         const cut = (t: Tensor | null) => (t ? t.slice([start], [end - start]) : null);
-        return { x: cut(s.x)!, add: cut(s.add), scale: cut(s.scale), inScale: cut(s.inScale) };
+        return { x: cut(s.x)!, add: cut(s.add), scale: cut(s.scale), inScale: cut(s.inScale), dora: s.dora };
       },
       concatRows: (parts) => {
         if (parts.length === 1) return parts[0];
@@ -242,6 +298,7 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
           add: null,
           scale: null,
           inScale: null,
+          dora: parts.some((p) => p.dora),
         };
         for (const part of PARTS) {
           // A row part that no adapter touched gets the identity (zero delta, unit vector) of that part.
@@ -253,7 +310,7 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
         if (results.some((r) => r.inScale) && results.some((r) => r.scale)) {
           throw new CompositionError(`Average cannot mix input-side and output-side IA3 scaling at '${site.key}'`, 'Average');
         }
-        const out: LoraState = { x: input.x, add: null, scale: null, inScale: null };
+        const out: LoraState = { x: input.x, add: null, scale: null, inScale: null, dora: results.some((r) => r.dora) };
         for (const part of PARTS) {
           if (results.some((r) => r[part])) out[part] = results.map((r, i) => (r[part] ?? identityOf(r, part)).mul(weights[i])).reduce((a, b) => a.add(b));
         }
@@ -263,9 +320,18 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
   }
 
   /** One adapter at one linear. LoRA chains on the update path (Stack: h_b = f_b(f_a(x))); IA3 multiplies vectors. */
-  private single(a: LoraAdapter, site: LinearSite, s: LoraState, ctx: ForwardContext): LoraState {
+  private single(a: LoraAdapter, site: LinearSite, s: LoraState, ctx: ForwardContext, base: (x: Tensor) => Tensor): LoraState {
     const p = a.sites.get(site.key)!;
     const c = a.config;
+    if (s.dora || (p.magnitude && (s.add || s.scale || s.inScale))) {
+      // DoRA normalises the whole projection: another adapter before or after it at one linear has no defined meaning
+      throw new CompositionError(
+        `cannot Stack DoRA adapter${s.dora ? 's' : ` '${a.name}'`} with another adapter at '${site.key}' (DoRA normalises the whole projection)`,
+        'Stack',
+        a.name,
+        'lora',
+      );
+    }
     // adapters: with gating, Δ *= mean_seq(sigmoid(gate(x))) and alpha/r is not applied.
     const factor = (t: Tensor): Tensor => {
       if (!p.gate) return t.mul(a.scale);
@@ -287,20 +353,25 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
           'lora',
         );
       }
-      if (ctx.training && c.dropout > 0) input = tf.dropout(input, c.dropout, undefined, ctx.dropoutSeed(fnv1a(`${a.name}/${site.key}`) % 1_000_000));
-      return { ...s, add: factor(matMulLast(matMulLast(input, p.A!), p.B!)) };
+      const dropped = ctx.training && c.dropout > 0;
+      if (dropped) input = tf.dropout(input, c.dropout, undefined, ctx.dropoutSeed(fnv1a(`${a.name}/${site.key}`) % 1_000_000));
+      const f = this.factors(a, p, ctx);
+      const add = factor(matMulLast(matMulLast(input, f.a), f.b));
+      if (!f.gain) return { ...s, add };
+      // DoRA. PEFT with dropout in training: W·x + (g − 1) ⊙ W·drop(x) + g ⊙ s·BA·drop(x); else g ⊙ (W·x + s·BA·x)
+      if (dropped) return { ...s, add: add.add(base(input).mul(f.gain.sub(1))), dora: true };
+      return { ...s, add, scale: perRow(s.x, f.gain), dora: true };
     }
-    const vec = (p.inVec ?? p.B)!;
-    const [rows, ...rest] = s.x.shape;
-    const shape = [1, ...rest.slice(0, -1).map(() => 1), vec.shape[1] as number];
-    // One vector per row (so composition blocks can slice and concatenate it like the delta).
-    const v = factor(tf.ones([rows, ...shape.slice(1, -1), 1]).mul(vec.reshape(shape)));
+    const v = factor(perRow(s.x, (p.inVec ?? p.B)!));
     if (p.inVec) return { ...s, inScale: s.inScale ? s.inScale.mul(v) : v };
     return { ...s, scale: s.scale ? s.scale.mul(v) : v };
   }
 
   // ------------------------------------------------------------------ merging
-  /** Folds the adapter into the base kernels: W + scale·A·B (LoRA), W·l on columns (IA3 output) or rows (IA3 input). */
+  /**
+   * Folds the adapter into the base kernels: W + scale·A·B (LoRA, VeRA with its factors; DoRA rescales each
+   * output feature to its magnitude), W·l on columns (IA3 output) or rows (IA3 input).
+   */
   merge(name: string): void {
     const a = this.adapters.get(name);
     if (a.config.use_gating) throw new UnsupportedError(`cannot merge adapter '${name}': it uses gating (use_gating), which depends on the input`, 'use_gating');
@@ -311,7 +382,7 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
     for (const [key, p] of a.sites) {
       const original = this.model.readLinearWeight(key);
       const updated = tf.tidy(() => {
-        if (p.A) return original.add(tf.matMul(p.A, p.B!).mul(a.scale));
+        if (p.A || p.lambdaB) return mergedKernel(a, p, original);
         if (p.inVec) return original.mul(p.inVec.reshape([-1, 1]).mul(a.scale));
         return original.mul(p.B!.mul(a.scale));
       });

@@ -8,6 +8,10 @@ import type { LoraConfig } from './config.js';
  *   `${key}.lora_B` [1, out]                                  (scale mode, output side: y = base(x) · l)
  *   `${key}.ia3_in` [1, in]                                   (scale mode, input side:  y = base(x · l))
  *   `${key}.gate` [in, 1], `${key}.gate_bias` [1]             (use_gating)
+ *   `${key}.lora_magnitude_vector` [1, out]                   (DoRA: the magnitude m)
+ *   `${key}.vera_lambda_d` [1, r], `${key}.vera_lambda_b` [1, out]   (VeRA: Δ = scale · ((x·A_s) ⊙ λ_d)·B_s ⊙ λ_b)
+ *   `vera_A` [in_max, r], `vera_B` [r, out_max]               (VeRA: the adapter's frozen projections, shared by its sites;
+ *                                                              A_s = vera_A[:in], B_s = vera_B[:, :out])
  * `adapters` stores lora_A [r, in] and lora_B [out, r] (PyTorch layout): the transposes of these.
  */
 export interface SiteParams {
@@ -17,6 +21,9 @@ export interface SiteParams {
   inVec?: Variable;
   gate?: Variable;
   gateBias?: Variable;
+  magnitude?: Variable;
+  lambdaD?: Variable;
+  lambdaB?: Variable;
 }
 
 export interface LoraAdapter {
@@ -25,6 +32,8 @@ export interface LoraAdapter {
   scale: number;
   sites: Map<string, SiteParams>;
   vars: Map<string, Variable>;
+  /** VeRA's frozen random projections (never trained: the forward reads them detached). */
+  projections?: { A: Variable; B: Variable };
 }
 
 /** What PEFT and `adapters` import and export need from the LoRA runtime (peft.ts, adapters-format.ts do not import the runtime). */

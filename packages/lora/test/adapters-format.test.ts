@@ -115,6 +115,14 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const peft = await model.loadAdapter(PEFT_LORA_DIR, { name: 'from-peft' });
       await expect(model.saveAdapter(join(tmp, 'x'), peft, { format: 'adapters' })).rejects.toThrow(/target_modules/);
       model.deleteAdapter(peft);
+      for (const [variant, config] of [
+        ['DoRA', 'lora[r=2,use_dora=true]'],
+        ['VeRA', 'vera'],
+      ] as const) {
+        model.addAdapter('v', config);
+        await expect(model.saveAdapter(join(tmp, 'v'), 'v', { format: 'adapters' }), variant).rejects.toThrow(new RegExp(`${variant} adapter`));
+        model.deleteAdapter('v');
+      }
       model.addAdapter('r', 'lora[r=2]');
       const dir = join(tmp, 'r');
       await model.saveAdapter(dir, 'r', { format: 'adapters' });

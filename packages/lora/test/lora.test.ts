@@ -70,7 +70,7 @@ describe('LoRA / IA3 configs', () => {
     expect(e.field).toBe('rank');
     e = field(() => resolveConfig('lora[attn_matrices=["o"]]')) as ConfigError;
     expect(e.field).toBe('attn_matrices');
-    expect(field(() => resolveConfig('lora[use_dora=true]'))).toBeInstanceOf(UnsupportedError);
+    expect(field(() => resolveConfig('lora[dtype=float16]'))).toBeInstanceOf(UnsupportedError);
   });
 });
 

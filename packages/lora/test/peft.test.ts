@@ -157,7 +157,6 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         'adapter_model.safetensors': new Uint8Array(readFileSync(`${PEFT_LORA_DIR}/adapter_model.safetensors`)),
       };
       const cases: [string, unknown][] = [
-        ['use_dora', true],
         ['rank_pattern', { q: 8 }],
         ['alpha_pattern', { q: 8 }],
         ['layers_to_transform', [0]],
