@@ -6,20 +6,20 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tf } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { AbortedError, InputError } from '@adapterkit/core';
+import { AbortedError, ConfigError, InputError } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '../src/index.js';
 import { FIXTURE_DIR, inputs, reference, to2d } from './fixture-model.js';
 import { initBackend } from './helpers.js';
 
 /** Runs `fn`, expecting it to reject with `errorClass` whose `argument` is `argument`, and that no tensor is left behind. */
-async function refusedWithoutAllocating(fn: () => Promise<unknown>, errorClass: typeof InputError | typeof AbortedError, argument?: string) {
+async function refusedWithoutAllocating(fn: () => Promise<unknown>, errorClass: typeof InputError | typeof AbortedError | typeof ConfigError, argument?: string) {
   const before = tf.memory().numTensors;
   const error = await fn().then(
     () => undefined,
     (e: unknown) => e,
   );
   expect(error).toBeInstanceOf(errorClass);
-  if (argument) expect((error as InputError).argument).toBe(argument);
+  if (argument) expect((error as InputError).argument ?? (error as ConfigError).field).toBe(argument);
   expect(tf.memory().numTensors).toBe(before);
   return error as Error;
 }
@@ -41,7 +41,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       await refusedWithoutAllocating(() => model.generate({ ...o, numBeams: 4, numReturnSequences: 100 }), InputError, 'numReturnSequences');
       await refusedWithoutAllocating(() => model.generate({ ...o, numBeams: 3, limits: { rows: 4 } }), InputError, 'numBeams');
       await refusedWithoutAllocating(() => model.generate({ ...o, maxNewTokens: 5000, limits: { memoryBytes: 2 ** 20 } }), InputError, 'maxNewTokens');
-      await refusedWithoutAllocating(() => model.generate({ ...o, limits: { rowz: 1 } as never }), Error);
+      await refusedWithoutAllocating(() => model.generate({ ...o, limits: { rowz: 1 } as never }), ConfigError, 'rowz');
       // The poison request of issue 17: 64 inputs × 512 tokens, maxNewTokens 256, numBeams 4.
       const poison = Array.from({ length: 64 }, (_, r) => Array.from({ length: 512 }, (_, i) => 3 + ((r + i) % 100)));
       const p = await refusedWithoutAllocating(() => model.generate({ inputIds: poison, maxNewTokens: 256, numBeams: 4 }), InputError, 'numBeams');
