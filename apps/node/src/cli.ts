@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { tf } from '@adapterkit/backend';
-import type { AdapterComposition } from '@adapterkit/core';
+import { TextStreamer, type AdapterComposition } from '@adapterkit/core';
 import {
   BUNDLED_MODEL,
   UsageError,
@@ -123,6 +123,11 @@ export function buildProgram(): Command {
       const { inputIds, attentionMask } = padRows(rows);
       const stream = !o.json && rows.length === 1 && !(o.numBeams > 1) && !o.composition?.startsWith('Parallel');
       const tok = model.tokenizer;
+      const eos = model.generationConfig.eosTokenId;
+      const eosIds = new Set(Array.isArray(eos) ? eos : [eos]);
+      // Text streams through a TextStreamer (whole words, never half a character): it prints exactly the final text.
+      const streamer = stream && !o.ids && tok ? new TextStreamer(tok, (text) => process.stdout.write(text)) : undefined;
+      let ended = false;
       const out = await model.generate({
         inputIds,
         attentionMask,
@@ -137,14 +142,16 @@ export function buildProgram(): Command {
         onToken: stream
           ? (step, tokens) => {
               const t = tokens[0];
+              if (ended) return;
+              ended = eosIds.has(t);
               if (o.ids) process.stdout.write(`${step ? ',' : ''}${t}`);
-              else if (tok) process.stdout.write(tok.decode([t], { skipSpecialTokens: true }) + (tok.decode([t], { skipSpecialTokens: true }) ? ' ' : ''));
+              else streamer?.put(t);
             }
           : undefined,
       });
-      const eos = model.generationConfig.eosTokenId;
       const ids = out.map((r) => trimGenerated(r, eos));
       if (stream) {
+        streamer?.end();
         process.stdout.write('\n');
         return;
       }

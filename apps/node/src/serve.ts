@@ -100,9 +100,13 @@ export function createAdapterServer(model: T5ForConditionalGeneration, options: 
     if (timer) clearTimeout(timer);
     timer = undefined;
     if (pending.length === 0) return;
+    // generate lets the event loop run between its steps, so requests keep arriving while one runs: gather
+    // them into the next batch (flushed when it ends) rather than queueing a small batch per window.
+    if (inFlight > 0 && pendingRows() < maxBatchRows) return;
     const jobs = pending;
     pending = [];
-    void exclusive(() => runJobs(jobs));
+    const next = () => inFlight === 0 && flush();
+    void exclusive(() => runJobs(jobs)).then(next, next);
   }
 
   /** Splits the waiting jobs into generate calls: batchable greedy jobs together, the rest one by one. */

@@ -67,10 +67,13 @@ describe('commands on the bundled model (wasm)', () => {
     const want = (await model.generate({ inputIds: rows, maxNewTokens: 10 })).map((x) => trimGenerated(x, 1));
     expect(got).toEqual(want);
     // Text in, text out, streamed, with stdin input.
-    const t = await runCli(['generate', '--backend', 'wasm', '--max-new-tokens', '4'], { input: 'hello world\n' });
+    const t = await runCli(['generate', '--backend', 'wasm', '--max-new-tokens', '12'], { input: 'translate english to german: the quick brown fox\n' });
     expect(t.code, t.stderr).toBe(0);
     expect(t.stderr).toMatch(/backend: wasm/);
     expect(t.stdout.trim().length).toBeGreaterThan(0);
+    // The streamed text is exactly the final text (whole words, no space after every token).
+    const j = await runCli(['generate', '--backend', 'wasm', '--json', '--max-new-tokens', '12', 'translate english to german: the quick brown fox']);
+    expect(t.stdout).toBe(`${JSON.parse(j.stdout).outputs[0].text}\n`);
   });
 
   it('inspect --json reports dims, parameter counts and % trainable', async () => {

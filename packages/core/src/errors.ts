@@ -131,3 +131,10 @@ export class NonFiniteLossError extends AdapterkitError {
     super('NON_FINITE_LOSS', message);
   }
 }
+
+/** A generation was stopped through its AbortSignal (a client went away); no result, nothing leaked. */
+export class AbortedError extends AdapterkitError {
+  constructor(message = 'generation was aborted') {
+    super('ABORTED', message);
+  }
+}

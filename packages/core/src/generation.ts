@@ -1,24 +1,39 @@
 import { tf, type Tensor } from '@adapterkit/backend';
 import { normalizeComposition, parallelChannels, replicateRows, type AdapterComposition } from './composition.js';
-import { InputError } from './errors.js';
+import { AbortedError, ConfigError, InputError } from './errors.js';
+import { checkGenerationSetting, GENERATION_SETTING_NAMES, type GenerationDefaults, type GenerationSettings } from './generation-config.js';
+import { applyLogitsProcessors, buildLogitsProcessors, type LogitsProcessor } from './logits-processors.js';
 import { type OptionKeys, rejectUnknownOptions } from './options.js';
 import { SeededRandom } from './rng.js';
 import type { AdapterHost } from './host.js';
 import type { ForwardContext } from './context.js';
 
-export interface GenerateOptions {
+export type { GenerationDefaults, GenerationSettings } from './generation-config.js';
+
+/**
+ * Sizes a generate call may reach; checked before anything is allocated. `rows` counts decoding rows
+ * (inputs × Parallel branches × beams or returned sequences); `memoryBytes` bounds the model's estimate
+ * of what the call holds at its longest (KV caches at maxNewTokens, cross keys/values, encoder, logits).
+ */
+export interface GenerationLimits {
+  maxNewTokens: number;
+  numBeams: number;
+  numReturnSequences: number;
+  rows: number;
+  memoryBytes: number;
+}
+
+export const DEFAULT_GENERATION_LIMITS: Readonly<GenerationLimits> = {
+  maxNewTokens: 1 << 20,
+  numBeams: 64,
+  numReturnSequences: 64,
+  rows: 4096,
+  memoryBytes: 2 * 1024 ** 3,
+};
+
+export interface GenerateOptions extends GenerationSettings {
   inputIds?: IdsInput;
   attentionMask?: IdsInput;
-  /** Tokens to generate after the decoder start token (default 20, or generation_config.json's). */
-  maxNewTokens?: number;
-  numBeams?: number;
-  lengthPenalty?: number;
-  /** true | false | 'never', as transformers. Default false. */
-  earlyStopping?: boolean | 'never';
-  doSample?: boolean;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
   seed?: number;
   eosTokenId?: number | number[];
   /** Called after each step with the tokens chosen for every row (streaming). */
@@ -27,19 +42,14 @@ export interface GenerateOptions {
   useCache?: boolean;
   /** Override the active composition for this call. */
   composition?: AdapterComposition | null;
+  /** Stops the generation at the next step with an AbortedError (a client went away). */
+  signal?: AbortSignal;
+  /** Tighter (or looser) sizes than DEFAULT_GENERATION_LIMITS for this call. */
+  limits?: Partial<GenerationLimits>;
 }
 
 /** Token ids as number[][] (rectangular) or an int32 tensor [batch, length]. */
 export type IdsInput = number[][] | Tensor;
-
-/** generation_config.json's values (or the model config's) that generate uses when an option is absent. */
-export interface GenerationDefaults {
-  decoderStartTokenId: number;
-  eosTokenId: number | number[];
-  padTokenId: number;
-  maxNewTokens?: number;
-  numBeams?: number;
-}
 
 /**
  * What generation needs from an encoder-decoder model: its adapters, its defaults, id validation, a full
@@ -48,18 +58,25 @@ export interface GenerationDefaults {
 export interface Seq2SeqModel<State = unknown> {
   readonly adapters: AdapterHost;
   readonly generationConfig: GenerationDefaults;
+  /** True once dispose() ran: generate refuses with a typed error. */
+  readonly isDisposed?: boolean;
   /** Validates ids (rectangular, in the vocabulary) and returns an int32 tensor the caller owns. */
   toIds(input: IdsInput, argument: string): Tensor;
   forward(input: { inputIds: IdsInput; attentionMask?: IdsInput; decoderInputIds: IdsInput; composition?: AdapterComposition | null; expandedRows?: { rowMultiplier: number } }): {
     logits: Tensor;
     encoderLastHiddenState: Tensor;
   };
-  /** Encodes `ids` (already replicated/expanded to the decoding rows) and returns a decoder state. */
-  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity?: number): State;
+  /**
+   * Encodes `ids` (already replicated/expanded to the decoding rows) and returns a decoder state whose KV
+   * cache starts with `capacity` token slots and grows with the output, up to `maxCapacity`.
+   */
+  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity?: number, maxCapacity?: number): State;
   /** One step for every row: logits [rows, vocab] (the caller owns them). */
   decodeStep(state: State, tokens: Tensor): Tensor;
   reorderDecoderState(state: State, index: number[]): void;
   disposeDecoderState(state: State): void;
+  /** Bytes a generation of this shape holds at its longest (budgets are checked against it before compute). */
+  estimateGenerationBytes?(shape: { rows: number; sourceLength: number; targetLength: number }): number;
 }
 
 /** Steps through the decoder: cached (KV cache) or by full recomputation; same interface. */
@@ -70,16 +87,28 @@ interface Stepper {
   dispose(): void;
 }
 
+/** Slots a KV cache starts with: it doubles when a generation runs past them, so cost follows the output. */
+const INITIAL_CACHE_SLOTS = 32;
+
 function makeStepper(
   model: Seq2SeqModel,
   ids: Tensor,
   mask: Tensor,
-  ctxOptions: { composition?: AdapterComposition | null; rowMultiplier: number; batch: number; maxNewTokens: number },
+  composition: AdapterComposition | null | undefined,
+  rowMultiplier: number,
+  maxNewTokens: number,
   useCache: boolean,
 ): Stepper {
-  const ctx = model.adapters.createContext({ rowMultiplier: ctxOptions.rowMultiplier, composition: ctxOptions.composition });
+  const ctx = model.adapters.createContext({ rowMultiplier, composition });
   if (useCache) {
-    const state = model.startDecoding(ids, mask, ctx, Math.max(1, ctxOptions.maxNewTokens));
+    let state: unknown;
+    try {
+      const max = Math.max(1, maxNewTokens);
+      state = model.startDecoding(ids, mask, ctx, Math.min(max, INITIAL_CACHE_SLOTS), max);
+    } catch (e) {
+      ctx.dispose();
+      throw e;
+    }
     return {
       next: (_seqs, last) => {
         const tokens = tf.tensor1d(last, 'int32');
@@ -97,16 +126,9 @@ function makeStepper(
   return {
     next: (seqs) =>
       tf.tidy(() => {
-        const out = model.forward({
-          inputIds: ids,
-          attentionMask: mask,
-          decoderInputIds: seqs,
-          composition: ctx.composition,
-          expandedRows: { rowMultiplier: ctxOptions.rowMultiplier },
-        });
+        const out = model.forward({ inputIds: ids, attentionMask: mask, decoderInputIds: seqs, composition: ctx.composition, expandedRows: { rowMultiplier } });
         const [rows, T, V] = out.logits.shape as number[];
-        const last = out.logits.slice([0, T - 1, 0], [rows, 1, V]).reshape([rows, V]);
-        return last;
+        return out.logits.slice([0, T - 1, 0], [rows, 1, V]).reshape([rows, V]);
       }),
     reorder: () => {},
     dispose: () => ctx.dispose(),
@@ -117,109 +139,256 @@ const GENERATE_OPTIONS = {
   inputIds: true,
   attentionMask: true,
   maxNewTokens: true,
+  maxLength: true,
+  minLength: true,
+  minNewTokens: true,
   numBeams: true,
+  numReturnSequences: true,
   lengthPenalty: true,
   earlyStopping: true,
   doSample: true,
   temperature: true,
   topK: true,
   topP: true,
+  typicalP: true,
+  repetitionPenalty: true,
+  noRepeatNgramSize: true,
+  encoderNoRepeatNgramSize: true,
+  badWordsIds: true,
+  forcedBosTokenId: true,
+  forcedEosTokenId: true,
   seed: true,
   eosTokenId: true,
   onToken: true,
   useCache: true,
   composition: true,
+  signal: true,
+  limits: true,
 } as const satisfies OptionKeys<GenerateOptions>;
 
-function validate(model: Seq2SeqModel, o: GenerateOptions) {
+const LIMIT_KEYS = { maxNewTokens: true, numBeams: true, numReturnSequences: true, rows: true, memoryBytes: true } as const satisfies OptionKeys<GenerationLimits>;
+
+/** transformers' GenerationConfig defaults where they differ from "off" (top_k 50 applies when sampling). */
+const TRANSFORMERS_DEFAULTS = { topK: 50 } as const;
+
+/** Rows and length of an ids input, read without allocating (undefined when malformed: toIds reports it). */
+function inputShape(input: IdsInput): [number, number] | undefined {
+  if (input instanceof tf.Tensor) return input.rank === 2 ? [input.shape[0] as number, input.shape[1] as number] : undefined;
+  return Array.isArray(input) && Array.isArray(input[0]) ? [input.length, input[0].length] : undefined;
+}
+
+type Plan = ReturnType<typeof plan>;
+
+/** Options + the model's defaults → checked settings and sizes. Throws typed errors; allocates nothing. */
+function plan(model: Seq2SeqModel, o: GenerateOptions) {
   rejectUnknownOptions(o, GENERATE_OPTIONS, 'generate');
+  rejectUnknownOptions(o.limits, LIMIT_KEYS, 'generate limits');
+  const limits = { ...DEFAULT_GENERATION_LIMITS, ...o.limits };
   const d = model.generationConfig;
-  const maxNewTokens = o.maxNewTokens ?? d.maxNewTokens ?? 20;
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new InputError(`maxNewTokens must be an integer ≥ 0, got ${o.maxNewTokens}`, 'maxNewTokens');
-  const numBeams = o.numBeams ?? d.numBeams ?? 1;
-  if (!Number.isInteger(numBeams) || numBeams < 1) throw new InputError(`numBeams must be an integer ≥ 1, got ${o.numBeams}`, 'numBeams');
-  if (o.temperature !== undefined && !(o.temperature > 0)) throw new InputError(`temperature must be > 0, got ${o.temperature}`, 'temperature');
-  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) throw new InputError(`topK must be an integer ≥ 0, got ${o.topK}`, 'topK');
-  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new InputError(`topP must be in (0, 1], got ${o.topP}`, 'topP');
-  if (o.doSample && numBeams > 1) throw new InputError('beam sampling (doSample with numBeams > 1) is not supported', 'doSample');
-  const eos = o.eosTokenId ?? d.eosTokenId;
-  return { maxNewTokens, numBeams, eos: new Set(Array.isArray(eos) ? eos : [eos]), start: d.decoderStartTokenId, pad: d.padTokenId };
+  const s: GenerationSettings = { ...TRANSFORMERS_DEFAULTS };
+  for (const key of GENERATION_SETTING_NAMES) {
+    const fromOption = o[key] !== undefined;
+    const value = fromOption ? o[key] : d[key];
+    if (value === undefined) continue;
+    const problem = checkGenerationSetting(key, value);
+    if (problem && fromOption) throw new InputError(`generate: ${key} must be ${problem}, got ${JSON.stringify(value)}`, key);
+    if (problem) throw new ConfigError(`generation config: ${key} must be ${problem}, got ${JSON.stringify(value)}`, key);
+    (s as Record<string, unknown>)[key] = value;
+  }
+  const maxNewTokens = s.maxNewTokens ?? (s.maxLength !== undefined ? Math.max(0, s.maxLength - 1) : 20);
+  const numBeams = s.numBeams ?? 1;
+  const numReturn = s.numReturnSequences ?? 1;
+  const doSample = s.doSample ?? false;
+  const over = (key: keyof GenerationLimits, value: number) => {
+    if (value > limits[key]) throw new InputError(`generate: ${key} ${value} exceeds the limit ${limits[key]} (options.limits.${key})`, key);
+  };
+  over('maxNewTokens', maxNewTokens);
+  over('numBeams', numBeams);
+  over('numReturnSequences', numReturn);
+  if (doSample && numBeams > 1) throw new InputError('beam sampling (doSample with numBeams > 1) is not supported', 'doSample');
+  if (numReturn > 1 && numBeams === 1 && !doSample)
+    throw new InputError('numReturnSequences > 1 needs beam search (numBeams > 1) or sampling (doSample), as transformers', 'numReturnSequences');
+  if (numBeams > 1 && numReturn > numBeams) throw new InputError(`numReturnSequences (${numReturn}) cannot exceed numBeams (${numBeams})`, 'numReturnSequences');
+  const eosIds = o.eosTokenId ?? d.eosTokenId;
+  if (!(typeof eosIds === 'number' || (Array.isArray(eosIds) && eosIds.every((e) => typeof e === 'number'))))
+    throw new InputError('eosTokenId must be a token id or a list of them', 'eosTokenId');
+  const eos = Array.isArray(eosIds) ? eosIds : [eosIds];
+  const composition = o.composition === undefined ? model.adapters.activeComposition : o.composition === null ? null : normalizeComposition(o.composition);
+  const channels = parallelChannels(composition);
+  // One row per beam (beam search) or per returned sample; the expansion is contiguous, as transformers'.
+  const expand = numBeams > 1 ? numBeams : numReturn;
+  const shape = o.inputIds === undefined ? undefined : inputShape(o.inputIds);
+  if (shape) {
+    const rows = shape[0] * channels * expand;
+    const expandKey = numBeams > 1 ? 'numBeams' : 'numReturnSequences';
+    if (rows > limits.rows)
+      throw new InputError(
+        `generate: ${rows} decoding rows (${shape[0]} inputs × ${channels} branches × ${expand}) exceed the limit ${limits.rows} (options.limits.rows)`,
+        expand > 1 ? expandKey : 'inputIds',
+      );
+    const bytes = (targetLength: number) => model.estimateGenerationBytes?.({ rows, sourceLength: shape[1], targetLength }) ?? 0;
+    const total = bytes(maxNewTokens + 1);
+    if (total > limits.memoryBytes) {
+      const byLength = total - bytes(1) > total / 2;
+      throw new InputError(
+        `generate: ${shape[0]} inputs of ${shape[1]} tokens × ${channels} branches × ${expand} rows each, up to ${maxNewTokens} new tokens, need about ${(total / 2 ** 20).toFixed(0)} MiB, over the budget of ${(limits.memoryBytes / 2 ** 20).toFixed(0)} MiB (options.limits.memoryBytes)`,
+        byLength ? 'maxNewTokens' : expand > 1 ? expandKey : 'inputIds',
+      );
+    }
+  }
+  return { s, limits, maxNewTokens, numBeams, numReturn, doSample, expand, channels, eos, eosSet: new Set(eos), start: d.decoderStartTokenId, pad: d.padTokenId };
+}
+
+/** Token ids of the settings are checked against the vocabulary (the model's toIds) before compute. */
+function checkSettingIds(model: Seq2SeqModel, s: GenerationSettings): void {
+  const check = (ids: number[], argument: string) => model.toIds([ids], argument).dispose();
+  if (s.badWordsIds) check(s.badWordsIds.flat(), 'badWordsIds');
+  if (s.forcedBosTokenId !== undefined) check([s.forcedBosTokenId], 'forcedBosTokenId');
+  if (s.forcedEosTokenId !== undefined) check([s.forcedEosTokenId].flat(), 'forcedEosTokenId');
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new AbortedError(`generation was aborted${signal.reason !== undefined ? `: ${String(signal.reason)}` : ''}`);
+}
+
+/** Resolves on the next macrotask (a server's sockets and timers run in between). */
+const nextMacrotask: () => Promise<void> =
+  typeof setImmediate === 'function'
+    ? () => new Promise((resolve) => setImmediate(resolve))
+    : typeof MessageChannel === 'function'
+      ? () =>
+          new Promise((resolve) => {
+            const channel = new MessageChannel();
+            channel.port1.onmessage = () => {
+              channel.port1.close();
+              resolve();
+            };
+            channel.port2.postMessage(null);
+          })
+      : () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** Between decoding steps: let the event loop run, then stop if the caller aborted. */
+async function betweenSteps(signal: AbortSignal | undefined): Promise<void> {
+  await nextMacrotask();
+  throwIfAborted(signal);
 }
 
 /**
  * Generates token ids, with transformers' conventions: each row starts with the decoder start id and
- * finished rows are padded with the pad id. Greedy and beam search reproduce transformers' choices;
- * sampling is seeded. Under a Parallel composition the result has one block of rows per branch
- * (adapter-major: rows [i·B, (i+1)·B) belong to branch i).
+ * finished rows are padded with the pad id. Greedy and beam search reproduce transformers' choices, with
+ * transformers' logits processors in transformers' order; sampling is seeded. Under a Parallel composition
+ * the result has one block of rows per branch (adapter-major: rows [i·B, (i+1)·B) belong to branch i);
+ * with numReturnSequences each input's sequences are contiguous. Sizes are checked against `limits` before
+ * anything is allocated; the KV cache grows with the output; the event loop runs between steps, and an
+ * aborted `signal` stops the call with an AbortedError at the next step.
  */
 export async function generate(model: Seq2SeqModel, options: GenerateOptions): Promise<number[][]> {
+  if (model.isDisposed) throw new InputError('generate: this model has been disposed', 'model');
   if (options.inputIds === undefined) throw new InputError('generate needs inputIds', 'inputIds');
-  const v = validate(model, options);
+  const p = plan(model, options);
+  checkSettingIds(model, p.s);
+  throwIfAborted(options.signal);
   const ids0 = model.toIds(options.inputIds, 'inputIds');
-  let mask0: Tensor;
+  const owned: Tensor[] = [ids0];
+  let stepper: Stepper | undefined;
   try {
-    mask0 = options.attentionMask === undefined ? tf.onesLike(ids0) : model.toIds(options.attentionMask, 'attentionMask');
-  } catch (e) {
-    ids0.dispose();
-    throw e;
-  }
-  if (mask0.shape.join() !== ids0.shape.join()) {
-    tf.dispose([ids0, mask0]);
-    throw new InputError(`attentionMask has shape [${mask0.shape}] but inputIds has shape [${ids0.shape}]`, 'attentionMask');
-  }
-  const batch = ids0.shape[0] as number;
-  const channels = parallelChannels(
-    options.composition === undefined ? model.adapters.activeComposition : options.composition === null ? null : normalizeComposition(options.composition),
-  );
-  // Parallel: replicate rows once (adapter-major); beams: expand each row into numBeams contiguous rows.
-  const expand = (t: Tensor) =>
-    tf.tidy(() => {
-      const rep = channels > 1 ? replicateRows(t, channels) : t.clone();
-      if (v.numBeams === 1) return rep;
-      const rows = rep.shape[0] as number;
-      const index = tf.tensor1d(
-        Array.from({ length: rows * v.numBeams }, (_, i) => Math.floor(i / v.numBeams)),
-        'int32',
-      );
-      return tf.gather(rep, index);
-    });
-  const ids = expand(ids0);
-  const mask = expand(mask0);
-  tf.dispose([ids0, mask0]);
-  const stepper = makeStepper(model, ids, mask, { composition: options.composition, rowMultiplier: v.numBeams, batch, maxNewTokens: v.maxNewTokens }, options.useCache ?? true);
-  try {
-    if (v.numBeams > 1) return await beamSearch(stepper, batch * channels, v, options);
-    return await sampleOrGreedy(stepper, batch * channels, v, options);
+    const mask0 = options.attentionMask === undefined ? tf.onesLike(ids0) : model.toIds(options.attentionMask, 'attentionMask');
+    owned.push(mask0);
+    if (mask0.shape.join() !== ids0.shape.join()) throw new InputError(`attentionMask has shape [${mask0.shape}] but inputIds has shape [${ids0.shape}]`, 'attentionMask');
+    const batch = ids0.shape[0] as number;
+    const processors = await rowProcessors(p, ids0, batch);
+    // Parallel: replicate rows once (adapter-major); beams / returned samples: each row into `expand` contiguous rows.
+    const expand = (t: Tensor) =>
+      tf.tidy(() => {
+        const rep = p.channels > 1 ? replicateRows(t, p.channels) : t.clone();
+        if (p.expand === 1) return rep;
+        const rows = rep.shape[0] as number;
+        return tf.gather(
+          rep,
+          tf.tensor1d(
+            Array.from({ length: rows * p.expand }, (_, i) => Math.floor(i / p.expand)),
+            'int32',
+          ),
+        );
+      });
+    const ids = expand(ids0);
+    owned.push(ids);
+    const mask = expand(mask0);
+    owned.push(mask);
+    stepper = makeStepper(model, ids, mask, options.composition, p.expand, p.maxNewTokens, options.useCache ?? true);
+    if (p.numBeams > 1) return await beamSearch(stepper, batch * p.channels, p, options, processors);
+    return await sampleOrGreedy(stepper, batch * p.channels, p, options, processors);
   } finally {
-    stepper.dispose();
-    tf.dispose([ids, mask]);
+    stepper?.dispose();
+    tf.dispose(owned);
   }
 }
 
-async function sampleOrGreedy(stepper: Stepper, rows: number, v: ReturnType<typeof validate>, o: GenerateOptions): Promise<number[][]> {
-  const seqs = Array.from({ length: rows }, () => [v.start]);
+/** Each source row's processors (rows of a Parallel branch share their input's source ids). */
+async function rowProcessors(p: Plan, ids: Tensor, batch: number): Promise<LogitsProcessor[][]> {
+  const encoderIds = p.s.encoderNoRepeatNgramSize ? ((await ids.array()) as number[][]) : [];
+  return Array.from({ length: batch * p.channels }, (_, r) =>
+    buildLogitsProcessors(p.s, { eos: p.eos, encoderIds: encoderIds[r % batch] ?? [], maxLength: p.maxNewTokens + 1, doSample: p.doSample }),
+  );
+}
+
+/** Index of the largest score (the first on ties, as torch.argmax). */
+function argmax(scores: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < scores.length; i++) if (scores[i] > scores[best]) best = i;
+  return best;
+}
+
+/** A seeded draw from softmax(scores) (−inf scores have probability 0). */
+function sample(scores: Float32Array, rng: SeededRandom): number {
+  const best = argmax(scores);
+  const max = scores[best];
+  let sum = 0;
+  for (let i = 0; i < scores.length; i++) sum += Math.exp(scores[i] - max);
+  let u = rng.next() * sum;
+  for (let i = 0; i < scores.length; i++) {
+    u -= Math.exp(scores[i] - max);
+    if (u < 0) return i;
+  }
+  return best;
+}
+
+async function sampleOrGreedy(stepper: Stepper, sources: number, p: Plan, o: GenerateOptions, processors: LogitsProcessor[][]): Promise<number[][]> {
+  const rows = sources * p.expand;
+  const seqs = Array.from({ length: rows }, () => [p.start]);
   const unfinished = new Array(rows).fill(true);
   const rng = new SeededRandom(o.seed ?? 0);
-  for (let step = 0; step < v.maxNewTokens; step++) {
+  // Greedy without processors keeps the argmax on the device; otherwise the scores come to the host.
+  const onHost = p.doSample || processors.some((list) => list.length > 0);
+  for (let step = 0; step < p.maxNewTokens; step++) {
+    await betweenSteps(o.signal);
     const logits = stepper.next(
       seqs,
       seqs.map((s) => s[s.length - 1]),
     );
     let chosen: number[];
-    if (o.doSample) {
-      const data = (await logits.data()) as Float32Array;
-      const V = logits.shape[1] as number;
-      chosen = Array.from({ length: rows }, (_, r) => sampleRow(data.subarray(r * V, (r + 1) * V), o, rng));
-    } else {
-      const arg = tf.argMax(logits, 1);
-      chosen = Array.from((await arg.data()) as Int32Array);
-      arg.dispose();
+    try {
+      if (onHost) {
+        const V = logits.shape[1] as number;
+        const data = (await logits.data()) as Float32Array;
+        chosen = seqs.map((seq, r) => {
+          if (!unfinished[r]) return p.pad;
+          const scores = data.slice(r * V, (r + 1) * V);
+          applyLogitsProcessors(processors[Math.floor(r / p.expand)], scores, { sequence: seq });
+          return p.doSample ? sample(scores, rng) : argmax(scores);
+        });
+      } else {
+        const arg = tf.argMax(logits, 1);
+        chosen = Array.from((await arg.data()) as Int32Array);
+        arg.dispose();
+      }
+    } finally {
+      logits.dispose();
     }
-    logits.dispose();
     for (let r = 0; r < rows; r++) {
-      const tok = unfinished[r] ? chosen[r] : v.pad;
+      const tok = unfinished[r] ? chosen[r] : p.pad;
       seqs[r].push(tok);
-      if (unfinished[r] && v.eos.has(tok)) unfinished[r] = false;
+      if (unfinished[r] && p.eosSet.has(tok)) unfinished[r] = false;
     }
     o.onToken?.(
       step,
@@ -230,56 +399,32 @@ async function sampleOrGreedy(stepper: Stepper, rows: number, v: ReturnType<type
   return seqs;
 }
 
-/** transformers' sampling order: temperature, then top-k, then top-p; then a seeded draw. */
-function sampleRow(logits: Float32Array, o: GenerateOptions, rng: SeededRandom): number {
-  const t = o.temperature ?? 1;
-  const scores = Array.from(logits, (x) => x / t);
-  let order = scores.map((_, i) => i).sort((a, b) => scores[b] - scores[a]);
-  if (o.topK && o.topK > 0) order = order.slice(0, o.topK);
-  const max = scores[order[0]];
-  let probs = order.map((i) => Math.exp(scores[i] - max));
-  let sum = probs.reduce((a, b) => a + b, 0);
-  probs = probs.map((p) => p / sum);
-  if (o.topP !== undefined && o.topP < 1) {
-    let cum = 0;
-    let keep = 0;
-    while (keep < probs.length && cum < o.topP) cum += probs[keep++];
-    order = order.slice(0, Math.max(1, keep));
-    probs = probs.slice(0, order.length);
-    sum = probs.reduce((a, b) => a + b, 0);
-    probs = probs.map((p) => p / sum);
-  }
-  let u = rng.next();
-  for (let i = 0; i < order.length; i++) {
-    u -= probs[i];
-    if (u <= 0) return order[i];
-  }
-  return order[order.length - 1];
-}
-
 const NEG = -1.0e9;
 const f32 = Math.fround;
 
 /**
- * Beam search as transformers 5 does it (vectorised `_beam_search`): keep 2·k candidates per step, the
- * best k that did not just finish keep running, finished candidates among the top k enter the finished
- * pool with score / generated_length^length_penalty; stop per early_stopping. Bookkeeping in float32.
+ * Beam search as transformers 5 does it (vectorised `_beam_search`): the logits processors act on the
+ * log-softmax scores of every running beam; keep 2·k candidates per step, the best k that did not just
+ * finish keep running, finished candidates among the top k enter the finished pool with
+ * score / generated_length^length_penalty; stop per early_stopping; return the best numReturnSequences
+ * finished beams of each input. Bookkeeping in float32.
  */
-async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof validate>, o: GenerateOptions): Promise<number[][]> {
-  const k = v.numBeams;
-  const lp = o.lengthPenalty ?? 1.0;
-  const earlyStopping = o.earlyStopping ?? false;
-  const maxLength = 1 + v.maxNewTokens;
-  const keep = Math.max(2, 1 + v.eos.size) * k;
+async function beamSearch(stepper: Stepper, batch: number, p: Plan, o: GenerateOptions, processors: LogitsProcessor[][]): Promise<number[][]> {
+  const k = p.numBeams;
+  const lp = p.s.lengthPenalty ?? 1.0;
+  const earlyStopping = p.s.earlyStopping ?? false;
+  const maxLength = 1 + p.maxNewTokens;
+  const keep = Math.max(2, 1 + p.eosSet.size) * k;
   // running and finished beams per batch entry
-  let running: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [v.start]));
+  let running: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [p.start]));
   let runningScores: number[][] = Array.from({ length: batch }, () => Array.from({ length: k }, (_, j) => (j === 0 ? 0 : NEG)));
-  const finished: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [v.start]));
+  const finished: number[][][] = Array.from({ length: batch }, () => Array.from({ length: k }, () => [p.start]));
   const finishedScores: number[][] = Array.from({ length: batch }, () => new Array(k).fill(NEG));
   const isFinished: boolean[][] = Array.from({ length: batch }, () => new Array(k).fill(false));
   let heuristicUnsatisfied = new Array(batch).fill(true);
   let curLen = 1;
   while (curLen < maxLength) {
+    await betweenSteps(o.signal);
     const flat = running.flat();
     const logits = stepper.next(
       flat,
@@ -287,9 +432,17 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
     );
     const logp = tf.logSoftmax(logits);
     logits.dispose();
-    const data = (await logp.data()) as Float32Array;
     const V = logp.shape[1] as number;
-    logp.dispose();
+    let data: Float32Array;
+    try {
+      data = (await logp.data()) as Float32Array;
+    } finally {
+      logp.dispose();
+    }
+    if (processors.some((list) => list.length > 0)) {
+      data = data.slice();
+      flat.forEach((seq, r) => applyLogitsProcessors(processors[Math.floor(r / k)], data.subarray(r * V, (r + 1) * V), { sequence: seq }));
+    }
     const lastStep = curLen + 1 >= maxLength;
     const reorder: number[] = [];
     const nextRunning: number[][][] = [];
@@ -311,7 +464,7 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
           }
         }
       }
-      const hits = cands.map((c) => lastStep || v.eos.has(c.token));
+      const hits = cands.map((c) => lastStep || p.eosSet.has(c.token));
       if (!hits.every(Boolean)) anyValidContinuation = true;
       // a. next running beams: best k candidates that did not hit a stopping criterion
       const runningCands = cands
@@ -358,11 +511,11 @@ async function beamSearch(stepper: Stepper, batch: number, v: ReturnType<typeof 
     if (!(improvementPossible && existsOpenBeam && anyValidContinuation)) break;
     stepper.reorder(reorder);
   }
-  // Best finished sequence per batch entry, padded to the longest. transformers fills beam outputs with
+  // The best finished sequences per batch entry, padded to the longest. transformers fills beam outputs with
   // `pad_token_id or eos_token_id[0]` — a pad id of 0 is falsy in Python, so beams of models whose pad id is 0 are padded with eos.
-  const out = finished.map((beams) => beams[0]);
+  const out = finished.flatMap((beams) => beams.slice(0, p.numReturn));
   const len = Math.max(...out.map((s) => s.length));
-  const fill = v.pad || [...v.eos][0];
+  const fill = p.pad || p.eos[0];
   return out.map((s) => [...s, ...new Array(len - s.length).fill(fill)]);
 }
 

@@ -71,8 +71,10 @@ export interface LayerCache {
 export interface DecoderState {
   ctx: ForwardContext;
   layers: LayerCache[];
-  /** Token slots in each self cache (doubles when a generation runs past it). */
+  /** Token slots in each self cache (doubles when a generation runs past it, up to maxCapacity). */
   capacity: number;
+  /** The most slots the cache grows to (generation's maxNewTokens); a step past it still gets one slot. */
+  maxCapacity: number;
   /** Tokens decoded so far (the query position of the next step). */
   step: number;
   rows: number;
@@ -638,7 +640,8 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
    * are already replicated/expanded to the decoding rows. The state's tensors live until
    * disposeDecoderState().
    */
-  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity = 32): DecoderState {
+  startDecoding(ids: Tensor, mask: Tensor, ctx: ForwardContext, capacity = 32, maxCapacity = Number.POSITIVE_INFINITY): DecoderState {
+    this.checkAlive();
     const rows = ids.shape[0] as number;
     const cap = Math.max(1, Math.floor(capacity));
     const width = 2 * this.config.numHeads * this.config.dKv;
@@ -651,12 +654,15 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
       tf.keep(l.self);
       keepKeysValues(l.cross);
     }
-    return { ctx, layers, capacity: cap, step: 0, rows };
+    return { ctx, layers, capacity: cap, maxCapacity: Math.max(cap, maxCapacity), step: 0, rows };
   }
 
-  /** Doubles the token slots of every self cache (a generation ran past the capacity it started with). */
+  /**
+   * Doubles the token slots of every self cache when a generation runs past them (at most up to the
+   * state's maxCapacity): the cache grows with the output, so a short answer never pays for maxNewTokens.
+   */
   private growDecoderState(state: DecoderState): void {
-    const extra = state.capacity;
+    const extra = Math.max(1, Math.min(state.capacity, state.maxCapacity - state.capacity));
     const grow = (t: Tensor, axis: number) => {
       const shape = [...t.shape];
       shape[axis] = extra;
@@ -669,6 +675,21 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
       if (l.selfMask) l.selfMask = grow(l.selfMask, 1);
     }
     state.capacity += extra;
+  }
+
+  /**
+   * Bytes a generation holds at its longest: self KV caches at `targetLength` slots (twice: the copy made
+   * while the cache doubles or beams reorder it), cross keys/values, the encoder's largest activations
+   * (its feed-forward and, unfused, its attention scores) and a step's logits (device, log-softmax, host).
+   */
+  estimateGenerationBytes({ rows, sourceLength, targetLength }: { rows: number; sourceLength: number; targetLength: number }): number {
+    const c = this.config;
+    const width = 2 * c.numHeads * c.dKv;
+    const selfKv = 2 * rows * targetLength * c.numDecoderLayers * width;
+    const crossKv = rows * sourceLength * c.numDecoderLayers * width;
+    const encoder = 2 * rows * sourceLength * Math.max(c.dModel, c.dFf * (c.isGatedAct ? 2 : 1), c.numHeads * sourceLength);
+    const logits = 3 * rows * c.vocabSize;
+    return 4 * (selfKv + crossKv + encoder + logits);
   }
 
   /** The decoder self-attention prefix of a layer enters the state once, at step 0 (gate input: position 0). */
@@ -759,7 +780,12 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   }
 
   private checkAlive() {
-    if (this.disposed) throw new InputError('this model has been disposed');
+    if (this.disposed) throw new InputError('this model has been disposed', 'model');
+  }
+
+  /** True once dispose() ran (generate and forward refuse with an InputError). */
+  get isDisposed(): boolean {
+    return this.disposed;
   }
 
   dispose(): void {

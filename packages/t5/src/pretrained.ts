@@ -1,4 +1,4 @@
-import { exists, generate, generateText, InputError, joinPath, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
+import { exists, generate, generateText, InputError, joinPath, parseGenerationConfig, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
 import { parseT5Config, type T5Config } from './config.js';
 import { T5Model } from './model.js';
 import { T5Tokenizer } from './tokenizer.js';
@@ -27,17 +27,9 @@ export class T5ForConditionalGeneration extends T5Model {
       const tokCfg = (await exists(tokCfgPath)) ? parseJson(await readText(tokCfgPath), 'tokenizer_config.json') : {};
       tokenizer = new T5Tokenizer(parseJson(await readText(joinPath(source, 'tokenizer.json')), 'tokenizer.json'), tokCfg, config.padTokenId);
     }
-    let gen: Partial<GenerationDefaults> = {};
-    if (await exists(joinPath(source, 'generation_config.json'))) {
-      const g = parseJson(await readText(joinPath(source, 'generation_config.json')), 'generation_config.json');
-      gen = {
-        ...(typeof g.decoder_start_token_id === 'number' ? { decoderStartTokenId: g.decoder_start_token_id } : {}),
-        ...(g.eos_token_id !== undefined ? { eosTokenId: g.eos_token_id } : {}),
-        ...(typeof g.pad_token_id === 'number' ? { padTokenId: g.pad_token_id } : {}),
-        ...(typeof g.max_new_tokens === 'number' ? { maxNewTokens: g.max_new_tokens } : {}),
-        ...(typeof g.num_beams === 'number' ? { numBeams: g.num_beams } : {}),
-      };
-    }
+    // generation_config.json: every field generate uses (transformers' names, snake_case → camelCase)
+    const genPath = joinPath(source, 'generation_config.json');
+    const gen = (await exists(genPath)) ? parseGenerationConfig(parseJson(await readText(genPath), 'generation_config.json')) : {};
     return new T5ForConditionalGeneration(config, weights, tokenizer, gen);
   }
 
