@@ -12,3 +12,4 @@ export * from './generation.js';
 export * from './adapter-table.js';
 export * from './options.js';
 export * from './torch-checkpoint.js';
+export * from './decode-batch.js';
