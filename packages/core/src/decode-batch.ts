@@ -8,7 +8,7 @@ import type { Seq2SeqModel } from './generation.js';
  * Continuous batching (iteration-level scheduling, as Orca/vLLM/TGI): sequences join a running decode at
  * the next step and leave when they finish, each keeping its own timeline in the KV cache.
  *
- * Why a shifted timeline is exact: a decoder's self-attention sees relative positions only (T5's bias is
+ * Why a shifted timeline is exact: a decoder's self-attention sees relative positions only (a relative bias is
  * a function of key − query), so a row whose first token sits at cache slot s, with slots before s masked,
  * computes what it computes alone from slot 0.
  */

@@ -730,9 +730,11 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
 
   /** Rows of several states, each on its own timeline, as one state (continuous batching; decode-rows.ts). */
   regroupDecoderRows(states: DecoderState[], picks: RowPick[], capacity: number, ctx: ForwardContext): DecoderState {
-    const out = regroupDecoderState(states, picks, capacity, ctx);
-    for (const s of states) this.disposeDecoderState(s);
-    return out;
+    try {
+      return regroupDecoderState(states, picks, capacity, ctx);
+    } finally {
+      for (const s of states) this.disposeDecoderState(s);
+    }
   }
 
   disposeDecoderState(state: DecoderState): void {
