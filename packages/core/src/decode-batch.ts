@@ -84,9 +84,9 @@ export class DecodeBatch<State> {
     this.eos = new Set(Array.isArray(e) ? e : [e]);
   }
 
-  /** Rows decoding now (joining entries not counted). */
+  /** Rows decoding for entries still running (joining entries not counted). */
   get rows(): number {
-    return this.active.reduce((a, x) => a + x.entry.rows.length, 0);
+    return this.active.reduce((a, x) => a + (this.leaving.has(x.entry) ? 0 : x.entry.rows.length), 0);
   }
   get entries(): number {
     return this.active.length + this.joining.length;
@@ -106,13 +106,17 @@ export class DecodeBatch<State> {
     else if (this.active.some((a) => a.entry === entry)) this.leaving.add(entry);
   }
 
-  /** One decode step for every row (after applying joins and leaves). Finished entries leave. */
+  /**
+   * One decode step for every row. Newcomers join first. Rows of entries that left stay in the state as
+   * dead rows (fed pad, never reported) until they are a quarter of it: a regroup costs more than a row.
+   */
   async step(): Promise<StepResult[]> {
-    this.regroup();
+    const total = this.active.reduce((a, x) => a + x.entry.rows.length, 0);
+    const dead = total - this.rows;
+    if (this.joining.length > 0 || (dead > 0 && (dead * 4 >= total || dead === total))) this.regroup();
     if (!this.state) return [];
-    const start = this.model.generationConfig.decoderStartTokenId;
     const pad = this.model.generationConfig.padTokenId;
-    const last = this.active.flatMap((a) => a.sequences.map((s) => s[s.length - 1] ?? start));
+    const last = this.active.flatMap((a) => (this.leaving.has(a.entry) ? a.sequences.map(() => pad) : a.sequences.map((s) => s[s.length - 1])));
     const tokens = tf.tensor1d(last, 'int32');
     let chosen: Int32Array;
     try {
@@ -124,22 +128,23 @@ export class DecodeBatch<State> {
     } finally {
       tokens.dispose();
     }
-    return this.active.map((a) => {
-      const out = a.sequences.map((seq, r) => {
-        const tok = a.unfinished[r] ? chosen[a.offset + r] : pad;
-        seq.push(tok);
-        if (a.unfinished[r] && this.eos.has(tok)) a.unfinished[r] = false;
-        return tok;
+    return this.active
+      .filter((a) => !this.leaving.has(a.entry))
+      .map((a) => {
+        const out = a.sequences.map((seq, r) => {
+          const tok = a.unfinished[r] ? chosen[a.offset + r] : pad;
+          seq.push(tok);
+          if (a.unfinished[r] && this.eos.has(tok)) a.unfinished[r] = false;
+          return tok;
+        });
+        const done = !a.unfinished.some(Boolean) || a.sequences[0].length - 1 >= a.entry.maxNewTokens;
+        if (done) this.leaving.add(a.entry);
+        return { entry: a.entry, tokens: out, sequences: a.sequences, done };
       });
-      const done = !a.unfinished.some(Boolean) || a.sequences[0].length - 1 >= a.entry.maxNewTokens;
-      if (done) this.leaving.add(a.entry);
-      return { entry: a.entry, tokens: out, sequences: a.sequences, done };
-    });
   }
 
   /** Applies pending joins and leaves: one new state, rows grouped by adapter, each on its own timeline. */
   private regroup(): void {
-    if (this.joining.length === 0 && this.leaving.size === 0) return;
     const start = this.model.generationConfig.decoderStartTokenId;
     const stay = this.active.filter((a) => !this.leaving.has(a.entry));
     const incoming = this.joining.map((entry): Active => ({ entry, sequences: entry.rows.map(() => [start]), unfinished: entry.rows.map(() => true), offset: 0 }));

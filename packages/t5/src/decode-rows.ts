@@ -3,27 +3,23 @@
  * states, each on its own timeline, become one state. A row with `length` cached tokens is placed so its
  * tokens end where the longest row's end; the slots in front of it are masked. T5's decoder attention
  * sees relative positions only, so the row computes exactly what it computes alone.
+ *
+ * Every tensor of the new state is ONE gather from its sources (flattened to slots, plus a filler slot),
+ * with the slot index computed here: a regroup costs a few kernels per layer however many rows move.
  */
 import { tf, type Tensor } from '@adapterkit/backend';
 import { InputError, type ForwardContext, type RowPick } from '@adapterkit/core';
 import { MASK_VALUE } from '@adapterkit/kernels';
 import type { DecoderState, LayerCache } from './model.js';
 
-/** Consecutive picks from one state with one length: one gather and one slice per layer. */
-interface Segment {
-  state: number;
-  rows: number[];
-  length: number;
-}
-
-function segmentsOf(picks: RowPick[]): Segment[] {
-  const out: Segment[] = [];
-  for (const p of picks) {
-    const last = out[out.length - 1];
-    if (last && last.state === p.state && last.length === p.length) last.rows.push(p.row);
-    else out.push({ state: p.state, rows: [p.row], length: p.length });
-  }
-  return out;
+/** Rows [n, slots, …] of each source, flattened to slots and followed by one `fill` slot; gathered at `index`. */
+function gatherSlots(sources: Tensor[], fill: number, index: Int32Array, shape: number[]): Tensor {
+  return tf.tidy(() => {
+    const width = sources[0].shape[2] ?? 1;
+    const flat = sources.map((s) => s.reshape([-1, width]));
+    flat.push(tf.fill([1, width], fill));
+    return tf.gather(tf.concat(flat, 0), tf.tensor1d(index, 'int32')).reshape(shape);
+  });
 }
 
 /** The regrouped state (see RowwiseDecoder.regroupDecoderRows); the sources are left to the caller to dispose. */
@@ -36,68 +32,70 @@ export function regroupDecoderState(states: DecoderState[], picks: RowPick[], ca
     const s = states[p.state];
     if (!s || p.row < 0 || p.row >= s.rows || p.length > s.step) throw new InputError(`row pick ${JSON.stringify(p)} is outside its state`, 'picks');
   }
-  const segments = segmentsOf(picks);
+  const R = picks.length;
   const T = Math.max(0, ...picks.map((p) => p.length));
   const C = Math.max(capacity, T + 1);
-  const L = Math.max(...states.map((s) => s.layers[0].cross.packed.source.shape[1] as number));
+  const lengths = states.map((s) => s.layers[0].cross.packed.source.shape[1] as number);
+  const L = Math.max(...lengths);
+  // self caches: row r's tokens [step − length, step) of its source → slots [T − length, T); the rest is the zero slot
+  const selfOffsets: number[] = [];
+  const crossOffsets: number[] = [];
+  let selfTotal = 0;
+  let crossTotal = 0;
+  states.forEach((s, k) => {
+    selfOffsets.push(selfTotal);
+    crossOffsets.push(crossTotal);
+    selfTotal += s.rows * s.capacity;
+    crossTotal += s.rows * lengths[k];
+  });
+  const selfIndex = new Int32Array(R * C).fill(selfTotal);
+  const crossIndex = new Int32Array(R * L).fill(crossTotal);
+  picks.forEach((p, r) => {
+    const s = states[p.state];
+    const from = selfOffsets[p.state] + p.row * s.capacity + s.step - p.length;
+    for (let j = 0; j < p.length; j++) selfIndex[r * C + T - p.length + j] = from + j;
+    const cross = crossOffsets[p.state] + p.row * lengths[p.state];
+    for (let j = 0; j < lengths[p.state]; j++) crossIndex[r * L + j] = cross + j;
+  });
   const layers = states[0].layers.map((_, i): LayerCache => {
-    return tf.tidy(() => {
-      const selfParts: Tensor[] = [];
-      const crossParts: Tensor[] = [];
-      const crossMasks: Tensor[] = [];
-      for (const seg of segments) {
-        const s = states[seg.state];
-        const l = s.layers[i];
-        const idx = tf.tensor1d(seg.rows, 'int32');
-        const n = seg.rows.length;
-        const width = l.self.shape[2] as number;
-        // the row's tokens: source slots [step − length, step) → new slots [T − length, T)
-        const tokens = seg.length > 0 ? tf.gather(l.self, idx).slice([0, s.step - seg.length, 0], [n, seg.length, width]) : undefined;
-        selfParts.push(
-          tokens
-            ? tf.pad(tokens, [
-                [0, 0],
-                [T - seg.length, C - T],
-                [0, 0],
-              ])
-            : tf.zeros([n, C, width]),
-        );
-        const src = tf.gather(l.cross.packed.source, idx);
-        const len = src.shape[1] as number;
-        crossParts.push(
-          tf.pad(src, [
-            [0, 0],
-            [0, L - len],
-            [0, 0],
-          ]),
-        );
-        const m = l.cross.mask ? (l.cross.mask.shape[0] === s.rows ? tf.gather(l.cross.mask, idx) : tf.tile(l.cross.mask, [n, 1])) : tf.zeros([n, len]);
-        crossMasks.push(
-          tf.pad(
-            m,
-            [
-              [0, 0],
-              [0, L - len],
-            ],
-            MASK_VALUE,
-          ),
-        );
-      }
-      const first = states[0].layers[i].cross.packed;
-      return {
-        self: tf.concat(selfParts, 0),
-        cross: { packed: { source: tf.concat(crossParts, 0), kOffset: first.kOffset, vOffset: first.vOffset }, mask: tf.concat(crossMasks, 0) },
-      };
+    const width = (t: Tensor) => t.shape[2] as number;
+    const first = states[0].layers[i];
+    const masks = states.map((s, k) => {
+      const m = s.layers[i].cross.mask;
+      if (!m) return tf.zeros([s.rows, lengths[k], 1]);
+      return (m.shape[0] === s.rows ? m : tf.tile(m, [s.rows, 1])).reshape([s.rows, lengths[k], 1]);
     });
+    const crossMask = gatherSlots(masks, MASK_VALUE, crossIndex, [R, L]);
+    tf.dispose(masks); // reshaped views: the sources keep their own
+    return {
+      self: gatherSlots(
+        states.map((s) => s.layers[i].self),
+        0,
+        selfIndex,
+        [R, C, width(first.self)],
+      ),
+      cross: {
+        packed: {
+          source: gatherSlots(
+            states.map((s) => s.layers[i].cross.packed.source),
+            0,
+            crossIndex,
+            [R, L, width(first.cross.packed.source)],
+          ),
+          kOffset: first.cross.packed.kOffset,
+          vOffset: first.cross.packed.vOffset,
+        },
+        mask: crossMask,
+      },
+    };
   });
   // one additive self mask per layer when some row starts later than slot 0
-  const shifted = segments.some((s) => s.length < T);
-  if (shifted) {
-    const mask = new Float32Array(picks.length * C);
+  if (picks.some((p) => p.length < T)) {
+    const mask = new Float32Array(R * C);
     picks.forEach((p, r) => mask.fill(MASK_VALUE, r * C, r * C + (T - p.length)));
-    const m = tf.tensor2d(mask, [picks.length, C]);
+    const m = tf.tensor2d(mask, [R, C]);
     for (const l of layers) l.selfMask = m.clone();
     m.dispose();
   }
-  return { ctx, layers, capacity: C, step: T, rows: picks.length };
+  return { ctx, layers, capacity: C, step: T, rows: R };
 }
