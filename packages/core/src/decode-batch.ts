@@ -179,7 +179,9 @@ export class DecodeBatch<State> {
       offset += a.entry.rows.length;
     }
     const used = Math.max(...grouped.map((a) => a.sequences[0].length - 1));
-    const capacity = used + Math.max(1, ...grouped.map((a) => a.entry.maxNewTokens - (a.sequences[0].length - 1)));
+    // room for a few more steps; the model grows the cache when a row runs past it (a step costs more
+    // the more slots it holds, so the cache follows the tokens generated, not the maximum)
+    const capacity = used + Math.min(32, Math.max(1, ...grouped.map((a) => a.entry.maxNewTokens - (a.sequences[0].length - 1))));
     const ctx = this.model.adapters.createContext({ composition: compositionFor(grouped) });
     try {
       this.state = this.model.regroupDecoderRows(states, picks, capacity, ctx);

@@ -612,7 +612,10 @@ napi_value Attention(napi_env env, napi_callback_info info) {
       // scores = q·kᵀ (T5: no 1/√d), prefix columns first. One query (a cached decoding step): plain dot
       // products — packing a GEMM per (row, head) costs far more than the product itself.
       if (lq == 1) {
-        for (int j = 0; j < cols; j++) {
+        // keys after the query's causal bound are cache slots not written yet (zeros): their score is 0
+        const int end = causal ? std::min(cols, std::max(p, p + causalOffset + 1)) : cols;
+        for (int j = end; j < cols; j++) scores[j] = 0.f;
+        for (int j = 0; j < end; j++) {
           const float* kr = j < p ? pkh + (int64_t)j * d : kh + (int64_t)(j - p) * kvCols;
           float acc = 0.f;
           for (int c = 0; c < d; c++) acc += qh[c] * kr[c];
