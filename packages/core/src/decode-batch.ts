@@ -1,7 +1,7 @@
 import { tf } from '@adapterkit/backend';
-import { BatchSplit, type AdapterComposition } from './composition.js';
-import type { ForwardContext } from './context.js';
-import { InputError } from './errors.js';
+import { BatchSplit, normalizeComposition, type AdapterComposition } from './composition.js';
+import { ForwardContext } from './context.js';
+import { AdapterError, InputError } from './errors.js';
 import type { Seq2SeqModel } from './generation.js';
 
 /**
@@ -96,6 +96,7 @@ export class DecodeBatch<State> {
   join(entry: DecodeEntry): void {
     if (entry.rows.length === 0 || entry.rows.some((r) => r.length === 0)) throw new InputError('a decode entry needs non-empty rows', 'rows');
     if (!Number.isInteger(entry.maxNewTokens) || entry.maxNewTokens < 1) throw new InputError(`maxNewTokens must be an integer ≥ 1, got ${entry.maxNewTokens}`, 'maxNewTokens');
+    if (entry.adapter !== null && !this.model.adapters.hasAdapter(entry.adapter)) throw new AdapterError(`no adapter named '${entry.adapter}' is loaded`, entry.adapter);
     this.joining.push(entry);
   }
 
@@ -182,7 +183,7 @@ export class DecodeBatch<State> {
     // room for a few more steps; the model grows the cache when a row runs past it (a step costs more
     // the more slots it holds, so the cache follows the tokens generated, not the maximum)
     const capacity = used + Math.min(32, Math.max(1, ...grouped.map((a) => a.entry.maxNewTokens - (a.sequences[0].length - 1))));
-    const ctx = this.model.adapters.createContext({ composition: compositionFor(grouped) });
+    const ctx = this.context(grouped);
     try {
       this.state = this.model.regroupDecoderRows(states, picks, capacity, ctx);
     } catch (e) {
@@ -206,7 +207,7 @@ export class DecodeBatch<State> {
       [rows.length, T],
       'int32',
     );
-    const ctx = this.model.adapters.createContext({ composition: compositionFor(entries) });
+    const ctx = this.context(entries);
     try {
       return this.model.startDecoding(ids, mask, ctx, 1);
     } catch (e) {
@@ -215,6 +216,15 @@ export class DecodeBatch<State> {
     } finally {
       tf.dispose([ids, mask]);
     }
+  }
+
+  /**
+   * The context of grouped rows. Built here rather than by the host, which refuses names it does not hold:
+   * the base-model child (BASE_MODEL_ROWS) names no adapter on purpose; every other name was checked at join.
+   */
+  private context(entries: Active[]): ForwardContext {
+    const comp = compositionFor(entries);
+    return new ForwardContext(comp === null ? null : normalizeComposition(comp), { skipLayers: this.model.adapters.skippedLayers });
   }
 
   /** Frees the running state; entries still decoding are dropped. */
