@@ -86,9 +86,10 @@ export class GenerationEngine {
   private sharesRows(job: Job): boolean {
     if (job.composition || job.params.numBeams > 1 || job.params.doSample) return false;
     if (job.adapter === null) return true;
-    // a decoder prefix and sequence gates keep per-sequence state that rows cannot carry between batches
+    // a decoder prefix and sequence gates keep per-sequence state that rows cannot carry between batches;
+    // a prompt changes the encoder's length for its rows only
     const config = JSON.stringify(this.model.adapters.adapterConfig(job.adapter));
-    return !/prefix|"use_gating":true/.test(config);
+    return !/prefix|prompt|"use_gating":true/.test(config);
   }
 
   private forget(entry: DecodeEntry) {
