@@ -18,6 +18,7 @@ import {
   loadModel,
   padRows,
   parseComposition,
+  parseAdapterSpec,
   parseIds,
   readStdin,
   startBackend,
@@ -353,24 +354,42 @@ export function buildProgram(): Command {
 
   // ---------------------------------------------------------------- serve
   common(program.command('serve'))
-    .description('serve generation over HTTP on 127.0.0.1, batching requests for different adapters with BatchSplit')
+    .description('serve generation over HTTP on 127.0.0.1: continuous batching of every adapter and the base model in one BatchSplit step, in a restartable worker')
     .option('-p, --port <n>', 'port (0 = any free port)', int('--port'), 8080)
     .option('-a, --adapter <dir>', 'adapter directory to load at start, as dir or name=dir; repeatable', collect, [])
-    .option('--window-ms <ms>', 'how long to wait for more requests to batch', int('--window-ms'), 5)
-    .option('--max-batch-rows <n>', 'rows per generate call', int('--max-batch-rows', 1), 64)
-    .option('--log-requests', 'log each queued request on stderr', false)
+    .option('--max-batch-rows <n>', 'rows decoding at once', int('--max-batch-rows', 1), 64)
+    .option('--max-queue <n>', 'requests waiting before 503 + Retry-After', int('--max-queue', 1), 256)
+    .option('--request-timeout-ms <ms>', 'a request not answered by then gets 504 and is cancelled', int('--request-timeout-ms', 1), 120_000)
+    .option('--api-key <key>', 'require this key (Authorization: Bearer or X-API-Key) on every route but /health (default: $ADAPTERKIT_API_KEY)')
+    .option('--adapter-root <dir>', 'allow POST /v1/adapters to load adapters from inside this directory (off by default)')
+    .option('--allowed-host <name>', 'a Host name to accept besides 127.0.0.1/localhost/[::1]; repeatable', collect, [])
+    .option('--allowed-origin <origin>', 'an Origin allowed to call besides the server itself; repeatable', collect, [])
+    .option('--log-requests', 'also log each queued request on stderr (every answered request is logged)', false)
     .action(async (o) => {
-      const backend = await startBackend(o.backend, { quiet: o.json });
-      const model = await loadModel(o.model);
-      const names = await loadAdapters(model, o.adapter);
-      const srv = createAdapterServer(model, { windowMs: o.windowMs, maxBatchRows: o.maxBatchRows, logRequests: o.logRequests, log: (l) => process.stderr.write(`${l}\n`) });
+      const apiKey = o.apiKey ?? process.env.ADAPTERKIT_API_KEY;
+      if (apiKey !== undefined && apiKey.length < 8) throw new UsageError('--api-key must be at least 8 characters');
+      const adapters = (o.adapter as string[]).map(parseAdapterSpec);
+      const srv = createAdapterServer({
+        model: o.model,
+        backend: o.backend,
+        adapters,
+        maxBatchRows: o.maxBatchRows,
+        maxQueue: o.maxQueue,
+        requestTimeoutMs: o.requestTimeoutMs,
+        apiKey: apiKey || undefined,
+        adapterRoot: o.adapterRoot,
+        allowedHosts: o.allowedHost,
+        allowedOrigins: o.allowedOrigin,
+        logRequests: o.logRequests,
+        log: (l) => process.stderr.write(`${l}\n`),
+      });
       const port = await srv.listen(o.port);
       // One line on stdout that scripts (and tests) can wait for.
-      process.stdout.write(`${JSON.stringify({ listening: `http://127.0.0.1:${port}`, port, backend: backend.name, adapters: names })}\n`);
+      process.stdout.write(`${JSON.stringify({ listening: `http://127.0.0.1:${port}`, port, backend: srv.worker.info?.backend, adapters: adapters.map(([n]) => n) })}\n`);
       const stop = async (signal: string) => {
         process.stderr.write(`${signal}: finishing in-flight requests, then exiting\n`);
         await srv.close();
-        process.stderr.write(`served ${srv.stats.requests} requests with ${srv.stats.generateCalls} generate calls\n`);
+        process.stderr.write(`served ${srv.stats.completed} requests in ${srv.stats.steps} decode steps\n`);
         process.exit(0);
       };
       process.once('SIGTERM', () => void stop('SIGTERM'));

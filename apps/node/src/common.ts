@@ -41,13 +41,18 @@ export async function loadModel(dir: string | undefined): Promise<T5ForCondition
   return T5ForConditionalGeneration.fromPretrained(resolve(dir ?? BUNDLED_MODEL));
 }
 
+/** `dir` or `name=dir` → [name, absolute dir]. */
+export function parseAdapterSpec(spec: string): [string, string] {
+  const m = /^([A-Za-z0-9_.-]+)=(.+)$/.exec(spec);
+  const dir = resolve(m ? m[2] : spec);
+  return [m ? m[1] : basename(dir).replace(/[\s,()]/g, '_'), dir];
+}
+
 /** `--adapter dir` or `--adapter name=dir`; returns the names in order. */
 export async function loadAdapters(model: T5ForConditionalGeneration, specs: string[] = []): Promise<string[]> {
   const names: string[] = [];
   for (const spec of specs) {
-    const m = /^([A-Za-z0-9_.-]+)=(.+)$/.exec(spec);
-    const dir = resolve(m ? m[2] : spec);
-    const name = m ? m[1] : basename(dir).replace(/[\s,()]/g, '_');
+    const [name, dir] = parseAdapterSpec(spec);
     names.push(await model.loadAdapter(dir, { name }));
   }
   return names;

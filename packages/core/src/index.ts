@@ -16,3 +16,4 @@ export * from './adapter-table.js';
 export * from './options.js';
 export * from './torch-checkpoint.js';
 export * from './file-tensors.js';
+export * from './decode-batch.js';

@@ -609,9 +609,22 @@ napi_value Attention(napi_env env, napi_callback_info info) {
       const int64_t prow = prefixRows == 1 ? 0 : bi;
       const float* pkh = pk ? pk + ((prow * heads + h) * (int64_t)p) * d : nullptr;
       const float* pvh = pv ? pv + ((prow * heads + h) * (int64_t)p) * d : nullptr;
-      // scores = q·kᵀ (T5: no 1/√d), prefix columns first
-      if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, scores.data(), cols);
-      if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, scores.data() + p, cols);
+      // scores = q·kᵀ (T5: no 1/√d), prefix columns first. One query (a cached decoding step): plain dot
+      // products — packing a GEMM per (row, head) costs far more than the product itself.
+      if (lq == 1) {
+        // keys after the query's causal bound are cache slots not written yet (zeros): their score is 0
+        const int end = causal ? std::min(cols, std::max(p, p + causalOffset + 1)) : cols;
+        for (int j = end; j < cols; j++) scores[j] = 0.f;
+        for (int j = 0; j < end; j++) {
+          const float* kr = j < p ? pkh + (int64_t)j * d : kh + (int64_t)(j - p) * kvCols;
+          float acc = 0.f;
+          for (int c = 0; c < d; c++) acc += qh[c] * kr[c];
+          scores[j] = acc;
+        }
+      } else {
+        if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, scores.data(), cols);
+        if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, scores.data() + p, cols);
+      }
       const float* mrow = mask ? mask + (int64_t)(maskRows == 1 ? 0 : bi) * cols : nullptr;
       for (int i = 0; i < lq; i++) {
         float* s = scores.data() + (int64_t)i * cols;
@@ -632,6 +645,17 @@ napi_value Attention(napi_env env, napi_callback_info info) {
         for (int j = 0; j < cols; j++) s[j] *= inv;
       }
       float* oh = out + (int64_t)bi * lq * outCols + h * d;
+      if (lq == 1) {
+        // weights of masked keys are exactly 0: skipping them changes nothing
+        std::memset(oh, 0, sizeof(float) * d);
+        for (int j = 0; j < cols; j++) {
+          const float w = scores[j];
+          if (w == 0.f) continue;
+          const float* vr = j < p ? pvh + (int64_t)j * d : vh + (int64_t)(j - p) * kvCols;
+          for (int c = 0; c < d; c++) oh[c] += w * vr[c];
+        }
+        continue;
+      }
       if (p > 0) gemm(false, false, lq, d, p, scores.data(), cols, pvh, d, 0.f, oh, outCols);
       if (lk > 0) gemm(false, false, lq, d, lk, scores.data() + p, cols, vh, kvCols, p > 0 ? 1.f : 0.f, oh, outCols);
       if (p == 0 && lk == 0)

@@ -12,7 +12,8 @@ import {
   type AverageAdapterOptions,
   type GenerationDefaults,
   type IdsInput,
-  type Seq2SeqModel,
+  type RowPick,
+  type RowwiseDecoder,
   type AttentionSite,
   type LinearGroup,
   type LinearSite,
@@ -24,6 +25,7 @@ import {
   SeededRandom,
 } from '@adapterkit/core';
 import { cacheWrite, crossEntropy, linear, matMulLast, MASK_VALUE, reference, rmsNorm, type FusedActivation } from '@adapterkit/kernels';
+import { regroupDecoderState } from './decode-rows.js';
 import { additiveMask, attend, checkPrefix, keyMask, type KeysValues } from './attention.js';
 import type { T5Config } from './config.js';
 import { groupKernels, t5Layout, type AttentionLayout, type BlockLayout, type FeedForwardLayout, type T5Layout } from './layout.js';
@@ -96,7 +98,7 @@ interface ProjectOptions {
  * Every block is built from the named ops of @adapterkit/kernels: a projection with its norm, adapter
  * terms and residual is one `linear`, every attention is one `attention`.
  */
-export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
+export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
   readonly dims: ModelDims;
   readonly adapters: AdapterHost;
   readonly layout: T5Layout;
@@ -761,6 +763,15 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
     }
     idx.dispose();
     state.ctx.reorderRows(index);
+  }
+
+  /** Rows of several states, each on its own timeline, as one state (continuous batching; decode-rows.ts). */
+  regroupDecoderRows(states: DecoderState[], picks: RowPick[], capacity: number, ctx: ForwardContext): DecoderState {
+    try {
+      return regroupDecoderState(states, picks, capacity, ctx);
+    } finally {
+      for (const s of states) this.disposeDecoderState(s);
+    }
   }
 
   disposeDecoderState(state: DecoderState): void {

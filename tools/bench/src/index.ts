@@ -17,6 +17,7 @@ import { LORA_FLAGS, main as loraMain } from './lora.js';
 import { main as t5Main } from './t5.js';
 import { main as peerMain } from './peer.js';
 import { main as fastpathMain } from './fastpath.js';
+import { SERVE_FLAGS, main as serveMain } from './serve.js';
 
 /** t5.ts's flags (its parseArgs). */
 const T5_FLAGS: FlagSpec[] = [
@@ -42,9 +43,10 @@ export const SUITES: Record<string, Suite> = {
     flags: flagsOf(['--backends', '--cases', '--tokens', '--runs', '--train-backends', '--batch', '--source', '--target', '--steps'], ['--no-reference', '--json']),
     run: fastpathMain,
   },
+  serve: { flags: SERVE_FLAGS, run: serveMain },
 };
 
-/** Run when no --suite is given: peer needs ../shared/peer and onnxruntime-node, fastpath takes minutes on SwiftShader. */
+/** Run when no --suite is given: peer needs ../shared/peer and onnxruntime-node, fastpath takes minutes on SwiftShader, serve about a minute. */
 const DEFAULT_SUITES = ['t5', 'compose', 'lora'];
 
 const USAGE = `usage: node tools/bench/dist/index.js [--suite ${Object.keys(SUITES).join(',')}] (default ${DEFAULT_SUITES.join(',')}) [flags of the suites: see t5.ts, compose.ts, lora.ts, peer.ts, fastpath.ts] [--quick] [--json]`;

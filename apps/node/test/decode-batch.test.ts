@@ -1,0 +1,72 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectNoLeaks, initBackend } from '@adapterkit/backend';
+import { DecodeBatch, type DecodeEntry } from '@adapterkit/core';
+import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { BUNDLED_MODEL, padRows, trimGenerated } from '../src/index.js';
+import { addNoisyAdapter, adapterConfigForTests, randomRows } from './helpers.js';
+
+// Continuous batching: entries join a running decode at different steps, with different adapters (and the
+// base model) and different lengths; each must get exactly the ids it gets from generate alone.
+describe('DecodeBatch (continuous batching)', () => {
+  let model: T5ForConditionalGeneration;
+  beforeAll(async () => {
+    await initBackend('wasm');
+    model = await T5ForConditionalGeneration.fromPretrained(BUNDLED_MODEL);
+    const config = adapterConfigForTests(model);
+    ['alpha', 'beta', 'gamma'].forEach((n, i) => addNoisyAdapter(model, n, config, 300 + i));
+  });
+  afterAll(() => model?.dispose());
+
+  const alone = async (e: DecodeEntry) => {
+    const { inputIds, attentionMask } = padRows(e.rows);
+    return (await model.generate({ inputIds, attentionMask, maxNewTokens: e.maxNewTokens, composition: e.adapter })).map((r) => trimGenerated(r, 1));
+  };
+
+  it('entries joining and leaving at every step equal each entry alone', async () => {
+    const adapters = [null, 'alpha', 'beta', 'gamma'];
+    const entries: DecodeEntry[] = Array.from({ length: 12 }, (_, i) => ({
+      rows: randomRows(1 + (i % 3), 500 + i, 3 + ((i * 5) % 9)),
+      adapter: adapters[i % 4],
+      maxNewTokens: 2 + ((i * 7) % 11),
+    }));
+    const expected = await Promise.all(entries.map(alone));
+    expect(new Set(expected.map((e) => JSON.stringify(e[0]))).size).toBeGreaterThan(6);
+    await expectNoLeaks(async () => {
+      const batch = new DecodeBatch(model);
+      const got = new Map<DecodeEntry, number[][]>();
+      let next = 0;
+      let step = 0;
+      while (got.size < entries.length) {
+        // one or two newcomers every other step
+        if (step % 2 === 0) for (let k = 0; k < 1 + (step % 4 === 0 ? 1 : 0) && next < entries.length; k++) batch.join(entries[next++]);
+        for (const r of await batch.step())
+          if (r.done)
+            got.set(
+              r.entry,
+              r.sequences.map((s) => trimGenerated(s, 1)),
+            );
+        step++;
+        if (step > 500) throw new Error('did not finish');
+      }
+      batch.dispose();
+      entries.forEach((e, i) => expect(got.get(e), `entry ${i} (${e.adapter})`).toEqual(expected[i]));
+    });
+  });
+
+  it('a left entry frees its rows; the others are unaffected', async () => {
+    const a: DecodeEntry = { rows: randomRows(2, 71, 6), adapter: 'alpha', maxNewTokens: 12 };
+    const b: DecodeEntry = { rows: randomRows(1, 72, 5), adapter: 'beta', maxNewTokens: 12 };
+    const want = await alone(b);
+    const batch = new DecodeBatch(model);
+    batch.join(a);
+    batch.join(b);
+    await batch.step();
+    expect(batch.rows).toBe(3);
+    batch.leave(a);
+    let done: number[][] | undefined;
+    while (!done) for (const r of await batch.step()) if (r.entry === b && r.done) done = r.sequences.map((s) => trimGenerated(s, 1));
+    expect(batch.rows).toBeLessThanOrEqual(1);
+    expect(done).toEqual(want);
+    batch.dispose();
+  });
+});

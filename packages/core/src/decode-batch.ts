@@ -1,0 +1,256 @@
+import { tf } from '@adapterkit/backend';
+import { BatchSplit, normalizeComposition, type AdapterComposition } from './composition.js';
+import { ForwardContext } from './context.js';
+import { AdapterError, InputError } from './errors.js';
+import type { Seq2SeqModel } from './generation.js';
+
+/**
+ * Continuous batching (iteration-level scheduling, as Orca/vLLM/TGI): sequences join a running decode at
+ * the next step and leave when they finish, each keeping its own timeline in the KV cache.
+ *
+ * Why a shifted timeline is exact: a decoder's self-attention sees relative positions only (a relative bias is
+ * a function of key − query), so a row whose first token sits at cache slot s, with slots before s masked,
+ * computes what it computes alone from slot 0.
+ */
+
+/** Where one row of a regrouped decoder state comes from. */
+export interface RowPick {
+  /** Index of the source state. */
+  state: number;
+  /** Row in that state. */
+  row: number;
+  /** Tokens of this row already in the source's cache (its own decoding position). */
+  length: number;
+}
+
+/** What continuous batching needs from a model beyond generation: row-wise edits of a decoder state. */
+export interface RowwiseDecoder<State> extends Seq2SeqModel<State> {
+  /**
+   * A new state whose row i is `picks[i]`, each row keeping its own timeline; the next step writes slot
+   * max(length), with `capacity` slots in all. Consumes the source states (and their contexts); `ctx` is
+   * the new state's context. Throws when a state holds per-sequence adapter state (a decoder prefix).
+   */
+  regroupDecoderRows(states: State[], picks: RowPick[], capacity: number, ctx: ForwardContext): State;
+}
+
+/**
+ * The BatchSplit child of base-model rows: a name no adapter can have (adapter names are non-empty), so
+ * no layer acts on those rows.
+ */
+export const BASE_MODEL_ROWS = '';
+
+/** One request in a decode batch: its rows decode together and leave together. */
+export interface DecodeEntry {
+  /** Source token ids per row (unpadded). */
+  rows: number[][];
+  /** Adapter for these rows; null = the base model. */
+  adapter: string | null;
+  maxNewTokens: number;
+}
+
+interface Active {
+  entry: DecodeEntry;
+  /** Sequences so far, the decoder start token first (generate's output convention). */
+  sequences: number[][];
+  unfinished: boolean[];
+  /** Row offset of this entry in the current state. */
+  offset: number;
+}
+
+/** What one step produced for an entry. */
+export interface StepResult {
+  entry: DecodeEntry;
+  /** This step's token per row (pad for rows that already finished). */
+  tokens: number[];
+  /** Every sequence so far (start token first); final when `done`. */
+  sequences: number[][];
+  done: boolean;
+}
+
+/**
+ * A running greedy decode whose membership changes between steps. Rows are kept grouped by adapter (one
+ * BatchSplit over base-model rows and each adapter's rows), so one step serves every tenant. Each entry's
+ * ids equal what `generate` gives the same rows alone (greedy, cached).
+ */
+export class DecodeBatch<State> {
+  private state: State | undefined;
+  private active: Active[] = [];
+  private joining: DecodeEntry[] = [];
+  private leaving = new Set<DecodeEntry>();
+  private readonly eos: Set<number>;
+
+  constructor(private readonly model: RowwiseDecoder<State>) {
+    const e = model.generationConfig.eosTokenId;
+    this.eos = new Set(Array.isArray(e) ? e : [e]);
+  }
+
+  /** Rows decoding for entries still running (joining entries not counted). */
+  get rows(): number {
+    return this.active.reduce((a, x) => a + (this.leaving.has(x.entry) ? 0 : x.entry.rows.length), 0);
+  }
+  get entries(): number {
+    return this.active.length + this.joining.length;
+  }
+
+  /** Adds an entry: it takes part from the next step. */
+  join(entry: DecodeEntry): void {
+    if (entry.rows.length === 0 || entry.rows.some((r) => r.length === 0)) throw new InputError('a decode entry needs non-empty rows', 'rows');
+    if (!Number.isInteger(entry.maxNewTokens) || entry.maxNewTokens < 1) throw new InputError(`maxNewTokens must be an integer ≥ 1, got ${entry.maxNewTokens}`, 'maxNewTokens');
+    if (entry.adapter !== null && !this.model.adapters.hasAdapter(entry.adapter)) throw new AdapterError(`no adapter named '${entry.adapter}' is loaded`, entry.adapter);
+    this.joining.push(entry);
+  }
+
+  /** Drops an entry (a cancelled request): its rows leave before the next step. */
+  leave(entry: DecodeEntry): void {
+    const j = this.joining.indexOf(entry);
+    if (j >= 0) this.joining.splice(j, 1);
+    else if (this.active.some((a) => a.entry === entry)) this.leaving.add(entry);
+  }
+
+  /**
+   * One decode step for every row. Newcomers join first. Rows of entries that left stay in the state as
+   * dead rows (fed pad, never reported) until they are a quarter of it: a regroup costs more than a row.
+   */
+  async step(): Promise<StepResult[]> {
+    const total = this.active.reduce((a, x) => a + x.entry.rows.length, 0);
+    const dead = total - this.rows;
+    if (this.joining.length > 0 || (dead > 0 && (dead * 4 >= total || dead === total))) this.regroup();
+    if (!this.state) return [];
+    const pad = this.model.generationConfig.padTokenId;
+    const last = this.active.flatMap((a) => (this.leaving.has(a.entry) ? a.sequences.map(() => pad) : a.sequences.map((s) => s[s.length - 1])));
+    const tokens = tf.tensor1d(last, 'int32');
+    let chosen: Int32Array;
+    try {
+      const logits = this.model.decodeStep(this.state, tokens);
+      const arg = tf.argMax(logits, 1);
+      logits.dispose();
+      chosen = (await arg.data()) as Int32Array;
+      arg.dispose();
+    } finally {
+      tokens.dispose();
+    }
+    return this.active
+      .filter((a) => !this.leaving.has(a.entry))
+      .map((a) => {
+        const out = a.sequences.map((seq, r) => {
+          const tok = a.unfinished[r] ? chosen[a.offset + r] : pad;
+          seq.push(tok);
+          if (a.unfinished[r] && this.eos.has(tok)) a.unfinished[r] = false;
+          return tok;
+        });
+        const done = !a.unfinished.some(Boolean) || a.sequences[0].length - 1 >= a.entry.maxNewTokens;
+        if (done) this.leaving.add(a.entry);
+        return { entry: a.entry, tokens: out, sequences: a.sequences, done };
+      });
+  }
+
+  /** Applies pending joins and leaves: one new state, rows grouped by adapter, each on its own timeline. */
+  private regroup(): void {
+    const start = this.model.generationConfig.decoderStartTokenId;
+    const stay = this.active.filter((a) => !this.leaving.has(a.entry));
+    const incoming = this.joining.map((entry): Active => ({ entry, sequences: entry.rows.map(() => [start]), unfinished: entry.rows.map(() => true), offset: 0 }));
+    this.joining = [];
+    this.leaving.clear();
+    const states: State[] = [];
+    if (this.state) states.push(this.state);
+    this.state = undefined;
+    const picks: RowPick[] = [];
+    const all = [...stay, ...incoming];
+    if (all.length === 0) {
+      for (const s of states) this.model.disposeDecoderState(s);
+      this.active = [];
+      return;
+    }
+    if (incoming.length > 0) {
+      // The newcomers are encoded together (one BatchSplit over their adapters), then regrouped in.
+      let off = 0;
+      for (const a of groupByAdapter(incoming)) {
+        a.offset = off;
+        off += a.entry.rows.length;
+      }
+      states.push(this.startEntries(groupByAdapter(incoming)));
+    }
+    const grouped = groupByAdapter(all);
+    let offset = 0;
+    for (const a of grouped) {
+      const fromState = incoming.includes(a) ? states.length - 1 : 0;
+      const length = a.sequences[0].length - 1;
+      for (let r = 0; r < a.entry.rows.length; r++) picks.push({ state: fromState, row: a.offset + r, length });
+      a.offset = offset;
+      offset += a.entry.rows.length;
+    }
+    const used = Math.max(...grouped.map((a) => a.sequences[0].length - 1));
+    // room for a few more steps; the model grows the cache when a row runs past it (a step costs more
+    // the more slots it holds, so the cache follows the tokens generated, not the maximum)
+    const capacity = used + Math.min(32, Math.max(1, ...grouped.map((a) => a.entry.maxNewTokens - (a.sequences[0].length - 1))));
+    const ctx = this.context(grouped);
+    try {
+      this.state = this.model.regroupDecoderRows(states, picks, capacity, ctx);
+    } catch (e) {
+      ctx.dispose();
+      this.active = [];
+      throw e;
+    }
+    this.active = grouped;
+  }
+
+  private startEntries(entries: Active[]): State {
+    const rows = entries.flatMap((a) => a.entry.rows);
+    const T = Math.max(...rows.map((r) => r.length));
+    const ids = tf.tensor2d(
+      rows.flatMap((r) => [...r, ...new Array(T - r.length).fill(0)]),
+      [rows.length, T],
+      'int32',
+    );
+    const mask = tf.tensor2d(
+      rows.flatMap((r) => [...new Array(r.length).fill(1), ...new Array(T - r.length).fill(0)]),
+      [rows.length, T],
+      'int32',
+    );
+    const ctx = this.context(entries);
+    try {
+      return this.model.startDecoding(ids, mask, ctx, 1);
+    } catch (e) {
+      ctx.dispose();
+      throw e;
+    } finally {
+      tf.dispose([ids, mask]);
+    }
+  }
+
+  /**
+   * The context of grouped rows. Built here rather than by the host, which refuses names it does not hold:
+   * the base-model child (BASE_MODEL_ROWS) names no adapter on purpose; every other name was checked at join.
+   */
+  private context(entries: Active[]): ForwardContext {
+    const comp = compositionFor(entries);
+    return new ForwardContext(comp === null ? null : normalizeComposition(comp), { skipLayers: this.model.adapters.skippedLayers });
+  }
+
+  /** Frees the running state; entries still decoding are dropped. */
+  dispose(): void {
+    if (this.state) this.model.disposeDecoderState(this.state);
+    this.state = undefined;
+    this.active = [];
+    this.joining = [];
+    this.leaving.clear();
+  }
+}
+
+/** Entries ordered so each adapter's rows are contiguous (base-model rows first), order kept within. */
+function groupByAdapter(entries: Active[]): Active[] {
+  const keys = [...new Set(entries.map((a) => a.entry.adapter ?? BASE_MODEL_ROWS))].sort();
+  return keys.flatMap((k) => entries.filter((a) => (a.entry.adapter ?? BASE_MODEL_ROWS) === k));
+}
+
+/** The composition of grouped rows: null for base rows only, the adapter alone, or one BatchSplit. */
+function compositionFor(grouped: Active[]): AdapterComposition | null {
+  const sizes = new Map<string, number>();
+  for (const a of grouped) {
+    const k = a.entry.adapter ?? BASE_MODEL_ROWS;
+    sizes.set(k, (sizes.get(k) ?? 0) + a.entry.rows.length);
+  }
+  const names = [...sizes.keys()];
+  if (names.length === 1) return names[0] === BASE_MODEL_ROWS ? null : names[0];
+  return BatchSplit(...names, { batchSizes: names.map((n) => sizes.get(n)!) });
+}

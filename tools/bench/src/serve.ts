@@ -1,0 +1,163 @@
+/**
+ * `serve` benchmark (not a test): continuous batching on the bundled tiny model with 3 LoRA tenants and the
+ * base model, through HTTP, the worker thread and all.
+ *
+ *   (a) throughput: N concurrent requests of mixed lengths (1–2 inputs of 4–40 tokens, 8–64 new tokens,
+ *       tenants round-robin) against the same requests sent one at a time;
+ *   (b) latency of a short request (1 input, 8 new tokens) arriving while long requests (64–128 new
+ *       tokens) keep the batch full, against the same short request on an idle server: p50 and p99.
+ *
+ *   node tools/bench/dist/serve.js [--requests 200] [--short 60] [--background 16] [--json]
+ */
+import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { pathToFileURL } from 'node:url';
+import { initBackend, tf } from '@adapterkit/backend';
+import { createAdapterServer, BUNDLED_MODEL } from '@adapterkit/cli';
+import { SeededRandom } from '@adapterkit/core';
+import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { eachFlag, type FlagSpec } from './common.js';
+import '@adapterkit/lora';
+
+export const SERVE_FLAGS: FlagSpec[] = [
+  { name: '--requests', value: true },
+  { name: '--short', value: true },
+  { name: '--background', value: true },
+  { name: '--json', value: false },
+];
+
+interface Body {
+  adapter: string | null;
+  inputs: number[][];
+  params: { maxNewTokens: number };
+}
+
+const TENANTS = ['t1', 't2', 't3', null];
+
+function rows(rng: SeededRandom, n: number, len: number): number[][] {
+  return Array.from({ length: n }, () => [...Array.from({ length: len }, () => 3 + Math.floor(rng.next() * 125)), 1]);
+}
+
+async function post(base: string, body: Body): Promise<number> {
+  const t0 = performance.now();
+  const res = await fetch(`${base}/v1/generate`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const json = (await res.json()) as { outputs?: { ids: number[] }[]; error?: unknown };
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${JSON.stringify(json)}`);
+  return performance.now() - t0;
+}
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+};
+
+export async function main(argv: string[]) {
+  let n = 200;
+  let shortCount = 60;
+  let background = 16;
+  let json = false;
+  eachFlag(argv, (a, _value, int) => {
+    if (a === '--requests') n = int();
+    else if (a === '--short') shortCount = int();
+    else if (a === '--background') background = int();
+    else if (a === '--json') json = true;
+    else throw new Error(`unknown argument ${a}`);
+  });
+  // adapters with random (non-zero) weights, saved for the server's worker to load
+  await initBackend('wasm');
+  const model = await T5ForConditionalGeneration.fromPretrained(BUNDLED_MODEL);
+  const dir = mkdtempSync(join(tmpdir(), 'adapterkit-bench-serve-'));
+  const adapters: [string, string][] = [];
+  for (const [i, name] of ['t1', 't2', 't3'].entries()) {
+    model.addAdapter(name, 'lora[r=4,alpha=8]', { seed: i });
+    const rng = new SeededRandom(100 + i);
+    for (const v of model.adapters.adapterVariables(name).values())
+      v.assign(
+        tf.tensor(
+          Float32Array.from({ length: v.size }, () => rng.normal(0, 0.5)),
+          v.shape,
+        ),
+      );
+    await model.saveAdapter(join(dir, name), name);
+    adapters.push([name, join(dir, name)]);
+  }
+  model.dispose();
+  const srv = createAdapterServer({ adapters, backend: 'wasm', maxBatchRows: 128, maxQueue: 10_000 });
+  const base = `http://127.0.0.1:${await srv.listen(0)}`;
+  try {
+    const rng = new SeededRandom(7);
+    const mixed: Body[] = Array.from({ length: n }, (_, i) => ({
+      adapter: TENANTS[i % 4],
+      inputs: rows(rng, 1 + (i % 2), 4 + Math.floor(rng.next() * 37)),
+      params: { maxNewTokens: [8, 16, 32, 64][Math.floor(rng.next() * 4)] },
+    }));
+    // warm-up: every tenant once
+    for (const t of TENANTS) await post(base, { adapter: t, inputs: [[5, 6, 1]], params: { maxNewTokens: 4 } });
+
+    let t0 = performance.now();
+    const steps0 = srv.stats.steps;
+    const tokens0 = srv.stats.tokens;
+    await Promise.all(mixed.map((b) => post(base, b)));
+    const batchedS = (performance.now() - t0) / 1000;
+    const steps = srv.stats.steps - steps0;
+    const tokens = srv.stats.tokens - tokens0;
+    t0 = performance.now();
+    for (const b of mixed) await post(base, b);
+    const sequentialS = (performance.now() - t0) / 1000;
+
+    // (b) a short request alone, then while long ones keep the batch busy
+    const short = (i: number): Body => ({ adapter: TENANTS[i % 4], inputs: rows(new SeededRandom(900 + i), 1, 8), params: { maxNewTokens: 8 } });
+    const alone: number[] = [];
+    for (let i = 0; i < shortCount; i++) alone.push(await post(base, short(i)));
+    let stop = false;
+    const longRng = new SeededRandom(11);
+    const longBody = (i: number): Body => ({ adapter: TENANTS[i % 4], inputs: rows(longRng, 2, 32), params: { maxNewTokens: 64 + Math.floor(longRng.next() * 65) } });
+    let launched = 0;
+    const keepBusy = async () => {
+      while (!stop) await post(base, longBody(launched++));
+    };
+    const busy = Array.from({ length: background }, keepBusy);
+    await new Promise((r) => setTimeout(r, 300));
+    const during: number[] = [];
+    for (let i = 0; i < shortCount; i++) {
+      during.push(await post(base, short(i)));
+      await new Promise((r) => setTimeout(r, 10 + Math.floor(longRng.next() * 40)));
+    }
+    stop = true;
+    await Promise.all(busy);
+
+    const result = {
+      requests: n,
+      batched: { seconds: batchedS, requestsPerSecond: n / batchedS, tokensPerSecond: tokens / batchedS, decodeSteps: steps },
+      oneAtATime: { seconds: sequentialS, requestsPerSecond: n / sequentialS },
+      throughputRatio: sequentialS / batchedS,
+      shortAlone: { p50Ms: pct(alone, 50), p99Ms: pct(alone, 99) },
+      shortDuringLong: { p50Ms: pct(during, 50), p99Ms: pct(during, 99), backgroundRequests: background, longRequestsServed: launched },
+      p99Ratio: pct(during, 99) / pct(alone, 99),
+    };
+    if (json) console.log(JSON.stringify(result, null, 2));
+    else {
+      console.log(`serve (bundled tiny model, wasm worker, 3 LoRA tenants + base, ${n} concurrent mixed requests)`);
+      console.log('| what | figure |\n| --- | --- |');
+      console.log(
+        `| concurrent, continuous batching | ${batchedS.toFixed(2)} s, ${result.batched.requestsPerSecond.toFixed(1)} req/s, ${result.batched.tokensPerSecond.toFixed(0)} tokens/s, ${steps} decode steps |`,
+      );
+      console.log(`| one at a time | ${sequentialS.toFixed(2)} s, ${result.oneAtATime.requestsPerSecond.toFixed(1)} req/s |`);
+      console.log(`| throughput ratio | ${result.throughputRatio.toFixed(2)}× |`);
+      console.log(`| short request alone (p50 / p99) | ${result.shortAlone.p50Ms.toFixed(1)} / ${result.shortAlone.p99Ms.toFixed(1)} ms |`);
+      console.log(`| short request during ${background} long ones (p50 / p99) | ${result.shortDuringLong.p50Ms.toFixed(1)} / ${result.shortDuringLong.p99Ms.toFixed(1)} ms |`);
+      console.log(`| p99 during / p99 alone | ${result.p99Ratio.toFixed(2)}× |`);
+    }
+    return result;
+  } finally {
+    await srv.close();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}
