@@ -18,7 +18,8 @@ import type {
   StackName,
   SublayerSite,
 } from './hooks.js';
-import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.js';
+import { type HubOptions, openSource } from './hub.js';
+import { parseJson, writeFilesAtomic } from './io.js';
 import { methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { readTorchCheckpoint } from './torch-checkpoint.js';
@@ -334,23 +335,26 @@ export class AdapterHost {
     await writeFilesAtomic(dir, await this.serializeAdapterAsync(name));
   }
 
-  /** Loads an adapter directory (adapterkit or PEFT format, detected) from a path or URL; returns its name. */
-  async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean } = {}): Promise<string> {
-    const cfgPath = joinPath(dir, 'adapter_config.json');
-    if (!(await exists(cfgPath))) throw new FileError(`${dir} is not an adapter directory: adapter_config.json is missing`, dir);
+  /**
+   * Loads an adapter directory (adapterkit or PEFT format, detected) from a path, a URL or a Hugging Face Hub
+   * id (`org/name`, `org/name@revision`; `hub` options: revision, token, offline, cache, progress); returns its name.
+   */
+  async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean; hub?: HubOptions } = {}): Promise<string> {
+    const { hub, ...rest } = options;
+    const files = await openSource(dir, hub);
+    if (!(await files.has('adapter_config.json'))) throw new FileError(`${files.label} is not an adapter directory: adapter_config.json is missing`, files.label);
     // adapter_model.safetensors, else adapter_model.bin (torch.save, as PEFT wrote adapters before safetensors)
     let weightsFile = 'adapter_model.safetensors';
-    if (!(await exists(joinPath(dir, weightsFile)))) {
+    if (!(await files.has(weightsFile))) {
       weightsFile = 'adapter_model.bin';
-      if (!(await exists(joinPath(dir, weightsFile)))) throw new FileError(`${dir} is not an adapter directory: adapter_model.safetensors (or adapter_model.bin) is missing`, dir);
+      if (!(await files.has(weightsFile)))
+        throw new FileError(`${files.label} is not an adapter directory: adapter_model.safetensors (or adapter_model.bin) is missing`, files.label);
     }
-    const weightsPath = joinPath(dir, weightsFile);
-    const files: AdapterFiles = {
-      'adapter_config.json': await readBytes(cfgPath),
-      [weightsFile]: await readBytes(weightsPath),
+    const bytes: AdapterFiles = {
+      'adapter_config.json': await files.read('adapter_config.json'),
+      [weightsFile]: await files.read(weightsFile),
     };
-    const fallbackName = dir.replace(/\/+$/, '').split('/').pop() || 'adapter';
-    return this.loadAdapterFiles(files, { ...options, name: options.name, fallbackName });
+    return this.loadAdapterFiles(bytes, { ...rest, name: rest.name, fallbackName: files.name || 'adapter' });
   }
 
   /** Loads an adapter from its files' bytes (browser file pickers, tests). */

@@ -255,7 +255,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   saveAdapter(dir: string, name: string, options?: { format?: 'adapterkit' | 'peft' }): Promise<void> {
     return this.adapters.saveAdapter(dir, name, options);
   }
-  loadAdapter(dir: string, options?: { name?: string; overwrite?: boolean }): Promise<string> {
+  loadAdapter(dir: string, options?: Parameters<AdapterHost['loadAdapter']>[1]): Promise<string> {
     return this.adapters.loadAdapter(dir, options);
   }
   listAdapters() {
