@@ -6,14 +6,7 @@ console.log(`${info.name} on ${info.device}; training: ${info.supportsTraining}`
 
 // Every tensor made inside is disposed by the end, or expectNoLeaks throws naming the count.
 const product = await expectNoLeaks(async () => {
-  const t = tf.tidy(() =>
-    tf
-      .tensor2d([
-        [1, 2],
-        [3, 4],
-      ])
-      .matMul(tf.tensor2d([[1], [1]])),
-  );
+  const t = tf.tidy(() => tf.tensor2d([1, 2, 3, 4], [2, 2]).matMul(tf.ones([2, 1])));
   const values = await t.data(); // async: WebGPU cannot read synchronously
   t.dispose();
   return Array.from(values);
