@@ -4,7 +4,8 @@
  * Exit codes: 0 ok, 1 runtime error, 2 usage error.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { tf } from '@adapterkit/backend';
@@ -12,10 +13,12 @@ import { TextStreamer, type AdapterComposition } from '@adapterkit/core';
 import {
   BUNDLED_MODEL,
   UsageError,
+  configureHub,
   describeError,
   exitCodeFor,
   loadAdapters,
   loadModel,
+  modelSource,
   padRows,
   parseComposition,
   parseAdapterSpec,
@@ -50,7 +53,10 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 function common(cmd: Command, opts: { model?: boolean } = { model: true }): Command {
   cmd.addOption(new Option('-b, --backend <name>', 'tensor backend').choices(['auto', 'cpu', 'wasm', 'webgpu', 'tensorflow']).default('auto'));
   cmd.option('--json', 'print one JSON document on stdout (for scripts)', false);
-  if (opts.model) cmd.option('-m, --model <dir>', 'Hugging Face T5 model directory (default: the bundled tiny model)');
+  if (opts.model) {
+    cmd.option('-m, --model <dir|id>', 'Hugging Face T5 model: a directory, or a Hub id such as google/flan-t5-small[@revision] (default: the bundled tiny model)');
+    cmd.option('--offline', 'use only the Hugging Face cache for Hub ids, never the network (as HF_HUB_OFFLINE=1)', false);
+  }
   return cmd;
 }
 
@@ -92,13 +98,17 @@ export function buildProgram(): Command {
   const program = new Command('adapterkit')
     .description('Parameter-efficient adapters (LoRA, IA3, bottleneck, prefix, prompt) for T5 on TensorFlow.js: train, generate, merge, convert, serve.')
     .version(VERSION)
-    .showHelpAfterError('(run with --help for usage)');
+    .showHelpAfterError('(run with --help for usage)')
+    .hook('preAction', (_program, command) => {
+      const o = command.opts();
+      configureHub({ offline: !!o.offline, quiet: !!o.json });
+    });
 
   // ---------------------------------------------------------------- generate
   common(program.command('generate'))
     .description('generate text (or token ids) with the model and any adapters; streams tokens for a single input')
     .argument('[inputs...]', 'input texts (or comma-separated token ids with --ids); read from stdin, one per line, when absent')
-    .option('-a, --adapter <dir>', 'adapter directory (adapterkit or PEFT), as dir or name=dir; repeatable', collect, [])
+    .option('-a, --adapter <dir>', 'adapter directory or Hub id (adapterkit or PEFT), as dir or name=dir; repeatable', collect, [])
     .option('-c, --composition <expr>', 'how adapters combine, e.g. "Stack(a,b)", "Parallel(a,b)", "BatchSplit(a,b;2,1)", "Average(a,b;0.7,0.3)"')
     .option('--ids', 'inputs are token ids ("12,14,53,1") and outputs are printed as ids', false)
     .option('--max-new-tokens <n>', 'tokens to generate', int('--max-new-tokens', 1))
@@ -164,7 +174,7 @@ export function buildProgram(): Command {
   // ---------------------------------------------------------------- inspect
   common(program.command('inspect'))
     .description('summarise a model and adapters: dims, parameter counts, % trainable')
-    .option('-a, --adapter <dir>', 'adapter directory, as dir or name=dir; repeatable', collect, [])
+    .option('-a, --adapter <dir>', 'adapter directory or Hub id, as dir or name=dir; repeatable', collect, [])
     .action(async (o) => {
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);
@@ -176,7 +186,7 @@ export function buildProgram(): Command {
       const adapterParams = adapters.reduce((a, r) => a + r.parameters, 0);
       const report = {
         backend: backend.name,
-        model: { dir: resolve(o.model ?? BUNDLED_MODEL), dims: model.dims, parameters: base, hasTokenizer: !!model.tokenizer, generation: model.generationConfig },
+        model: { dir: modelSource(o.model), dims: model.dims, parameters: base, hasTokenizer: !!model.tokenizer, generation: model.generationConfig },
         adapters,
         adapterParameters: adapterParams,
         trainablePercent: (100 * adapterParams) / (base + adapterParams),
@@ -267,11 +277,17 @@ export function buildProgram(): Command {
         config: model.adapters.adapterConfig(o.name),
         resumedFromStep: r.startStep,
         steps: r.steps,
-        firstLoss: r.firstLoss,
-        lastLoss: r.lastLoss,
+        // A finished run asked again trains no step: say so rather than print a loss of NaN.
+        alreadyTrained: r.startStep >= o.steps,
+        firstLoss: r.losses.length ? r.firstLoss : null,
+        lastLoss: r.losses.length ? r.lastLoss : null,
         seconds: r.seconds,
       };
       if (o.json) printJson(result);
+      else if (result.alreadyTrained)
+        console.log(
+          `adapter '${o.name}' was already trained for ${r.startStep} steps (checkpoint in ${ckpt}); nothing to do, saved it to ${result.out} again. Pass --steps above ${r.startStep} to train further, or another --out to start over.`,
+        );
       else
         console.log(
           `saved adapter '${o.name}' to ${result.out} (steps ${r.startStep}→${r.steps}, loss ${r.firstLoss.toFixed(4)} → ${r.lastLoss.toFixed(4)}, ${r.seconds.toFixed(1)} s)`,
@@ -282,7 +298,7 @@ export function buildProgram(): Command {
   common(program.command('eval'))
     .description('evaluate loss and greedy accuracy on a JSONL dataset')
     .requiredOption('-d, --data <file>', 'JSONL dataset (same format as train)')
-    .option('-a, --adapter <dir>', 'adapter directory, as dir or name=dir; repeatable', collect, [])
+    .option('-a, --adapter <dir>', 'adapter directory or Hub id, as dir or name=dir; repeatable', collect, [])
     .option('-c, --composition <expr>', 'composition of the loaded adapters')
     .action(async (o) => {
       const backend = await startBackend(o.backend, { quiet: o.json });
@@ -432,11 +448,21 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-// Run when executed as the bin (not when imported by tests).
-const invokedAs = process.argv[1] ?? '';
-if (/(?:^|[\\/])(cli\.js|adapterkit)$/.test(invokedAs)) {
-  main(process.argv).then((code) => {
+/** Runs the CLI on `argv` and exits with its code (the bin, bin/adapterkit.js, calls this). */
+export function run(argv: string[]): void {
+  main(argv).then((code) => {
     // Exit explicitly: a GPU backend may keep handles open after the work is done.
     process.stdout.write('', () => process.exit(code));
   });
 }
+
+/** Whether node was started on this file (`node apps/node/dist/cli.js …`), not importing it (tests, the bin). */
+function isMain(): boolean {
+  try {
+    return !!process.argv[1] && realpathSync(process.argv[1]) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) run(process.argv);

@@ -2,10 +2,11 @@
  * Shared pieces of the CLI: backend start-up, model/adapter loading, the composition parser, input parsing,
  * padding, and the error → exit-code mapping.
  */
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { basename, dirname, resolve } from 'node:path';
 import { initBackend, type BackendInfo, type BackendRequest } from '@adapterkit/backend';
-import { AdapterkitError, Average, BatchSplit, Fuse, Parallel, Split, Stack, type AdapterComposition } from '@adapterkit/core';
+import { AdapterkitError, Average, BatchSplit, Fuse, type HubOptions, isHubId, Parallel, Split, Stack, type AdapterComposition } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 // Method packages register themselves with core on import (LoRA/IA3, bottleneck, prefix, prompt); presets
 // adds the combined configs (mam, unipelt).
@@ -14,6 +15,7 @@ import '@adapterkit/bottleneck';
 import '@adapterkit/prefix';
 import '@adapterkit/prompt';
 import '@adapterkit/presets';
+import { downloadProgress } from './progress.js';
 
 /** The tiny T5 shipped with the CLI (apps/node/models/tiny-gated). */
 export const BUNDLED_MODEL = resolve(dirname(fileURLToPath(import.meta.url)), '../models/tiny-gated');
@@ -37,15 +39,31 @@ export async function startBackend(request: string, opts: { quiet?: boolean } = 
   return info;
 }
 
-export async function loadModel(dir: string | undefined): Promise<T5ForConditionalGeneration> {
-  return T5ForConditionalGeneration.fromPretrained(resolve(dir ?? BUNDLED_MODEL));
+/** How Hub ids are fetched for this run: offline or not, and whether a download progress bar is drawn. */
+const hubRun: { offline?: boolean; quiet?: boolean } = {};
+export function configureHub(options: { offline?: boolean; quiet?: boolean }): void {
+  Object.assign(hubRun, options);
 }
 
-/** `dir` or `name=dir` → [name, absolute dir]. */
+function hubOptions(): HubOptions {
+  return { ...(hubRun.offline ? { offline: true } : {}), onProgress: downloadProgress(!!hubRun.quiet) };
+}
+
+/** A local path (resolved) unless it names no existing path and reads as a Hub id (`org/name[@revision]`). */
+export function modelSource(source: string | undefined): string {
+  const s = source ?? BUNDLED_MODEL;
+  return !existsSync(s) && isHubId(s) ? s : resolve(s);
+}
+
+export async function loadModel(dir: string | undefined): Promise<T5ForConditionalGeneration> {
+  return T5ForConditionalGeneration.fromPretrained(modelSource(dir), hubOptions());
+}
+
+/** `dir` or `name=dir` (dir: a path or a Hub id) → [name, absolute dir or Hub id]. */
 export function parseAdapterSpec(spec: string): [string, string] {
   const m = /^([A-Za-z0-9_.-]+)=(.+)$/.exec(spec);
-  const dir = resolve(m ? m[2] : spec);
-  return [m ? m[1] : basename(dir).replace(/[\s,()]/g, '_'), dir];
+  const dir = modelSource(m ? m[2] : spec);
+  return [m ? m[1] : basename(dir.replace(/@[^/]*$/, '')).replace(/[\s,()]/g, '_'), dir];
 }
 
 /** `--adapter dir` or `--adapter name=dir`; returns the names in order. */
@@ -53,7 +71,7 @@ export async function loadAdapters(model: T5ForConditionalGeneration, specs: str
   const names: string[] = [];
   for (const spec of specs) {
     const [name, dir] = parseAdapterSpec(spec);
-    names.push(await model.loadAdapter(dir, { name }));
+    names.push(await model.loadAdapter(dir, { name, hub: hubOptions() }));
   }
   return names;
 }

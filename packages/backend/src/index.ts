@@ -122,6 +122,13 @@ async function activate(name: string): Promise<void> {
   if (!ok)
     throw new BackendUnavailableError(name as BackendName, `tfjs backend '${name}'`, 'tf.setBackend returned false', 'check the console for the backend initialisation error');
   await tf.ready();
+  // tfjs's cpu backend prints a "Hi, looks like you are running TensorFlow.js in Node.js … install tfjs-node"
+  // banner on its first tensor in Node. The backend was chosen on purpose (and tfjs-node is `tensorflow`, also
+  // offered): mark the first use as done rather than silence every tfjs warning (PROD/IS_TEST would).
+  if (name === 'cpu' && isNode) {
+    const cpu = tf.backend() as { firstUse?: boolean };
+    if (cpu.firstUse === true) cpu.firstUse = false;
+  }
 }
 
 /** tensorflow > webgpu on real hardware > wasm > cpu. */

@@ -138,3 +138,55 @@ export class AbortedError extends AdapterkitError {
     super('ABORTED', message);
   }
 }
+
+/** What a Hugging Face Hub request was about: the repository, the file in it and the revision asked for. */
+export interface HubFileRef {
+  repo: string;
+  file: string;
+  revision: string;
+}
+
+/** A file could not be had from the Hugging Face Hub (or its cache); `reason` says why, the fields say which. */
+export class HubError extends AdapterkitError {
+  readonly repo: string;
+  readonly file: string;
+  readonly revision: string;
+  constructor(
+    readonly reason: 'auth' | 'not_found' | 'integrity' | 'offline' | 'network' | 'protocol',
+    message: string,
+    ref: HubFileRef,
+  ) {
+    super('HUB_ERROR', message);
+    this.repo = ref.repo;
+    this.file = ref.file;
+    this.revision = ref.revision;
+  }
+}
+
+/** 401/403: the repository is private or gated and no (or a wrong) token was sent. */
+export class HubAuthError extends HubError {
+  constructor(message: string, ref: HubFileRef) {
+    super('auth', message, ref);
+  }
+}
+
+/** 404: the repository, the revision or the file does not exist. */
+export class HubNotFoundError extends HubError {
+  constructor(message: string, ref: HubFileRef) {
+    super('not_found', message, ref);
+  }
+}
+
+/** A download ended short, or its bytes do not match the size or sha256 the Hub announced. */
+export class HubIntegrityError extends HubError {
+  constructor(message: string, ref: HubFileRef) {
+    super('integrity', message, ref);
+  }
+}
+
+/** Offline (HF_HUB_OFFLINE or `offline: true`), or the Hub unreachable, and the file is not in the cache. */
+export class HubOfflineError extends HubError {
+  constructor(message: string, ref: HubFileRef, reason: 'offline' | 'network' = 'offline') {
+    super(reason, message, ref);
+  }
+}

@@ -19,7 +19,8 @@ import type {
   StackName,
   SublayerSite,
 } from './hooks.js';
-import { exists, joinPath, parseJson, readBytes, writeFilesAtomic } from './io.js';
+import { type HubOptions, openSource } from './hub.js';
+import { parseJson, writeFilesAtomic } from './io.js';
 import { methodForAdaptersArchitecture, methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { readTorchCheckpoint } from './torch-checkpoint.js';
@@ -391,20 +392,24 @@ export class AdapterHost {
     await writeFilesAtomic(dir, await this.serializeAdapterAsync(name, options));
   }
 
-  /** Loads an adapter directory (adapterkit, PEFT or AdapterHub `adapters` format, detected) from a path or URL; returns its name. */
-  async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean } = {}): Promise<string> {
-    const cfgPath = joinPath(dir, 'adapter_config.json');
-    if (!(await exists(cfgPath))) throw new FileError(`${dir} is not an adapter directory: adapter_config.json is missing`, dir);
+  /**
+   * Loads an adapter directory (adapterkit, PEFT or AdapterHub `adapters` format, detected) from a path, a URL or
+   * a Hugging Face Hub id (`org/name`, `org/name@revision`; `hub` options: revision, token, offline, cache,
+   * progress); returns its name.
+   */
+  async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean; hub?: HubOptions } = {}): Promise<string> {
+    const { hub, ...rest } = options;
+    const files = await openSource(dir, hub);
+    if (!(await files.has('adapter_config.json'))) throw new FileError(`${files.label} is not an adapter directory: adapter_config.json is missing`, files.label);
     // .bin files are torch.save archives (PEFT before safetensors; `adapters` by default)
     let weightsFile: string | undefined;
-    for (const f of ADAPTER_WEIGHT_FILES) if (!weightsFile && (await exists(joinPath(dir, f)))) weightsFile = f;
-    if (!weightsFile) throw new FileError(`${dir} is not an adapter directory: none of ${ADAPTER_WEIGHT_FILES.join(', ')} is there`, dir);
-    const files: AdapterFiles = {
-      'adapter_config.json': await readBytes(cfgPath),
-      [weightsFile]: await readBytes(joinPath(dir, weightsFile)),
+    for (const f of ADAPTER_WEIGHT_FILES) if (!weightsFile && (await files.has(f))) weightsFile = f;
+    if (!weightsFile) throw new FileError(`${files.label} is not an adapter directory: none of ${ADAPTER_WEIGHT_FILES.join(', ')} is there`, files.label);
+    const bytes: AdapterFiles = {
+      'adapter_config.json': await files.read('adapter_config.json'),
+      [weightsFile]: await files.read(weightsFile),
     };
-    const fallbackName = dir.replace(/\/+$/, '').split('/').pop() || 'adapter';
-    return this.loadAdapterFiles(files, { ...options, name: options.name, fallbackName });
+    return this.loadAdapterFiles(bytes, { ...rest, name: rest.name, fallbackName: files.name || 'adapter' });
   }
 
   /** Loads an adapter from its files' bytes (browser file pickers, tests). */

@@ -5,6 +5,7 @@ export * from './hooks.js';
 export * from './context.js';
 export * from './registry.js';
 export * from './io.js';
+export * from './hub.js';
 export * from './host.js';
 export * from './rng.js';
 export * from './gating.js';

@@ -270,7 +270,7 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
   saveAdapter(dir: string, name: string, options?: { format?: AdapterFormat }): Promise<void> {
     return this.adapters.saveAdapter(dir, name, options);
   }
-  loadAdapter(dir: string, options?: { name?: string; overwrite?: boolean }): Promise<string> {
+  loadAdapter(dir: string, options?: Parameters<AdapterHost['loadAdapter']>[1]): Promise<string> {
     return this.adapters.loadAdapter(dir, options);
   }
   listAdapters() {

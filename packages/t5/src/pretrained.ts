@@ -1,11 +1,11 @@
-import { exists, generate, generateText, InputError, joinPath, parseGenerationConfig, parseJson, readText, type GenerateOptions, type GenerationDefaults } from '@adapterkit/core';
+import { type GenerateOptions, type GenerationDefaults, generate, generateText, type HubOptions, InputError, openSource, parseGenerationConfig, parseJson } from '@adapterkit/core';
 import { parseT5Config, type T5Config } from './config.js';
 import { T5Model } from './model.js';
 import { T5Tokenizer } from './tokenizer.js';
 import { expectedWeights, readCheckpoint, validateWeights } from './weights.js';
 
 /**
- * T5ForConditionalGeneration: `fromPretrained(dirOrUrl)` loads config.json, model.safetensors (or a sharded
+ * T5ForConditionalGeneration: `fromPretrained(dirUrlOrHubId)` loads config.json, model.safetensors (or a sharded
  * index) — else pytorch_model.bin (or its sharded index), read safely without executing the pickle —,
  * generation_config.json and tokenizer.json from a Hugging Face model directory.
  */
@@ -18,18 +18,22 @@ export class T5ForConditionalGeneration extends T5Model {
     this.generationConfig = { ...this.generationConfig, ...generationConfig };
   }
 
-  static async fromPretrained(source: string): Promise<T5ForConditionalGeneration> {
-    const config = parseT5Config(parseJson(await readText(joinPath(source, 'config.json')), 'config.json'));
-    const weights = await readCheckpoint(source);
+  /**
+   * Loads a model from a local directory, a URL, or a Hugging Face Hub id (`google/flan-t5-small`,
+   * `org/name@revision`), cached as huggingface_hub caches (Node) or in the Cache API (browser).
+   */
+  static async fromPretrained(source: string, options: HubOptions = {}): Promise<T5ForConditionalGeneration> {
+    const files = await openSource(source, options);
+    const json = async (name: string) => parseJson(new TextDecoder().decode(await files.read(name)), name);
+    const config = parseT5Config(await json('config.json'));
+    const weights = await readCheckpoint(files);
     let tokenizer: T5Tokenizer | undefined;
-    if (await exists(joinPath(source, 'tokenizer.json'))) {
-      const tokCfgPath = joinPath(source, 'tokenizer_config.json');
-      const tokCfg = (await exists(tokCfgPath)) ? parseJson(await readText(tokCfgPath), 'tokenizer_config.json') : {};
-      tokenizer = new T5Tokenizer(parseJson(await readText(joinPath(source, 'tokenizer.json')), 'tokenizer.json'), tokCfg, config.padTokenId);
+    if (await files.has('tokenizer.json')) {
+      const tokCfg = (await files.has('tokenizer_config.json')) ? await json('tokenizer_config.json') : {};
+      tokenizer = new T5Tokenizer(await json('tokenizer.json'), tokCfg, config.padTokenId);
     }
     // generation_config.json: every field generate uses (transformers' names, snake_case → camelCase)
-    const genPath = joinPath(source, 'generation_config.json');
-    const gen = (await exists(genPath)) ? parseGenerationConfig(parseJson(await readText(genPath), 'generation_config.json')) : {};
+    const gen = (await files.has('generation_config.json')) ? parseGenerationConfig(await json('generation_config.json')) : {};
     return new T5ForConditionalGeneration(config, weights, tokenizer, gen);
   }
 

@@ -1,4 +1,4 @@
-import { FileError, WeightError, joinPath, readBytes, exists, parseJson, readText, readSafetensors, readTorchCheckpoint, type SafeTensor } from '@adapterkit/core';
+import { FileError, type FileSource, joinPath, openSource, parseJson, readSafetensors, readTorchCheckpoint, type SafeTensor, WeightError } from '@adapterkit/core';
 import type { T5Config } from './config.js';
 
 /** The checkpoint layouts fromPretrained accepts, in order of preference: safetensors first, then torch.save files. */
@@ -11,24 +11,25 @@ const CHECKPOINT_FORMATS = [
  * Reads model.safetensors, or every shard listed in model.safetensors.index.json; without either, the same from
  * pytorch_model.bin or pytorch_model.bin.index.json (torch.save zip files, read without executing anything).
  */
-export async function readCheckpoint(source: string): Promise<Map<string, SafeTensor>> {
+export async function readCheckpoint(source: string | FileSource): Promise<Map<string, SafeTensor>> {
+  const files = typeof source === 'string' ? await openSource(source) : source;
   for (const { single, read } of CHECKPOINT_FORMATS) {
-    if (await exists(joinPath(source, single))) return read(await readBytes(joinPath(source, single)), single);
+    if (await files.has(single)) return read(await files.read(single), single);
     const indexName = `${single}.index.json`;
-    const index = joinPath(source, indexName);
-    if (!(await exists(index))) continue;
-    const idx = parseJson(await readText(index), indexName);
-    if (!idx || typeof idx.weight_map !== 'object') throw new FileError(`${indexName} has no 'weight_map'`, index);
+    if (!(await files.has(indexName))) continue;
+    const idx = parseJson(new TextDecoder().decode(await files.read(indexName)), indexName);
+    if (!idx || typeof idx.weight_map !== 'object') throw new FileError(`${indexName} has no 'weight_map'`, joinPath(files.label, indexName));
     const shards = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
     const out = new Map<string, SafeTensor>();
     for (const shard of shards) {
-      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/')) throw new FileError(`${indexName} names an invalid shard ${JSON.stringify(shard)}`, index);
-      for (const [k, v] of read(await readBytes(joinPath(source, shard)), shard)) out.set(k, v);
+      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/'))
+        throw new FileError(`${indexName} names an invalid shard ${JSON.stringify(shard)}`, joinPath(files.label, indexName));
+      for (const [k, v] of read(await files.read(shard), shard)) out.set(k, v);
     }
     for (const name of Object.keys(idx.weight_map)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);
     return out;
   }
-  throw new FileError(`${source} has neither model.safetensors (or model.safetensors.index.json) nor pytorch_model.bin (or pytorch_model.bin.index.json)`, source);
+  throw new FileError(`${files.label} has neither model.safetensors (or model.safetensors.index.json) nor pytorch_model.bin (or pytorch_model.bin.index.json)`, files.label);
 }
 
 /** The weight names and shapes (HF layout, [out, in] for linears) a T5 of this config must have. */

@@ -1,4 +1,5 @@
 import { initBackend, type BackendName, type tf } from '@adapterkit/backend';
+import { backendsUnderTest } from '@adapterkit/backend/test';
 import { FIXTURE_DIR, readJson } from './fixture-model.js';
 
 export { initBackend };
@@ -14,10 +15,7 @@ export async function maxAbsDiff(a: tf.Tensor, expected: number[]): Promise<numb
   for (let i = 0; i < d.length; i++) m = Math.max(m, Math.abs(d[i] - expected[i]));
   return m;
 }
-/** Backends under test: ADAPTERKIT_BACKENDS (default cpu,wasm,webgpu). */
+/** Backends under test: ADAPTERKIT_BACKENDS (default cpu,wasm, as every package's tests). */
 export function testBackends(): BackendName[] {
-  return (process.env.ADAPTERKIT_BACKENDS ?? 'cpu,wasm,webgpu')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean) as BackendName[];
+  return backendsUnderTest(['cpu', 'wasm']);
 }

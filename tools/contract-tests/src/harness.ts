@@ -46,7 +46,8 @@ export interface Scenario {
 
 export const DEFAULT_TOLERANCE = 1e-4;
 export const REFERENCE_BACKEND = 'cpu' satisfies BackendName;
-export const DEFAULT_BACKENDS = 'cpu,wasm,webgpu';
+/** cpu and wasm, as every package's tests: WebGPU on SwiftShader is minutes per scenario on a busy 2-core machine (`pnpm test:webgpu`). */
+export const DEFAULT_BACKENDS = 'cpu,wasm';
 const KNOWN_BACKENDS: readonly BackendName[] = ['cpu', 'wasm', 'webgpu', 'tensorflow'];
 
 const registry = new Map<string, Scenario>();
@@ -87,7 +88,7 @@ export function staleExcludes(): string[] {
   return stale;
 }
 
-/** Parses a comma-separated backend list such as env ADAPTERKIT_BACKENDS (default 'cpu,wasm,webgpu'). */
+/** Parses a comma-separated backend list such as env ADAPTERKIT_BACKENDS (default 'cpu,wasm'). */
 export function parseBackends(value: string | undefined = DEFAULT_BACKENDS): BackendName[] {
   const names = (value.trim() === '' ? DEFAULT_BACKENDS : value)
     .split(',')

@@ -1,9 +1,13 @@
-// The guides' examples run: "Adding a method" (packages/core/README.md) on the fixture T5.
-import { readFileSync } from 'node:fs';
+// The guides' examples run: "Adding a method" (packages/core/README.md) on the fixture T5, and the first
+// example of the backend, compose and presets READMEs (the model id they load is served by a local Hub stand-in).
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initBackend, tf } from '@adapterkit/backend';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
-import { loadFixtureModel, logitsOf, maxDiff } from '@adapterkit/t5/test';
+import { FIXTURE_DIR, loadFixtureModel, logitsOf, maxDiff } from '@adapterkit/t5/test';
+import { startHubServer } from '@adapterkit/core/test';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import './guide/scale-method.js';
 
@@ -64,4 +68,41 @@ describe('the guides stay true', () => {
     const code = file.slice(file.indexOf('import { tf }'));
     expect(readme).toContain(`\`\`\`ts\n${code}\`\`\``);
   });
+});
+
+const README_EXAMPLES = ['core', 'backend', 'compose', 'presets'] as const;
+
+describe('package READMEs: the first example runs as written', () => {
+  const cache = mkdtempSync(join(tmpdir(), 'adapterkit-guide-hub-'));
+  let close: () => Promise<void> = async () => {};
+  const saved = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_HUB_CACHE: process.env.HF_HUB_CACHE };
+  beforeAll(async () => {
+    const files = Object.fromEntries(
+      readdirSync(FIXTURE_DIR, { withFileTypes: true })
+        .filter((e) => e.isFile())
+        .map((e) => [e.name, new Uint8Array(readFileSync(join(FIXTURE_DIR, e.name)))]),
+    );
+    const hub = await startHubServer({ 'google/flan-t5-small': { commit: '0'.repeat(40), files } });
+    close = hub.close;
+    process.env.HF_ENDPOINT = hub.endpoint;
+    process.env.HF_HUB_CACHE = cache;
+  });
+  afterAll(async () => {
+    await close();
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    rmSync(cache, { recursive: true, force: true });
+  });
+
+  for (const pkg of README_EXAMPLES) {
+    it(`${pkg}: guide/${pkg}-example.ts runs, and the README holds it verbatim`, async () => {
+      const readme = readFileSync(fileURLToPath(new URL(`../../../packages/${pkg}/README.md`, import.meta.url)), 'utf8');
+      const file = readFileSync(fileURLToPath(new URL(`./guide/${pkg}-example.ts`, import.meta.url)), 'utf8');
+      const code = file.slice(file.indexOf('import '));
+      await import(`./guide/${pkg}-example.ts`);
+      expect(readme).toContain(`\`\`\`ts\n${code}\`\`\``);
+    });
+  }
 });

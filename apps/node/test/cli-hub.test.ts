@@ -1,0 +1,70 @@
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type HubServer, startHubServer } from '@adapterkit/core/test';
+import { initBackend } from '@adapterkit/backend';
+import { T5ForConditionalGeneration } from '@adapterkit/t5';
+import { BUNDLED_MODEL, trimGenerated } from '../src/common.js';
+import { PEFT_LORA, runCli, tempDir } from './helpers.js';
+
+// The CLI with Hub ids (a local stand-in for the Hub, see @adapterkit/core/test), the tfjs banner, and a
+// finished training asked again.
+const files = (dir: string) => Object.fromEntries(readdirSync(dir).map((f) => [f, new Uint8Array(readFileSync(join(dir, f)))]));
+let hub: HubServer;
+const cache = tempDir('adapterkit-cli-hub-');
+
+beforeAll(async () => {
+  await initBackend('cpu');
+  hub = await startHubServer({
+    'org/tiny': { commit: 'e'.repeat(40), files: files(BUNDLED_MODEL) },
+    'org/lora': { commit: 'f'.repeat(40), files: files(PEFT_LORA) },
+  });
+});
+afterAll(() => hub?.close());
+
+describe('adapterkit with Hub ids', () => {
+  it('--model and --adapter take Hub ids: downloads show a progress bar, then --offline reads the cache; same output as local paths', async () => {
+    const env = { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: cache, HF_HUB_OFFLINE: '' };
+    const args = ['generate', '-b', 'cpu', '--ids', '--max-new-tokens', '4', '12,14,53,1'];
+    const model = await T5ForConditionalGeneration.fromPretrained(BUNDLED_MODEL);
+    model.setActiveAdapters(await model.loadAdapter(PEFT_LORA));
+    const [expected] = await model.generate({ inputIds: [[12, 14, 53, 1]], maxNewTokens: 4 });
+    model.dispose();
+    const local = { stdout: `${trimGenerated(expected, model.generationConfig.eosTokenId).join(',')}\n` };
+    const first = await runCli([...args, '-m', 'org/tiny', '-a', 'org/lora'], { env });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toBe(local.stdout);
+    expect(first.stderr).toMatch(/org\/tiny\/model\.safetensors \[.*\] 100%/);
+    expect(first.stderr).toMatch(/org\/lora\/adapter_model\.safetensors/);
+    const requests = hub.log.length;
+    const offline = await runCli([...args, '-m', 'org/tiny', '-a', 'org/lora', '--offline'], { env });
+    expect(offline.code, offline.stderr).toBe(0);
+    expect(offline.stdout).toBe(local.stdout);
+    expect(offline.stderr).not.toMatch(/MiB/);
+    expect(offline.stderr).not.toMatch(/looks like you are running TensorFlow\.js/);
+    expect(hub.log.length).toBe(requests);
+    const missing = await runCli([...args, '-m', 'org/other', '--offline'], { env });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/HubOfflineError|HUB_ERROR/);
+  });
+
+  it('prints no tfjs "running TensorFlow.js in Node.js" banner on wasm (cpu: above)', async () => {
+    const r = await runCli(['generate', '-b', 'wasm', '--ids', '--max-new-tokens', '2', '12,14,1']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toMatch(/looks like you are running TensorFlow\.js/);
+  });
+
+  it('train asked again after it finished says so (no loss NaN)', async () => {
+    const dir = tempDir();
+    const data = join(dir, 'train.jsonl');
+    writeFileSync(data, `${Array.from({ length: 8 }, (_, i) => JSON.stringify({ input_ids: [3 + i, 9, 1], labels: [5 + i, 1] })).join('\n')}\n`);
+    const args = ['train', '-b', 'cpu', '-d', data, '-o', join(dir, 'out'), '--steps', '2', '--batch-size', '4', '--config', 'lora[r=2]'];
+    expect((await runCli(args)).code).toBe(0);
+    const again = await runCli(args);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/already trained for 2 steps/);
+    expect(again.stdout).not.toMatch(/NaN/);
+    const json = await runCli([...args, '--json']);
+    expect(JSON.parse(json.stdout)).toMatchObject({ alreadyTrained: true, steps: 2, firstLoss: null, lastLoss: null });
+  });
+});
