@@ -1,5 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
+  checkParameterBudget,
   AdapterTable,
   concatRows,
   TableRuntime,
@@ -106,8 +107,17 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
       vars.set(key, v);
       return v;
     };
+    const selected = this.selectSites(c);
+    const perSite = (s: LinearSite) =>
+      (c.composition_mode === 'add' ? c.r * (s.inFeatures + s.outFeatures) : inputSide.has(s.key) ? s.inFeatures : s.outFeatures) + (c.use_gating ? s.inFeatures + 1 : 0);
+    checkParameterBudget(
+      this.model,
+      selected.reduce((n, s) => n + perSite(s), 0),
+      'r',
+      name,
+    );
     try {
-      for (const site of this.selectSites(c)) {
+      for (const site of selected) {
         const p: SiteParams = { site };
         const k = site.key;
         if (c.composition_mode === 'add') {
