@@ -13,7 +13,7 @@ import { SeededRandom } from '@adapterkit/core';
 import '@adapterkit/lora';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { FIXTURE_DIR, loadFixtureModel } from '@adapterkit/t5/test';
-import { Trainer, shiftTaskExamples } from '@adapterkit/train';
+import { Trainer, readCheckpoint, shiftTaskExamples } from '@adapterkit/train';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const CHILD = fileURLToPath(new URL('./faults/save-child.mjs', import.meta.url));
@@ -80,8 +80,9 @@ describe('kill -9 during saves and checkpoints', () => {
     if (model.adapters.hasAdapter('a')) model.deleteAdapter('a');
     model.addAdapter('a', 'lora[r=2]', { seed: 1 });
     const trainer = new Trainer(model, { adapters: ['a'], trainData: shiftTaskExamples(8, 1, 2), maxSteps: 1_000_000, batchSize: 2, seed: 1, checkpointDir: dir });
-    await trainer.loadCheckpoint(dir);
-    const from = trainer.step;
+    await trainer.loadCheckpoint(dir); // restores weights, optimizer and data position, or throws
+    const { files } = await readCheckpoint(dir);
+    const from = JSON.parse(new TextDecoder().decode(files['trainer_state.json'])).step as number;
     expect(from).toBeGreaterThanOrEqual(expectedAtLeast);
     trainer.dispose();
     return from;
