@@ -285,6 +285,7 @@ export class T5Model implements ModelAccess, Seq2SeqModel<DecoderState> {
   // ------------------------------------------------------------------ inputs
   /** Validates ids (rectangular, non-empty, integers in [0, vocab); -100 too with allowNegative, for labels) and returns an int32 tensor. */
   toIds(input: IdsInput, argument: string, options: { allowNegative?: boolean } = {}): Tensor {
+    this.checkAlive(); // every entry point (generate included) reads its ids here first
     // An attention mask (generate reads its mask through here too) holds 0 and 1 only: other values would change the output silently.
     if (MASK_ARGUMENTS.has(argument)) return this.toMaskValues(input, argument);
     if (input instanceof tf.Tensor) {

@@ -201,6 +201,12 @@ add('7 adapter safetensors with an integer dtype', WeightError, async () => {
 add('8 tokenizer: 200k characters', InputError, () => model.tokenizer!.encode('word '.repeat(40000)), 'text');
 add('8 generateText: 200k characters', InputError, () => model.generateText(['a'.repeat(200000)], { maxNewTokens: 1 }), 'text');
 
+add('8 generate after dispose', InputError, async () => {
+  const disposed = await loadFixtureModel();
+  disposed.dispose();
+  return disposed.generate({ inputIds: ids, maxNewTokens: 1 });
+});
+
 /** What a case did: a typed error of the expected class, another typed error, an untyped error, no error, or a hang. */
 async function outcome(c: Case, limitMs: number): Promise<{ kind: 'typed' | 'other typed' | 'untyped' | 'silent' | 'hang'; error?: unknown }> {
   let timer: NodeJS.Timeout | undefined;
