@@ -60,8 +60,15 @@ export function checkParameterBudget(model: ModelAccess, parameters: number, fie
   }
 }
 
-/** What an adapter directory may hold when a save replaces it (README.md is kept). */
-const ADAPTER_DIR_ENTRIES = { replaces: ['adapter_config.json', 'adapter_model.safetensors', 'adapter_model.bin'], carries: ['README.md'] } as const;
+/**
+ * What an adapter directory may hold when a save swaps it whole (README.md is kept). A directory shared with
+ * other content (the CLI's `train --out` holds `checkpoint/`) is written file by file instead.
+ */
+const ADAPTER_DIR_ENTRIES = {
+  replaces: ['adapter_config.json', 'adapter_model.safetensors', 'adapter_model.bin'],
+  carries: ['README.md'],
+  shared: 'in-place',
+} as const;
 
 interface AdapterRecord {
   name: string;

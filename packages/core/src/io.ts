@@ -241,6 +241,12 @@ export interface WriteDirOptions {
   replaces?: readonly string[];
   /** Entries an existing directory may hold that are copied into the new one (regular files, e.g. README.md). */
   carries?: readonly string[];
+  /**
+   * An existing directory that holds anything else (or is the working directory or above it) is not ours to
+   * swap: 'refuse' (default) is a FileError; 'in-place' writes the files into it one by one instead, each
+   * atomically (writeFilesAtomic), as a directory shared with other content cannot be swapped whole.
+   */
+  shared?: 'refuse' | 'in-place';
 }
 
 /**
@@ -281,6 +287,12 @@ export async function writeDirAtomic(dir: string, files: Record<string, Uint8Arr
       if (!existing.isDirectory()) throw new Error(`${target} exists and is ${existing.isSymbolicLink() ? 'a symbolic link' : 'not a directory'}`);
       const entries: string[] = await fs.readdir(target);
       const foreign = entries.filter((e) => !topLevel.has(e) && !options.replaces?.includes(e) && !options.carries?.includes(e));
+      const holdsCwd = `${process.cwd()}${path.sep}`.startsWith(`${target}${path.sep}`);
+      if ((foreign.length || holdsCwd) && options.shared === 'in-place') {
+        await writeFilesAtomic(dir, files);
+        return;
+      }
+      if (holdsCwd) throw new Error('it is the working directory or contains it');
       if (foreign.length) throw new Error(`it holds ${foreign.map((e) => `'${e}'`).join(', ')}, which this write would drop; write into an empty or new directory`);
       carry = entries.filter((e) => !topLevel.has(e) && options.carries?.includes(e));
     }

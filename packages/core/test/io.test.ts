@@ -200,6 +200,10 @@ describe('writeDirAtomic', () => {
     writeFileSync(join(dir, 'model.safetensors'), 'not mine');
     await expectFileError(writeDirAtomic(dir, { 'x.json': '1' }), /'model.safetensors', which this write would drop/);
     expect(readFileSync(join(dir, 'model.safetensors'), 'utf8')).toBe('not mine');
+    // shared: 'in-place' writes beside the other content instead (each file atomically)
+    await writeDirAtomic(dir, { 'x.json': '1' }, { shared: 'in-place' });
+    expect(entries(dir)).toEqual(['model.safetensors', 'x.json']);
+    rmSync(join(dir, 'x.json'));
     await expectFileError(writeDirAtomic(join(dir, 'model.safetensors'), { 'x.json': '1' }), /not a directory/);
     await expectFileError(writeDirAtomic(join(root, 'escape'), { '../x.json': '1' }), /not a path inside/);
     expect(entries(dir)).toEqual(['model.safetensors']);
