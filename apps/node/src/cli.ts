@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { tf } from '@adapterkit/backend';
-import { TextStreamer, type AdapterComposition } from '@adapterkit/core';
+import { checkAdapterName, TextStreamer, type AdapterComposition } from '@adapterkit/core';
 import {
   BUNDLED_MODEL,
   UsageError,
@@ -22,6 +22,7 @@ import {
   padRows,
   parseComposition,
   parseAdapterSpec,
+  parseConfigOption,
   parseIds,
   readStdin,
   startBackend,
@@ -250,10 +251,11 @@ export function buildProgram(): Command {
     .option('--seed <n>', 'init and data-order seed', int('--seed'), 0)
     .option('--checkpoint-every <n>', 'write a checkpoint every n steps', int('--checkpoint-every', 1), 50)
     .action(async (o) => {
+      const config = parseConfigOption(o.config, '--config');
+      checkAdapterName(o.name, '--name');
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);
       const data = readJsonl(resolve(o.data), model);
-      const config = o.config.trim().startsWith('{') ? JSON.parse(o.config) : o.config;
       model.addAdapter(o.name, config, { seed: o.seed });
       const ckpt = resolve(o.out, 'checkpoint');
       if (hasCheckpoint(ckpt) && !o.json) process.stderr.write(`resuming from the checkpoint in ${ckpt}\n`);

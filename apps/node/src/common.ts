@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { basename, dirname, resolve } from 'node:path';
 import { initBackend, type BackendInfo, type BackendRequest } from '@adapterkit/backend';
-import { AdapterkitError, Average, BatchSplit, Fuse, type HubOptions, isHubId, Parallel, Split, Stack, type AdapterComposition } from '@adapterkit/core';
+import { AdapterkitError, Average, BatchSplit, Fuse, type HubOptions, isHubId, Parallel, Split, Stack, type AdapterComposition, type AdapterConfig } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 // Method packages register themselves with core on import (LoRA/IA3, bottleneck, prefix, prompt); presets
 // adds the combined configs (mam, unipelt).
@@ -149,6 +149,16 @@ export function parseComposition(text: string): AdapterComposition {
   const out = node();
   if (pos !== s.length) fail('unexpected trailing text');
   return out;
+}
+
+/** An adapter config option: a preset/config string, or a JSON object when it starts with '{' (malformed JSON names the option). */
+export function parseConfigOption(text: string, option: string): string | AdapterConfig {
+  if (!text.trim().startsWith('{')) return text;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`${option} is not valid JSON: ${(e as Error).message}`);
+  }
 }
 
 /** Parses "12,14,53,1" or "12 14 53 1" into token ids. */

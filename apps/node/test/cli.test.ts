@@ -39,6 +39,25 @@ describe('adapterkit --help', () => {
   });
 });
 
+describe('hostile CLI inputs (issue 17)', () => {
+  it('generate -c naming an adapter that is not loaded exits 1 naming it (never the base model with exit 0)', async () => {
+    const r = await runCli(['generate', '--backend', 'cpu', '--ids', '-c', 'lroa', '--max-new-tokens', '2', '5,6,7,1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/ADAPTER_ERROR.*'lroa'/);
+    expect(r.stdout).toBe('');
+  });
+
+  it('train -c with malformed JSON exits 2 naming --config; a --name with a path exits 1', async () => {
+    const dir = tempDir();
+    const bad = await runCli(['train', '--backend', 'cpu', '--data', join(dir, 'x.jsonl'), '--out', dir, '-c', '{"method": "lora", r: 4}']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--config is not valid JSON');
+    const name = await runCli(['train', '--backend', 'cpu', '--data', join(dir, 'x.jsonl'), '--out', dir, '--name', '../escape']);
+    expect(name.code).toBe(1);
+    expect(name.stderr).toMatch(/--name "..\/escape" contains a path separator/);
+  });
+});
+
 describe('composition parser', () => {
   it('parses names, nested blocks and numbers', () => {
     expect(parseComposition('a')).toBe('a');

@@ -142,17 +142,23 @@ export const PRESETS: Record<string, AdapterConfig> = {
 const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
 const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
+/**
+ * The smallest reduction factor (a bottleneck at most this many times wider than the hidden size); the
+ * parameter budget checks the adapter's total size against the model.
+ */
+export const MIN_REDUCTION_FACTOR = 1 / 64;
+
 function checkReductionFactor(rf: unknown): void {
-  const ok = (v: unknown) => isNum(v) && v > 0;
+  const ok = (v: unknown) => isNum(v) && v >= MIN_REDUCTION_FACTOR;
   if (ok(rf)) return;
   if (rf && typeof rf === 'object' && !Array.isArray(rf)) {
     for (const [k, v] of Object.entries(rf)) {
       if (k !== 'default' && !/^\d+$/.test(k)) throw new ConfigError(`reduction_factor map key '${k}' is neither a layer id nor 'default'`, 'reduction_factor');
-      if (!ok(v)) throw new ConfigError(`reduction_factor['${k}'] must be a positive number, got ${JSON.stringify(v)}`, 'reduction_factor');
+      if (!ok(v)) throw new ConfigError(`reduction_factor['${k}'] must be a number ≥ ${MIN_REDUCTION_FACTOR}, got ${JSON.stringify(v)}`, 'reduction_factor');
     }
     return;
   }
-  throw new ConfigError(`reduction_factor must be a positive number or a map like {"1": 8, "default": 16}, got ${JSON.stringify(rf)}`, 'reduction_factor');
+  throw new ConfigError(`reduction_factor must be a number ≥ ${MIN_REDUCTION_FACTOR} or a map like {"1": 8, "default": 16}, got ${JSON.stringify(rf)}`, 'reduction_factor');
 }
 
 /** Fills BnConfig's defaults and validates every option; errors name the option. */
@@ -222,9 +228,9 @@ export function normalizeBottleneckConfig(raw: AdapterConfig): BottleneckConfig 
     throw new ConfigError(`scaling must be a number, "learned" or "channel", got ${JSON.stringify(c.scaling)}`, 'scaling');
   }
   if (c.inv_adapter === 'nice') {
-    if (!(isNum(c.inv_adapter_reduction_factor) && c.inv_adapter_reduction_factor > 0)) {
+    if (!(isNum(c.inv_adapter_reduction_factor) && c.inv_adapter_reduction_factor >= MIN_REDUCTION_FACTOR)) {
       throw new ConfigError(
-        `inv_adapter_reduction_factor must be a positive number with inv_adapter 'nice', got ${JSON.stringify(c.inv_adapter_reduction_factor)}`,
+        `inv_adapter_reduction_factor must be a number ≥ ${MIN_REDUCTION_FACTOR} with inv_adapter 'nice', got ${JSON.stringify(c.inv_adapter_reduction_factor)}`,
         'inv_adapter_reduction_factor',
       );
     }
@@ -243,7 +249,8 @@ export function normalizeBottleneckConfig(raw: AdapterConfig): BottleneckConfig 
 /** Compacter options (adapters' PHMLayer asserts and what its init code can do). */
 function checkPhm(c: Record<string, unknown>): void {
   for (const k of ['phm_dim', 'phm_rank']) {
-    if (!(Number.isInteger(c[k]) && (c[k] as number) >= 1)) throw new ConfigError(`${k} must be a positive integer, got ${JSON.stringify(c[k])}`, k);
+    if (!(Number.isInteger(c[k]) && (c[k] as number) >= 1 && (c[k] as number) <= 65536))
+      throw new ConfigError(`${k} must be an integer in [1, 65536], got ${JSON.stringify(c[k])}`, k);
   }
   if (c.phm_c_init !== 'normal' && c.phm_c_init !== 'uniform') throw new ConfigError(`phm_c_init must be "normal" or "uniform", got ${JSON.stringify(c.phm_c_init)}`, 'phm_c_init');
   if (!(isNum(c.phm_init_range) && c.phm_init_range > 0))

@@ -1,5 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
+  checkParameterBudget,
   AdapterTable,
   concatRows,
   TableRuntime,
@@ -109,6 +110,16 @@ export class BottleneckRuntime extends TableRuntime<AdapterEntry> implements Met
     const rng = new SeededRandom(seed);
     const modules = new Map<string, Module>();
     let inv: Map<string, Variable> | undefined;
+    // Upper bound of the variables (dense down/up projections with biases, norms, the invertible adapter), checked before any is made.
+    const covered = this.model.sublayerSites().filter((site) => cfg[LOCATION_OPTION[site.location]] && !cfg.leave_out.includes(site.layer));
+    // (dense: the two projections with their biases at least; PHM layers are smaller than dense ones, so no lower bound)
+    const dense = covered.reduce((n, site) => {
+      const down = Math.floor(site.hiddenSize / reductionFactorAt(cfg, site.layer));
+      return n + 2 * site.hiddenSize * down + down + site.hiddenSize;
+    }, 0);
+    const d = this.model.dims.dModel;
+    const extras = covered.length * (4 * d + 2) + (cfg.inv_adapter ? 4 * d * (Math.floor(d / (cfg.inv_adapter_reduction_factor ?? 1)) + 2) : 0);
+    checkParameterBudget(this.model, dense + extras, 'reduction_factor', name, cfg.phm_layer ? 0 : dense);
     const shared = cfg.phm_layer && cfg.shared_phm_rule ? this.makeVariables(name, 'shared_parameters', phmRuleSpecs('', cfg, true), rng) : undefined;
     try {
       this.model.sublayerSites().forEach((site, salt) => {

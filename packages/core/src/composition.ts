@@ -1,5 +1,5 @@
 import { tf, type Tensor } from '@adapterkit/backend';
-import { CompositionError } from './errors.js';
+import { AdapterError, CompositionError, InputError } from './errors.js';
 
 /**
  * Composition blocks, as plain serialisable data (the same shapes as `adapters`' adapter_setup.json).
@@ -40,6 +40,36 @@ export interface SplitBlock {
 export type CompositionBlock = StackBlock | ParallelBlock | BatchSplitBlock | FuseBlock | AverageBlock | SplitBlock;
 
 type Child = AdapterComposition;
+
+/** The longest adapter name: names become directory names (checkpoints, saves) and appear in messages. */
+export const MAX_ADAPTER_NAME_LENGTH = 128;
+/** The most adapter names one composition may hold (a Parallel of n runs the batch n times). */
+export const MAX_COMPOSITION_ADAPTERS = 64;
+
+/** What a name must not be, and why (the first that applies is reported). */
+const NAME_RULES: [(name: string) => boolean, string][] = [
+  [(n) => n.length === 0, 'is empty'],
+  [(n) => n.length > MAX_ADAPTER_NAME_LENGTH, `is longer than ${MAX_ADAPTER_NAME_LENGTH} characters`],
+  [(n) => /[/\\]/.test(n), "contains a path separator ('/' or '\\')"],
+  [(n) => n.includes('..') || n === '.', "contains '..' or is '.'"],
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this refuses
+  [(n) => /[\u0000-\u001f\u007f-\u009f]/.test(n), 'contains a control character'],
+  [(n) => /[\s,()]/.test(n), 'contains whitespace, a comma or a parenthesis'],
+];
+
+/**
+ * The one check of an adapter name, wherever a name enters (addAdapter, loadAdapter and the name inside
+ * adapter_config.json, training checkpoints, the CLI): a non-empty string of at most MAX_ADAPTER_NAME_LENGTH
+ * characters without path separators, '..', control characters, whitespace, commas or parentheses (a name is
+ * used as a directory name and inside composition strings). AdapterError naming the name otherwise.
+ */
+export function checkAdapterName(name: unknown, what = 'adapter name'): asserts name is string {
+  const why = typeof name !== 'string' ? 'is not a string' : NAME_RULES.find(([bad]) => bad(name))?.[1];
+  if (why === undefined) return;
+  const shown = typeof name === 'string' && name.length > MAX_ADAPTER_NAME_LENGTH ? `${JSON.stringify(name.slice(0, 40))}…` : (JSON.stringify(name) ?? String(name));
+  throw new AdapterError(`${what} ${shown} ${why}`, typeof name === 'string' ? name : undefined);
+}
+
 const isOptions = (x: unknown): x is Record<string, unknown> => !!x && typeof x === 'object' && !('type' in (x as object)) && !Array.isArray(x);
 
 function childrenOf(block: string, args: unknown[]): Child[] {
@@ -150,8 +180,30 @@ export function normalizeComposition(comp: AdapterComposition): CompositionBlock
     }
   };
   visit(root, 0);
+  const leaves = leavesWithAncestors(root).length;
+  if (leaves > MAX_COMPOSITION_ADAPTERS)
+    throw new CompositionError(`composition names ${leaves} adapters; at most ${MAX_COMPOSITION_ADAPTERS} may be combined in one composition`, root.type);
   parallelChannels(root); // validates consistent Parallel widths
   return root;
+}
+
+/**
+ * Checks that every BatchSplit's sizes add up to the rows it receives, for a call on `batch` input rows (a
+ * BatchSplit inside a Parallel branch sees the whole batch). InputError naming the sizes otherwise — before
+ * the forward, so a BatchSplit whose adapters act nowhere is checked too.
+ */
+export function checkBatchSizes(comp: AdapterComposition, batch: number): void {
+  const walk = (node: Child, rows: number) => {
+    if (typeof node === 'string') return;
+    if (node.type === 'BatchSplit') {
+      const total = node.batchSizes.reduce((a, c) => a + c, 0);
+      if (total !== rows) throw new InputError(`BatchSplit batchSizes [${node.batchSizes}] sum to ${total} but the batch has ${rows} rows`, 'batchSizes');
+      node.children.forEach((c, i) => walk(c, node.batchSizes[i]));
+      return;
+    }
+    for (const c of node.children) walk(c, rows);
+  };
+  walk(comp, batch);
 }
 
 /** Every adapter name in a composition, with the chain of blocks above it. */

@@ -1,5 +1,5 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
-import { type AdapterComposition, type CompositionBlock, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
+import { type AdapterComposition, type CompositionBlock, checkAdapterName, checkBatchSizes, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
 import { ForwardContext } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
 import type {
@@ -19,8 +19,8 @@ import type {
   StackName,
   SublayerSite,
 } from './hooks.js';
-import { type HubOptions, openSource } from './hub.js';
-import { parseJson, writeFilesAtomic } from './io.js';
+import { type HubOptions, isHubId, openSource } from './hub.js';
+import { exists, parseJson, resolveAtomicDir, writeDirAtomic } from './io.js';
 import { methodForAdaptersArchitecture, methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { readTorchCheckpoint } from './torch-checkpoint.js';
@@ -51,6 +51,49 @@ function sortedJson(value: unknown): string {
         : v;
   return `${JSON.stringify(sort(value), null, 2)}\n`;
 }
+
+/** While an adapter file loads: the parameters its weights file holds (a config asking for more is refused before allocating). */
+const fileParameterCounts = new WeakMap<ModelAccess, number>();
+
+/**
+ * How many parameters one adapter may have before anything is allocated: `ratio` × the base model's
+ * parameters, and never less than `floor` (small test models). An adapter larger than the model it adapts is
+ * a mistake (`r: 1e8`, `reduction_factor: 1e-9`, `prefix_length: 1e9`), refused with a ConfigError naming the
+ * field instead of gigabytes allocated or an untyped RangeError.
+ */
+export const ADAPTER_PARAMETER_BUDGET = { ratio: 1, floor: 2 ** 24 } as const;
+
+/**
+ * Throws a ConfigError naming `field` when an adapter of `parameters` parameters (exact, or an upper bound)
+ * would exceed the budget of `model` (see ADAPTER_PARAMETER_BUDGET); while an adapter file loads, a WeightError
+ * when `atLeast` (a lower bound of the count, when the method has one) exceeds what the file holds. Every
+ * method calls it in `add` with its count, before creating variables.
+ */
+export function checkParameterBudget(model: ModelAccess, parameters: number, field: string, adapter: string, atLeast = parameters): void {
+  const inFile = fileParameterCounts.get(model);
+  if (inFile !== undefined && atLeast > inFile) {
+    throw new WeightError(`adapter '${adapter}': its config needs at least ${atLeast} parameters but its weights file holds ${inFile}; '${field}' does not match the file`, field);
+  }
+  const base = (model as { baseParameterCount?(): number }).baseParameterCount?.() ?? 0;
+  const budget = Math.max(ADAPTER_PARAMETER_BUDGET.floor, ADAPTER_PARAMETER_BUDGET.ratio * base);
+  if (!(parameters <= budget)) {
+    throw new ConfigError(
+      `adapter '${adapter}' would have ${parameters.toExponential(3)} parameters, over the budget of ${budget.toExponential(3)} ` +
+        `(${ADAPTER_PARAMETER_BUDGET.ratio}× the base model's ${base} parameters, at least ${ADAPTER_PARAMETER_BUDGET.floor}); lower '${field}'`,
+      field,
+    );
+  }
+}
+
+/**
+ * What an adapter directory may hold when a save swaps it whole (README.md is kept). A directory shared with
+ * other content (the CLI's `train --out` holds `checkpoint/`) is written file by file instead.
+ */
+const ADAPTER_DIR_ENTRIES = {
+  replaces: ['adapter_config.json', 'adapter_model.safetensors', 'adapter_model.bin', 'adapter.safetensors', 'pytorch_adapter.bin'],
+  carries: ['README.md'],
+  shared: 'in-place',
+} as const;
 
 interface AdapterRecord {
   name: string;
@@ -130,8 +173,7 @@ export class AdapterHost {
   // ---------------------------------------------------------------- life cycle
   addAdapter(name: string, config: string | AdapterConfig = 'seq_bn', options: AddAdapterOptions = {}): void {
     rejectUnknownOptions(options, ADD_ADAPTER_OPTIONS, 'addAdapter');
-    if (typeof name !== 'string' || !name || /[\s,()]/.test(name))
-      throw new AdapterError(`adapter name ${JSON.stringify(name)} must be a non-empty string without spaces, commas or parentheses`, String(name));
+    checkAdapterName(name);
     if (this.adapters.has(name)) {
       if (!options.overwrite) throw new AdapterError(`an adapter named '${name}' already exists (delete it first or pass overwrite: true)`, name);
       this.deleteAdapter(name);
@@ -181,10 +223,24 @@ export class AdapterHost {
       this.skipLayers = new Set(options.skipLayers ?? []);
       return;
     }
+    const normalized = this.checkComposition(composition, 'activate');
+    const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
+    const skip = new Set(options.skipLayers ?? []);
+    for (const l of skip) if (!Number.isInteger(l) || l < 0 || l >= total) throw new AdapterError(`skipLayers entry ${l} is not a layer id in [0, ${total})`);
+    this.active = normalized;
+    this.skipLayers = skip;
+  }
+
+  /**
+   * Normalises a composition and checks it against this model's adapters: every name is a loaded adapter and
+   * every block is one its methods support. A composition naming an unknown adapter is an error wherever it
+   * is used (activation, forward, generate), never a silent run of the base model.
+   */
+  checkComposition(composition: AdapterComposition, use: 'activate' | 'use' = 'use'): CompositionBlock {
     const normalized = normalizeComposition(composition);
     for (const { name, ancestors } of leavesWithAncestors(normalized)) {
       const rec = this.adapters.get(name);
-      if (!rec) throw new AdapterError(`cannot activate unknown adapter '${name}' (known: ${[...this.adapters.keys()].join(', ') || 'none'})`, name);
+      if (!rec) throw new AdapterError(`cannot ${use} unknown adapter '${name}' (known: ${[...this.adapters.keys()].join(', ') || 'none'})`, name);
       for (const block of ancestors) {
         for (const part of rec.parts) {
           if (!part.method.supportedBlocks.has(block.type)) {
@@ -198,11 +254,7 @@ export class AdapterHost {
         }
       }
     }
-    const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
-    const skip = new Set(options.skipLayers ?? []);
-    for (const l of skip) if (!Number.isInteger(l) || l < 0 || l >= total) throw new AdapterError(`skipLayers entry ${l} is not a layer id in [0, ${total})`);
-    this.active = normalized;
-    this.skipLayers = skip;
+    return normalized;
   }
 
   get activeComposition(): CompositionBlock | null {
@@ -389,7 +441,7 @@ export class AdapterHost {
    * (`adapter.safetensors` with the state-dict keys `adapters` saves), the last two for methods that export them.
    */
   async saveAdapter(dir: string, name: string, options: { format?: AdapterFormat } = {}): Promise<void> {
-    await writeFilesAtomic(dir, await this.serializeAdapterAsync(name, options));
+    await writeDirAtomic(dir, await this.serializeAdapterAsync(name, options), ADAPTER_DIR_ENTRIES);
   }
 
   /**
@@ -399,7 +451,9 @@ export class AdapterHost {
    */
   async loadAdapter(dir: string, options: { name?: string; overwrite?: boolean; hub?: HubOptions } = {}): Promise<string> {
     const { hub, ...rest } = options;
-    const files = await openSource(dir, hub);
+    // A save interrupted between its two renames leaves the complete copy beside the directory: read that.
+    const local = isHubId(dir) && !(await exists(dir)) ? dir : await resolveAtomicDir(dir);
+    const files = await openSource(local, hub);
     if (!(await files.has('adapter_config.json'))) throw new FileError(`${files.label} is not an adapter directory: adapter_config.json is missing`, files.label);
     // .bin files are torch.save archives (PEFT before safetensors; `adapters` by default)
     let weightsFile: string | undefined;
@@ -422,7 +476,11 @@ export class AdapterHost {
     const weightBytes = files[weightsFile];
     const { tensors } = weightsFile.endsWith('.bin') ? readTorchCheckpoint(weightBytes, weightsFile) : readSafetensors(weightBytes, weightsFile);
     const floats = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [k, t] of tensors) floats.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
+    for (const [k, t] of tensors) {
+      // Adapter weights are floats; an integer tensor would be cast silently into different numbers.
+      if (!(t.data instanceof Float32Array)) throw new WeightError(`adapter tensor '${k}' has integer dtype ${t.dtype}; adapter weights must be F32, F16 or BF16`, k);
+      floats.set(k, { shape: t.shape, data: t.data });
+    }
 
     if (typeof cfg.peft_type === 'string') {
       const method = methodForPeftType(cfg.peft_type);
@@ -470,8 +528,17 @@ export class AdapterHost {
       );
     this.checkDims(cfg);
     const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
+    if (options.name === undefined && cfg.name !== undefined) checkAdapterName(cfg.name, 'adapter_config.json names the adapter');
     this.prepareName(name, options.overwrite);
-    this.addAdapter(name, cfg.config as AdapterConfig);
+    fileParameterCounts.set(
+      this.model,
+      [...floats.values()].reduce((n, t) => n + t.data.length, 0),
+    );
+    try {
+      this.addAdapter(name, cfg.config as AdapterConfig);
+    } finally {
+      fileParameterCounts.delete(this.model);
+    }
     try {
       const vars = this.adapterVariables(name);
       for (const key of floats.keys()) if (!vars.has(key)) throw new WeightError(`adapter file has unexpected tensor '${key}'`, key);
@@ -507,6 +574,7 @@ export class AdapterHost {
   }
 
   private prepareName(name: string, overwrite?: boolean) {
+    checkAdapterName(name);
     if (this.adapters.has(name)) {
       if (!overwrite) throw new AdapterError(`an adapter named '${name}' already exists (pass overwrite: true or another name)`, name);
       this.deleteAdapter(name);
@@ -538,9 +606,12 @@ export class AdapterHost {
       composition?: AdapterComposition | null;
       skipLayers?: Iterable<number>;
       recordGates?: boolean;
+      /** Input rows of the call (before Parallel/beam replication): BatchSplit sizes must add up to it. */
+      batch?: number;
     } = {},
   ): ForwardContext {
-    const comp = options.composition !== undefined ? (options.composition === null ? null : normalizeComposition(options.composition)) : this.active;
+    const comp = options.composition !== undefined ? (options.composition === null ? null : this.checkComposition(options.composition)) : this.active;
+    if (comp && options.batch !== undefined) checkBatchSizes(comp, options.batch);
     return new ForwardContext(comp, {
       training: options.training,
       skipLayers: options.skipLayers ? new Set(options.skipLayers) : this.skipLayers,

@@ -1,9 +1,24 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileError } from '../src/errors.js';
-import { exists, isUrl, joinPath, parseJson, readBytes, readJson, readText, writeFilesAtomic } from '../src/io.js';
+import {
+  MAX_FILE_BYTES,
+  MAX_TEXT_BYTES,
+  cleanAtomicLeftovers,
+  exists,
+  isUrl,
+  joinPath,
+  parseJson,
+  readBytes,
+  readJson,
+  readText,
+  resolveAtomicDir,
+  writeDirAtomic,
+  writeFilesAtomic,
+} from '../src/io.js';
 
 const root = mkdtempSync(join(tmpdir(), 'adapterkit-io-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -166,5 +181,77 @@ describe('reading over HTTP from a server with an index.html fallback (Vite dev/
     } finally {
       server.close();
     }
+  });
+});
+
+describe('hostile files (issue 17)', () => {
+  it('refuses a FIFO at once (never blocks), a device, a symlink to /dev/zero, a directory symlink', async () => {
+    const dir = join(root, 'hostile');
+    mkdirSync(dir);
+    const fifo = join(dir, 'adapter_model.safetensors');
+    execFileSync('mkfifo', [fifo]);
+    await expectFileError(readBytes(fifo), /FIFO; only regular files are read/);
+    await expectFileError(readBytes('/dev/zero'), /device; only regular files are read/);
+    const zero = join(dir, 'model.safetensors');
+    symlinkSync('/dev/zero', zero);
+    await expectFileError(readBytes(zero), /device/);
+    symlinkSync(root, join(dir, 'config.json'));
+    await expectFileError(readText(join(dir, 'config.json')), /directory/);
+  });
+
+  it('refuses a file over the size limit before reading it; text files have a smaller default limit', async () => {
+    const big = join(root, 'big.bin');
+    writeFileSync(big, new Uint8Array(1000));
+    await expectFileError(readBytes(big, { maxBytes: 999 }), /1000 bytes is over the limit of 999/);
+    expect((await readBytes(big, { maxBytes: 1000 })).length).toBe(1000);
+    expect(MAX_TEXT_BYTES).toBeLessThan(MAX_FILE_BYTES);
+  });
+});
+
+describe('writeDirAtomic', () => {
+  const entries = (parent: string) => readdirSync(parent).sort();
+
+  it('writes a new directory (nested paths too) and replaces an existing one whole, leaving nothing beside it', async () => {
+    const parent = join(root, 'atomic');
+    const dir = join(parent, 'a');
+    await writeDirAtomic(dir, { 'x.json': '1', 'sub/y.bin': Uint8Array.from([1]) });
+    expect(listAll(dir)).toEqual(['sub', 'sub/y.bin', 'x.json']);
+    writeFileSync(join(dir, 'README.md'), 'keep me');
+    await writeDirAtomic(dir, { 'x.json': '2' }, { replaces: ['sub'], carries: ['README.md'] });
+    expect(listAll(dir)).toEqual(['README.md', 'x.json']);
+    expect(readFileSync(join(dir, 'x.json'), 'utf8')).toBe('2');
+    expect(readFileSync(join(dir, 'README.md'), 'utf8')).toBe('keep me');
+    expect(entries(parent)).toEqual(['a']);
+  });
+
+  it('refuses to replace a directory holding other things, a file, or paths outside the directory', async () => {
+    const dir = join(root, 'foreign');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'model.safetensors'), 'not mine');
+    await expectFileError(writeDirAtomic(dir, { 'x.json': '1' }), /'model.safetensors', which this write would drop/);
+    expect(readFileSync(join(dir, 'model.safetensors'), 'utf8')).toBe('not mine');
+    // shared: 'in-place' writes beside the other content instead (each file atomically)
+    await writeDirAtomic(dir, { 'x.json': '1' }, { shared: 'in-place' });
+    expect(entries(dir)).toEqual(['model.safetensors', 'x.json']);
+    rmSync(join(dir, 'x.json'));
+    await expectFileError(writeDirAtomic(join(dir, 'model.safetensors'), { 'x.json': '1' }), /not a directory/);
+    await expectFileError(writeDirAtomic(join(root, 'escape'), { '../x.json': '1' }), /not a path inside/);
+    expect(entries(dir)).toEqual(['model.safetensors']);
+  });
+
+  it('a crash between the two renames: readers get the complete copy beside it, the next write rolls it in and cleans up', async () => {
+    const parent = join(root, 'crashed');
+    const dir = join(parent, 'b');
+    await writeDirAtomic(dir, { 'x.json': 'old' });
+    // what a kill after "rename old aside" leaves: no `b`, a complete .new-, the .old-, a half-written .tmp-
+    const dead = 2 ** 22 + 7; // above any pid Linux hands out by default
+    renameSync(dir, join(parent, `.b.old-${dead}-1-aa`));
+    mkdirSync(join(parent, `.b.new-${dead}-1-aa`));
+    writeFileSync(join(parent, `.b.new-${dead}-1-aa`, 'x.json'), 'new');
+    mkdirSync(join(parent, `.b.tmp-${dead}-2-bb`));
+    expect(await resolveAtomicDir(dir)).toBe(join(parent, `.b.new-${dead}-1-aa`));
+    await cleanAtomicLeftovers(parent);
+    expect(entries(parent)).toEqual(['b']);
+    expect(readFileSync(join(dir, 'x.json'), 'utf8')).toBe('new');
   });
 });

@@ -91,6 +91,9 @@ export const PRESETS: Record<string, LoraConfig> = {
 /** Whether an adapter is VeRA (adapters: vera_d or vera_b is a number). */
 export const isVera = (c: LoraOptions): boolean => c.vera_d !== null || c.vera_b !== null;
 
+/** The largest rank a config may ask for (a rank above the model's width is a mistake; the parameter budget checks the rest). */
+export const MAX_LORA_RANK = 65536;
+
 const isBool = (v: unknown): v is boolean => typeof v === 'boolean';
 const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
 
@@ -110,7 +113,7 @@ export function normalizeLoraConfig(raw: AdapterConfig): LoraConfig {
     throw new ConfigError(`LoRA option '${field}' ${why}, got ${JSON.stringify((c as Record<string, unknown>)[field])}`, field);
   };
   for (const f of ['selfattn_lora', 'intermediate_lora', 'output_lora', 'use_gating', 'use_dora', 'use_rslora'] as const) if (!isBool(c[f])) fail(f, 'must be true or false');
-  if (!Number.isInteger(c.r) || c.r < 1) fail('r', 'must be an integer ≥ 1');
+  if (!Number.isInteger(c.r) || c.r < 1 || c.r > MAX_LORA_RANK) fail('r', `must be an integer in [1, ${MAX_LORA_RANK}]`);
   if (typeof c.alpha !== 'number' || !Number.isFinite(c.alpha)) fail('alpha', 'must be a finite number');
   if (typeof c.dropout !== 'number' || !(c.dropout >= 0 && c.dropout < 1)) fail('dropout', 'must be in [0, 1)');
   if (!Array.isArray(c.attn_matrices) || !c.attn_matrices.every((m) => m === 'q' || m === 'k' || m === 'v')) fail('attn_matrices', "must be a list of 'q', 'k', 'v'");

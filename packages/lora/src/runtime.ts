@@ -1,5 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
+  checkParameterBudget,
   AdapterTable,
   concatRows,
   TableRuntime,
@@ -121,8 +122,16 @@ export class LoraRuntime extends TableRuntime<LoraAdapter> implements MethodRunt
       create(key, initialValues(c, { role, shape, ...extra }, rng), shape);
     const filled = (key: string, value: number, shape: number[]) => create(key, new Float32Array(shape.reduce((x, y) => x * y, 1)).fill(value), shape);
     const adapter: LoraAdapter = { name, config: c, scale: scalingOf(c), sites, vars };
+    const perSite = (s: LinearSite) =>
+      (c.composition_mode === 'add' ? c.r * (s.inFeatures + s.outFeatures) : inputSide.has(s.key) ? s.inFeatures : s.outFeatures) + (c.use_gating ? s.inFeatures + 1 : 0);
+    const selected = this.selectSites(c);
+    checkParameterBudget(
+      this.model,
+      selected.reduce((n, s) => n + perSite(s), 0),
+      'r',
+      name,
+    );
     try {
-      const selected = this.selectSites(c);
       if (isVera(c) && selected.length > 0) {
         // One pair of frozen projections per adapter, as large as its largest linear (PEFT's _find_dim)
         const inMax = Math.max(...selected.map((s) => s.inFeatures));

@@ -10,6 +10,7 @@
  */
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
+  checkParameterBudget,
   AdapterTable,
   concatRows,
   TableRuntime,
@@ -74,6 +75,11 @@ export const PREFIX_DEFAULTS: Omit<PrefixTuningConfig, 'method'> = {
   peft_layout: false,
 };
 
+/** The longest prefix a config may ask for (every attention then reads that many extra keys); the parameter budget checks the rest. */
+export const MAX_PREFIX_LENGTH = 65536;
+/** The widest reparameterisation MLP a config may ask for. */
+export const MAX_PREFIX_BOTTLENECK = 65536;
+
 function normalizeConfig(raw: AdapterConfig): PrefixTuningConfig {
   if (raw.method !== 'prefix_tuning') throw new ConfigError(`prefix tuning configs have method 'prefix_tuning', got '${raw.method}'`, 'method');
   for (const key of Object.keys(raw)) {
@@ -81,15 +87,16 @@ function normalizeConfig(raw: AdapterConfig): PrefixTuningConfig {
   }
   const c = { ...PREFIX_DEFAULTS, ...raw, method: 'prefix_tuning' } as PrefixTuningConfig;
   c.leave_out = [...c.leave_out];
-  const int = (key: keyof PrefixTuningConfig & string, min: number) => {
+  const int = (key: keyof PrefixTuningConfig & string, min: number, max: number) => {
     const v = c[key];
-    if (!Number.isInteger(v) || (v as number) < min) throw new ConfigError(`prefix_tuning option '${key}' must be an integer ≥ ${min}, got ${JSON.stringify(v)}`, key);
+    if (!Number.isInteger(v) || (v as number) < min || (v as number) > max)
+      throw new ConfigError(`prefix_tuning option '${key}' must be an integer in [${min}, ${max}], got ${JSON.stringify(v)}`, key);
   };
   const bool = (key: keyof PrefixTuningConfig & string) => {
     if (typeof c[key] !== 'boolean') throw new ConfigError(`prefix_tuning option '${key}' must be true or false, got ${JSON.stringify(c[key])}`, key);
   };
-  int('prefix_length', 0);
-  int('bottleneck_size', 1);
+  int('prefix_length', 0, MAX_PREFIX_LENGTH);
+  int('bottleneck_size', 1, MAX_PREFIX_BOTTLENECK);
   for (const k of ['flat', 'encoder_prefix', 'cross_prefix', 'use_gating', 'shared_gating', 'peft_layout'] as const) bool(k);
   if (typeof c.non_linearity !== 'string' || !isActivation(c.non_linearity.toLowerCase())) {
     throw new ConfigError(`prefix_tuning option 'non_linearity' must be one of ${Object.keys(ACTIVATIONS).join(', ')}, got ${JSON.stringify(c.non_linearity)}`, 'non_linearity');
@@ -183,6 +190,15 @@ class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime
         ];
     const P = c.prefix_length;
     const unit = this.heads * this.dKv;
+    // The variables' size, exactly, before any is made (see the pools below).
+    const parameters = locations.reduce((n, [, layers]) => {
+      if (P === 0 || layers.length === 0) return n;
+      const gates = c.use_gating ? layers.length * (c.shared_gating ? 1 : 2) * (this.dModel + 1) : 0;
+      if (c.peft_layout) return n + P * 2 * d.numDecoderLayers * unit + gates;
+      const out = layers.length * 2 * unit;
+      return n + gates + (c.flat ? P * out : P * this.dModel + c.bottleneck_size * (this.dModel + 1) + out * (c.bottleneck_size + 1));
+    }, 0);
+    checkParameterBudget(this.model, parameters, 'prefix_length', name);
     const create = (key: string, shape: number[], values: Float32Array) => {
       const initial = tf.tensor(values, shape, 'float32');
       adapter.vars.set(key, tf.variable(initial, true, `adapterkit/prefix/${name}#${adapter.uid}/${key}`));

@@ -32,6 +32,9 @@ import { groupKernels, t5Layout, type AttentionLayout, type BlockLayout, type Fe
 import { PositionBias } from './position-bias.js';
 
 export { MASK_VALUE };
+
+/** Arguments that are attention masks (0/1), wherever ids are read (forward, loss, generate). */
+const MASK_ARGUMENTS = new Set(['attentionMask', 'decoderAttentionMask']);
 export type { IdsInput };
 
 export interface ForwardInput {
@@ -297,6 +300,9 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
   // ------------------------------------------------------------------ inputs
   /** Validates ids (rectangular, non-empty, integers in [0, vocab); -100 too with allowNegative, for labels) and returns an int32 tensor. */
   toIds(input: IdsInput, argument: string, options: { allowNegative?: boolean } = {}): Tensor {
+    this.checkAlive(); // every entry point (generate included) reads its ids here first
+    // An attention mask (generate reads its mask through here too) holds 0 and 1 only: other values would change the output silently.
+    if (MASK_ARGUMENTS.has(argument)) return this.toMaskValues(input, argument);
     if (input instanceof tf.Tensor) {
       if (input.rank !== 2) throw new InputError(`${argument} must be 2-D [batch, length], got shape [${input.shape}]`, argument);
       if (input.shape[0] === 0 || input.shape[1] === 0) throw new InputError(`${argument} is empty (shape [${input.shape}])`, argument);
@@ -329,9 +335,28 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
     return tf.tensor2d(flat, [input.length, len], 'int32');
   }
 
+  /** A 0/1 mask as an int32 tensor; any other value (or shape) is an InputError naming the argument and position. */
+  private toMaskValues(mask: IdsInput, argument: string): Tensor {
+    const isTensor = mask instanceof tf.Tensor;
+    if (
+      isTensor
+        ? mask.rank !== 2 || mask.size === 0
+        : !Array.isArray(mask) || mask.length === 0 || !mask.every((r) => Array.isArray(r) && r.length === mask[0].length && r.length > 0)
+    )
+      throw new InputError(`${argument} must be a non-empty rectangular [batch, length] of 0/1`, argument);
+    // webgpu cannot read synchronously; there a tensor mask's values are trusted (number[][] masks are always checked)
+    if (!isTensor || tf.getBackend() !== 'webgpu') {
+      const values = isTensor ? (mask as Tensor).dataSync() : (mask as number[][]).flat();
+      const width = isTensor ? ((mask as Tensor).shape[1] as number) : (mask as number[][])[0].length;
+      const bad = values.findIndex((v: number) => v !== 0 && v !== 1);
+      if (bad >= 0) throw new InputError(`${argument}[${Math.floor(bad / width)}][${bad % width}] = ${values[bad]}; an attention mask holds 0 and 1 only`, argument);
+    }
+    return isTensor ? (mask as Tensor).cast('int32') : tf.tensor2d((mask as number[][]).flat(), [(mask as number[][]).length, (mask as number[][])[0].length], 'int32');
+  }
+
   private toMask(mask: IdsInput | undefined, ids: Tensor, argument: string): Tensor {
     if (mask === undefined) return tf.onesLike(ids);
-    const m = mask instanceof tf.Tensor ? mask.cast('int32') : this.toIds(mask, argument);
+    const m = this.toMaskValues(mask, argument);
     if (m.shape.join(',') !== ids.shape.join(',')) {
       m.dispose();
       throw new InputError(`${argument} has shape [${m.shape}] but the ids have shape [${ids.shape}]`, argument);
@@ -550,7 +575,15 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
       tf.dispose([ids, dec, mask!]);
       throw e;
     }
-    const ctx = this.adapters.createContext({ training: input.training, seed: input.seed, composition: input.composition, rowMultiplier: input.expandedRows?.rowMultiplier });
+    const ctx = (() => {
+      try {
+        const batch = input.expandedRows ? undefined : (ids.shape[0] as number);
+        return this.adapters.createContext({ training: input.training, seed: input.seed, composition: input.composition, rowMultiplier: input.expandedRows?.rowMultiplier, batch });
+      } catch (e) {
+        tf.dispose([ids, dec, mask!, decMask!]);
+        throw e;
+      }
+    })();
     const rep = (t: Tensor) => (input.expandedRows ? t : this.replicate(t, ctx));
     try {
       return tf.tidy(() => {
@@ -590,6 +623,7 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
       made.push(t);
       return t;
     };
+    let ctx: ForwardContext;
     let ids: Tensor, labels: Tensor, decIds: Tensor, mask: Tensor;
     try {
       ids = keep(this.toIds(input.inputIds, 'inputIds'));
@@ -601,11 +635,11 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
       const ls = input.labelSmoothing ?? 0;
       if (!(ls >= 0 && ls < 1)) throw new InputError(`labelSmoothing must be in [0, 1), got ${input.labelSmoothing}`, 'labelSmoothing');
       if (decIds.shape[1] !== labels.shape[1]) throw new InputError(`decoderInputIds has length ${decIds.shape[1]} but labels has ${labels.shape[1]}`, 'decoderInputIds');
+      ctx = input.ctx ?? this.adapters.createContext({ training: input.training, baseDropout: input.baseDropout, seed: input.seed, batch: ids.shape[0] as number });
     } catch (e) {
       tf.dispose(made);
       throw e;
     }
-    const ctx = input.ctx ?? this.adapters.createContext({ training: input.training, baseDropout: input.baseDropout, seed: input.seed });
     try {
       return tf.tidy(() => {
         const rIds = this.replicate(ids, ctx);

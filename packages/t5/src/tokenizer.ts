@@ -6,6 +6,13 @@ export interface BatchEncoding {
   attentionMask: number[][];
 }
 
+/**
+ * The longest text encode accepts, in characters, checked before tokenizing: the tokenizer's recursion
+ * overflows the stack somewhere above 100k characters (a RangeError), and its time grows with the text long
+ * after the model's input limit. 64 Ki characters is far above any T5 input (512 tokens ≈ 2–3k characters).
+ */
+export const MAX_TEXT_LENGTH = 65536;
+
 /** T5's tokenizer.json (Unigram, Metaspace, `</s>` appended) through @huggingface/tokenizers. */
 export class T5Tokenizer {
   private readonly tok: Tokenizer;
@@ -24,11 +31,12 @@ export class T5Tokenizer {
 
   /** Token ids of one text, with `</s>` appended (add_special_tokens, as transformers). */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
-    if (typeof text !== 'string') throw new InputError(`encode expects a string, got ${typeof text}`, 'text');
+    checkText(text);
     return this.tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
   }
 
   tokenize(text: string): string[] {
+    checkText(text);
     return this.tok.encode(text).tokens;
   }
 
@@ -49,4 +57,9 @@ export class T5Tokenizer {
       attentionMask: rows.map((r) => [...new Array(r.length).fill(1), ...new Array(len - r.length).fill(0)]),
     };
   }
+}
+
+function checkText(text: unknown): asserts text is string {
+  if (typeof text !== 'string') throw new InputError(`encode expects a string, got ${typeof text}`, 'text');
+  if (text.length > MAX_TEXT_LENGTH) throw new InputError(`text of ${text.length} characters is longer than the ${MAX_TEXT_LENGTH} the tokenizer accepts`, 'text');
 }

@@ -17,16 +17,21 @@ export async function readCheckpoint(source: string | FileSource): Promise<Map<s
     if (await files.has(single)) return read(await files.read(single), single);
     const indexName = `${single}.index.json`;
     if (!(await files.has(indexName))) continue;
+    const index = joinPath(files.label, indexName);
     const idx = parseJson(new TextDecoder().decode(await files.read(indexName)), indexName);
-    if (!idx || typeof idx.weight_map !== 'object') throw new FileError(`${indexName} has no 'weight_map'`, joinPath(files.label, indexName));
-    const shards = [...new Set(Object.values(idx.weight_map as Record<string, string>))];
-    const out = new Map<string, SafeTensor>();
-    for (const shard of shards) {
-      if (typeof shard !== 'string' || shard.includes('..') || shard.includes('/'))
-        throw new FileError(`${indexName} names an invalid shard ${JSON.stringify(shard)}`, joinPath(files.label, indexName));
-      for (const [k, v] of read(await files.read(shard), shard)) out.set(k, v);
+    const weightMap = idx?.weight_map;
+    if (!weightMap || typeof weightMap !== 'object' || Array.isArray(weightMap))
+      throw new FileError(`${indexName} has no 'weight_map' object (got ${JSON.stringify(weightMap) ?? 'nothing'})`, index);
+    const shards = new Set<string>();
+    for (const [name, shard] of Object.entries(weightMap)) {
+      // a shard is a file name in the checkpoint's own directory: no paths, no hidden or special names
+      if (typeof shard !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(shard) || shard.includes('..'))
+        throw new FileError(`${indexName} maps weight '${name}' to an invalid shard ${JSON.stringify(shard)} (a file name in the same directory)`, index);
+      shards.add(shard);
     }
-    for (const name of Object.keys(idx.weight_map)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);
+    const out = new Map<string, SafeTensor>();
+    for (const shard of shards) for (const [k, v] of read(await files.read(shard), shard)) out.set(k, v);
+    for (const name of Object.keys(weightMap)) if (!out.has(name)) throw new WeightError(`weight '${name}' is listed in the index but missing from its shard`, name);
     return out;
   }
   throw new FileError(`${files.label} has neither model.safetensors (or model.safetensors.index.json) nor pytorch_model.bin (or pytorch_model.bin.index.json)`, files.label);
@@ -76,6 +81,10 @@ function firstNonFinite(data: Float32Array): number {
 
 /** Checks names, shapes, dtypes and finiteness against the config; returns the weights with the `transformer.`/`model.` prefix stripped. */
 export function validateWeights(c: T5Config, tensors: Map<string, SafeTensor>): Map<string, SafeTensor> {
+  // Every layer has weights of its own: a config declaring more layers than the file has tensors (num_layers: 1e9)
+  // is refused before the list of expected weights is built.
+  if (c.numLayers + c.numDecoderLayers > tensors.size)
+    throw new WeightError(`config.json declares ${c.numLayers} + ${c.numDecoderLayers} layers but the checkpoint holds only ${tensors.size} tensors`, 'num_layers');
   const expected = expectedWeights(c);
   const out = new Map<string, SafeTensor>();
   const copies = new Map<string, [string, SafeTensor]>();

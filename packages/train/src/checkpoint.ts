@@ -1,4 +1,19 @@
-import { FileError, ModelMismatchError, joinPath, readBytes, exists, readSafetensors, writeFilesAtomic, writeSafetensors, type ModelDims } from '@adapterkit/core';
+import {
+  AdapterkitError,
+  FileError,
+  ModelMismatchError,
+  checkAdapterName,
+  cleanAtomicLeftovers,
+  joinPath,
+  readBytes,
+  resolveAtomicDir,
+  exists,
+  readSafetensors,
+  writeDirAtomic,
+  writeFilesAtomic,
+  writeSafetensors,
+  type ModelDims,
+} from '@adapterkit/core';
 import { nodeImport } from '@adapterkit/backend';
 import type { DataPosition } from './data.js';
 import type { OptimizerState } from './optimizers.js';
@@ -28,6 +43,7 @@ export type CheckpointFiles = Record<string, Uint8Array>;
 
 export function packCheckpoint(state: TrainerState, optimizer: OptimizerState, adapterFiles: Record<string, Record<string, Uint8Array>>): CheckpointFiles {
   const files: CheckpointFiles = {};
+  for (const name of Object.keys(adapterFiles)) checkAdapterName(name, 'checkpointed adapter name');
   for (const [name, fs] of Object.entries(adapterFiles)) for (const [f, bytes] of Object.entries(fs)) files[`adapters/${name}/${f}`] = bytes;
   files['optimizer.safetensors'] = writeSafetensors(optimizer.slots, { format: 'adapterkit-optimizer' });
   files['trainer_state.json'] = new TextEncoder().encode(`${JSON.stringify(state, null, 2)}\n`);
@@ -53,6 +69,8 @@ export function unpackCheckpoint(
   for (const [k, t] of readSafetensors(opt, 'optimizer.safetensors').tensors)
     slots.set(k, { shape: t.shape, data: t.data instanceof Float32Array ? t.data : Float32Array.from(t.data) });
   const adapterWeights = new Map<string, Map<string, { shape: number[]; data: Float32Array }>>();
+  if (!Array.isArray(state.adapters)) throw new FileError(`${where}/trainer_state.json has no list of adapters`, where);
+  for (const name of state.adapters) checkAdapterName(name, `${where}/trainer_state.json names the adapter`);
   for (const name of state.adapters) {
     const bytes = files[`adapters/${name}/adapter_model.safetensors`];
     if (!bytes) throw new FileError(`${where} lacks the weights of adapter '${name}'`, where);
@@ -80,64 +98,99 @@ export function checkCompatible(state: TrainerState, dims: ModelDims, adapters: 
 }
 
 /**
- * Writes a checkpoint directory `dir/checkpoint-<step>` atomically: every file is written (atomically) into
- * a temporary directory that is renamed into place, then `latest.json` is replaced. A crash leaves the
- * previous checkpoint and `latest.json` intact. Keeps the newest `keep` checkpoints.
+ * Writes a checkpoint directory `dir/checkpoint-<step>` atomically (core's writeDirAtomic: the whole directory
+ * appears complete or not at all, and a rewrite of the same step removes the old copy only after the new one
+ * is in place), then replaces `latest.json`. What interrupted writes left behind is cleaned first. Keeps the
+ * newest `keep` checkpoints.
  */
 export async function writeCheckpoint(dir: string, step: number, files: CheckpointFiles, keep = 2): Promise<string> {
   const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
   const path = await nodeImport<typeof import('node:path')>('node:path');
   const name = `checkpoint-${step}`;
-  const tmp = path.join(dir, `.tmp-${name}-${process.pid}-${Date.now()}`);
-  const byDir = new Map<string, Record<string, Uint8Array>>();
-  for (const [rel, bytes] of Object.entries(files)) {
-    const d = path.dirname(rel);
-    if (!byDir.has(d)) byDir.set(d, {});
-    byDir.get(d)![path.basename(rel)] = bytes;
-  }
-  // trainer_state.json (the top directory) last: its presence marks a complete checkpoint.
-  const dirs = [...byDir.keys()].sort((a, b) => (a === '.' ? 1 : b === '.' ? -1 : a.localeCompare(b)));
   try {
-    for (const d of dirs) await writeFilesAtomic(path.join(tmp, d), byDir.get(d)!);
-    const final = path.join(dir, name);
-    await fs.rm(final, { recursive: true, force: true });
-    await fs.rename(tmp, final);
+    await fs.mkdir(dir, { recursive: true });
+    await cleanAtomicLeftovers(dir);
   } catch (e) {
-    await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
-    throw e instanceof FileError ? e : new FileError(`cannot write checkpoint ${name} into ${dir}: ${(e as Error).message}`, dir);
+    throw new FileError(`cannot write checkpoint ${name} into ${dir}: ${(e as Error).message}`, dir);
   }
+  await writeDirAtomic(path.join(dir, name), files);
   await writeFilesAtomic(dir, { 'latest.json': `${JSON.stringify({ checkpoint: name, step })}\n` });
   if (keep > 0) {
-    const entries: string[] = await fs.readdir(dir);
-    const steps = entries
-      .map((e) => /^checkpoint-(\d+)$/.exec(e))
-      .filter((m): m is RegExpExecArray => !!m)
-      .map((m) => Number(m[1]))
-      .sort((a, b) => b - a);
-    for (const s of steps.slice(keep)) if (s !== step) await fs.rm(path.join(dir, `checkpoint-${s}`), { recursive: true, force: true });
+    const steps = (await checkpointSteps(dir)).filter((s) => s !== step);
+    for (const s of steps.slice(Math.max(0, keep - 1))) await fs.rm(path.join(dir, `checkpoint-${s}`), { recursive: true, force: true });
   }
   return path.join(dir, name);
 }
 
-/** Reads a checkpoint: `source` is a checkpoint directory, or a checkpointDir holding latest.json. */
-export async function readCheckpoint(source: string): Promise<{ files: CheckpointFiles; path: string }> {
-  let dir = source;
-  if (!(await exists(joinPath(dir, 'trainer_state.json')))) {
-    const latest = joinPath(source, 'latest.json');
-    if (!(await exists(latest))) throw new FileError(`${source} is neither a training checkpoint (trainer_state.json) nor a checkpoint directory (latest.json)`, source);
-    const info = JSON.parse(new TextDecoder().decode(await readBytes(latest)));
-    dir = joinPath(source, String(info.checkpoint));
-  }
+/** Steps of the `checkpoint-<step>` directories in `dir`, newest first. */
+async function checkpointSteps(dir: string): Promise<number[]> {
+  const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
+  const entries: string[] = await fs.readdir(dir).catch(() => []);
+  return entries
+    .map((e) => /^checkpoint-(\d+)$/.exec(e))
+    .filter((m): m is RegExpExecArray => !!m)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => b - a);
+}
+
+/** Reads one checkpoint directory's files (the adapters named by its trainer_state.json). */
+async function readCheckpointDir(dir: string): Promise<CheckpointFiles> {
   const files: CheckpointFiles = {
     'trainer_state.json': await readBytes(joinPath(dir, 'trainer_state.json')),
     'optimizer.safetensors': await readBytes(joinPath(dir, 'optimizer.safetensors')),
   };
-  const state = JSON.parse(new TextDecoder().decode(files['trainer_state.json']));
-  for (const name of Array.isArray(state.adapters) ? state.adapters : []) {
+  let state: { adapters?: unknown };
+  try {
+    state = JSON.parse(new TextDecoder().decode(files['trainer_state.json']));
+  } catch (e) {
+    throw new FileError(`${dir}/trainer_state.json is not valid JSON: ${(e as Error).message}`, dir);
+  }
+  for (const name of Array.isArray(state?.adapters) ? state.adapters : []) {
+    checkAdapterName(name, `${dir}/trainer_state.json names the adapter`);
     for (const f of ['adapter_config.json', 'adapter_model.safetensors']) {
       const p = joinPath(dir, `adapters/${name}/${f}`);
       if (await exists(p)) files[`adapters/${name}/${f}`] = await readBytes(p);
     }
   }
-  return { files, path: dir };
+  unpackCheckpoint(files, dir); // complete and readable, or an error naming what is wrong
+  return files;
+}
+
+/**
+ * Reads a checkpoint: `source` is a checkpoint directory, or a checkpointDir. From a checkpointDir it reads
+ * the newest complete checkpoint — the one latest.json names when that is complete, else (a crash, a
+ * partial copy) the newest `checkpoint-<step>` that reads completely, a complete copy an interrupted rewrite
+ * left beside it included. Only when none is complete is it an error (naming what was wrong with the newest).
+ */
+export async function readCheckpoint(source: string): Promise<{ files: CheckpointFiles; path: string }> {
+  if (await exists(joinPath(source, 'trainer_state.json'))) return { files: await readCheckpointDir(source), path: source };
+  const latest = joinPath(source, 'latest.json');
+  const candidates: string[] = [];
+  let named: string | undefined;
+  if (await exists(latest)) {
+    try {
+      const info = JSON.parse(new TextDecoder().decode(await readBytes(latest)));
+      if (typeof info?.checkpoint === 'string' && /^checkpoint-\d+$/.test(info.checkpoint)) named = info.checkpoint;
+    } catch {
+      // an unreadable latest.json is only a hint lost: the directories are scanned below
+    }
+  }
+  const steps = await checkpointSteps(source);
+  const newest = steps.length ? `checkpoint-${steps[0]}` : undefined;
+  // latest.json names the newest checkpoint unless a crash came between a checkpoint's rename and its update.
+  if (named && (!newest || Number(named.slice(11)) >= steps[0])) candidates.push(named);
+  for (const s of steps) if (!candidates.includes(`checkpoint-${s}`)) candidates.push(`checkpoint-${s}`);
+  if (named && !candidates.includes(named)) candidates.push(named);
+  let firstError: unknown;
+  for (const c of candidates) {
+    const dir = await resolveAtomicDir(joinPath(source, c));
+    try {
+      return { files: await readCheckpointDir(dir), path: dir };
+    } catch (e) {
+      if (!(e instanceof AdapterkitError)) throw e;
+      firstError ??= e;
+    }
+  }
+  if (firstError) throw firstError;
+  throw new FileError(`${source} is neither a training checkpoint (trainer_state.json) nor a checkpoint directory (latest.json or checkpoint-<step>)`, source);
 }
