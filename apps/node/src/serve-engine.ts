@@ -7,7 +7,7 @@
 import { AdapterkitError, DecodeBatch, type DecodeEntry } from '@adapterkit/core';
 import type { DecoderState, T5ForConditionalGeneration } from '@adapterkit/t5';
 import { padRows, parseComposition, trimGenerated } from './common.js';
-import type { ErrorInfo, FromWorker, Job } from './serve-protocol.js';
+import { type ErrorInfo, type FromWorker, type Job, PROCESSOR_PARAMS } from './serve-protocol.js';
 
 /** A failure after which the backend cannot be trusted (wasm heap exhaustion, an abort): restart. */
 export class BackendFailure extends Error {}
@@ -85,6 +85,8 @@ export class GenerationEngine {
   /** Greedy requests on one adapter (or the base model) whose state is row-wise share the running batch. */
   private sharesRows(job: Job): boolean {
     if (job.composition || job.params.numBeams > 1 || job.params.doSample) return false;
+    // DecodeBatch decodes greedily without processors: a request with any runs alone
+    if (PROCESSOR_PARAMS.some((k) => job.params[k] !== undefined)) return false;
     if (job.adapter === null) return true;
     // a decoder prefix and sequence gates keep per-sequence state that rows cannot carry between batches;
     // a prompt changes the encoder's length for its rows only

@@ -12,7 +12,17 @@ export interface GenerationParams {
   topK?: number;
   topP?: number;
   seed?: number;
+  /** transformers' logits processors (core's names); a request with any of them decodes alone. */
+  repetitionPenalty?: number;
+  noRepeatNgramSize?: number;
+  encoderNoRepeatNgramSize?: number;
+  minNewTokens?: number;
+  typicalP?: number;
+  badWordsIds?: number[][];
 }
+
+/** The params that select logits processors (their values are checked by core's generate). */
+export const PROCESSOR_PARAMS = ['repetitionPenalty', 'noRepeatNgramSize', 'encoderNoRepeatNgramSize', 'minNewTokens', 'typicalP', 'badWordsIds'] as const;
 
 /** One request's work. */
 export interface Job {

@@ -16,7 +16,7 @@ import { T5Tokenizer } from '@adapterkit/t5';
 import { BUNDLED_MODEL, parseComposition } from './common.js';
 import { adapterDirInside, checkAdapterName, checkCaller, checkJson, HttpError, type GuardOptions } from './serve-guard.js';
 import { serverMetrics } from './serve-metrics.js';
-import type { AdapterInfo, ErrorInfo, FromWorker, GenerationParams, Job } from './serve-protocol.js';
+import { type AdapterInfo, type ErrorInfo, type FromWorker, type GenerationParams, type Job, PROCESSOR_PARAMS } from './serve-protocol.js';
 import { WorkerSupervisor } from './serve-supervisor.js';
 
 export interface ServeOptions extends GuardOptions {
@@ -87,7 +87,7 @@ interface Pending {
   adapterLabel: string;
 }
 
-const KNOWN_PARAMS = ['maxNewTokens', 'numBeams', 'doSample', 'temperature', 'topK', 'topP', 'seed'];
+const KNOWN_PARAMS: readonly string[] = ['maxNewTokens', 'numBeams', 'doSample', 'temperature', 'topK', 'topP', 'seed', ...PROCESSOR_PARAMS];
 const KNOWN_FIELDS = ['adapter', 'composition', 'inputs', 'params', 'stream'];
 
 function loadTokenizer(dir: string): T5Tokenizer | undefined {
@@ -309,6 +309,22 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
     if (topK !== undefined) out.topK = topK;
     if (topP !== undefined) out.topP = topP;
     if (seed !== undefined) out.seed = seed;
+    const penalty = num('repetitionPenalty', 0, 1000);
+    if (penalty !== undefined) out.repetitionPenalty = penalty;
+    const typicalP = num('typicalP', 0, 1);
+    if (typicalP !== undefined) out.typicalP = typicalP;
+    for (const k of ['noRepeatNgramSize', 'encoderNoRepeatNgramSize'] as const) {
+      const v = int(k, 0, maxInputTokens, undefined);
+      if (v !== undefined) out[k] = v;
+    }
+    const minNew = int('minNewTokens', 0, out.maxNewTokens, undefined);
+    if (minNew !== undefined) out.minNewTokens = minNew;
+    if (p.badWordsIds !== undefined) {
+      const bad = p.badWordsIds;
+      const ok = Array.isArray(bad) && bad.length <= 1024 && bad.every((w) => Array.isArray(w) && w.length > 0 && w.length <= 64 && w.every((id) => Number.isInteger(id) && id >= 0));
+      if (!ok) throw new HttpError(400, 'bad_params', 'badWordsIds must be a list (≤ 1024) of non-empty token-id lists (≤ 64 ids each)');
+      out.badWordsIds = bad as number[][];
+    }
     if (out.doSample && out.numBeams > 1) throw new HttpError(400, 'bad_params', 'doSample cannot be combined with numBeams > 1');
     return out;
   }

@@ -160,12 +160,13 @@ describe('serve', () => {
     }
   });
 
-  it('compositions, beams and sampling run alone and equal generate', async () => {
+  it('compositions, beams, sampling and logits processors run alone and equal generate', async () => {
     const rows = randomRows(2, 77, 5);
     for (const body of [
       { composition: 'Parallel(alpha,beta)', inputs: rows, params: { maxNewTokens: 6 } },
       { adapter: 'gamma', inputs: rows, params: { maxNewTokens: 6, numBeams: 3 } },
       { adapter: 'beta', inputs: rows, params: { maxNewTokens: 6, doSample: true, seed: 3, topK: 20 } },
+      { adapter: 'alpha', inputs: rows, params: { maxNewTokens: 6, repetitionPenalty: 3, noRepeatNgramSize: 2, minNewTokens: 4, badWordsIds: [[7], [9, 10]] } },
     ]) {
       const a = await post(main.base, '/v1/generate', body);
       expect(a.status, JSON.stringify(a.body)).toBe(200);
@@ -189,6 +190,8 @@ describe('serve', () => {
       [{ adapter: 'alpha', inputs: [[5, 1]], params: { numBeams: 1e6 } }, 413, 'over_limit'],
       [{ adapter: 'alpha', inputs: Array.from({ length: 8 }, () => Array.from({ length: 512 }, () => 5)), params: { maxNewTokens: 256, numBeams: 4 } }, 413, 'request_too_large'],
       [{ adapter: 'alpha', inputs: [[5, 1]], params: { bogus: 1 } }, 400, 'bad_params'],
+      [{ adapter: 'alpha', inputs: [[5, 1]], params: { badWordsIds: [[]] } }, 400, 'bad_params'],
+      [{ adapter: 'alpha', inputs: [[5, 1]], params: { maxNewTokens: 4, minNewTokens: 5 } }, 413, 'over_limit'],
       [{ composition: 'Parallel(alpha', inputs: [[5, 1]] }, 400, 'bad_composition'],
       [{ composition: 'Parallel(alpha,zeta)', inputs: [[5, 1]] }, 404, 'unknown_adapter'],
       [{ composition: `Average(${Array.from({ length: 50 }, () => 'alpha').join(',')})`, inputs: [[5, 1]] }, 422, 'composition_too_large'],
@@ -333,9 +336,10 @@ describe('serve', () => {
   });
 
   it('a bounded queue answers 503 with Retry-After; a request over its time gets 504', async () => {
-    const s = await start({ adapters: [['alpha', join(adapterDir, 'alpha')]], maxBatchRows: 1, maxQueue: 1, requestTimeoutMs: 1500 });
+    const s = await start({ adapters: [['alpha', join(adapterDir, 'alpha')]], maxBatchRows: 1, maxQueue: 1, requestTimeoutMs: 600, maxNewTokensLimit: 4096 });
     try {
-      const long = { adapter: 'alpha', inputs: [randomRows(1, 5, 500)[0]], params: { maxNewTokens: 256, numBeams: 4 } };
+      // minNewTokens keeps it from stopping early at </s>: it runs well past the 0.6 s timeout
+      const long = { adapter: 'alpha', inputs: [randomRows(1, 5, 500)[0]], params: { maxNewTokens: 4096, minNewTokens: 4096, numBeams: 4 } };
       const first = post(s.base, '/v1/generate', long);
       await new Promise((r) => setTimeout(r, 50));
       const second = post(s.base, '/v1/generate', { adapter: 'alpha', inputs: [[5, 1]] });

@@ -46,8 +46,11 @@ export interface Scenario {
 
 export const DEFAULT_TOLERANCE = 1e-4;
 export const REFERENCE_BACKEND = 'cpu' satisfies BackendName;
-/** cpu and wasm, as every package's tests: WebGPU on SwiftShader is minutes per scenario on a busy 2-core machine (`pnpm test:webgpu`). */
-export const DEFAULT_BACKENDS = 'cpu,wasm';
+/**
+ * Every backend Node has here: the contract suite is the one place that checks all of them on every run
+ * (37 s for cpu + wasm + webgpu on SwiftShader on two idle cores). Package tests run cpu and wasm only.
+ */
+export const DEFAULT_BACKENDS = 'cpu,wasm,webgpu';
 const KNOWN_BACKENDS: readonly BackendName[] = ['cpu', 'wasm', 'webgpu', 'tensorflow'];
 
 const registry = new Map<string, Scenario>();

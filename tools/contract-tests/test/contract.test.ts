@@ -1,6 +1,6 @@
 /**
  * The backend contract: every registered scenario runs on cpu (the reference), then on each other backend
- * in ADAPTERKIT_BACKENDS (default 'cpu,wasm'; `pnpm test:webgpu` adds webgpu), and must match cpu within the scenario's tolerance.
+ * in ADAPTERKIT_BACKENDS (default 'cpu,wasm,webgpu'; `pnpm test:fast` drops webgpu), and must match cpu within the scenario's tolerance.
  * Scenarios excluded for a backend (src/excludes.ts) are reported as skipped with their reason.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
