@@ -321,7 +321,8 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
     if (minNew !== undefined) out.minNewTokens = minNew;
     if (p.badWordsIds !== undefined) {
       const bad = p.badWordsIds;
-      const ok = Array.isArray(bad) && bad.length <= 1024 && bad.every((w) => Array.isArray(w) && w.length > 0 && w.length <= 64 && w.every((id) => Number.isInteger(id) && id >= 0));
+      const ok =
+        Array.isArray(bad) && bad.length <= 1024 && bad.every((w) => Array.isArray(w) && w.length > 0 && w.length <= 64 && w.every((id) => Number.isInteger(id) && id >= 0));
       if (!ok) throw new HttpError(400, 'bad_params', 'badWordsIds must be a list (≤ 1024) of non-empty token-id lists (≤ 64 ids each)');
       out.badWordsIds = bad as number[][];
     }
