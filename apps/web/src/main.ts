@@ -54,6 +54,7 @@ const ui = {
   trainStatus: $('train-status'),
   download: $<HTMLButtonElement>('download'),
   downloadPeft: $<HTMLButtonElement>('download-peft'),
+  downloadAdapters: $<HTMLButtonElement>('download-adapters'),
   downloadStatus: $('download-status'),
 };
 
@@ -97,6 +98,7 @@ function setButtons() {
   ui.trainResume.disabled = !idle || !run || run.trainer.currentStep >= run.options.maxSteps;
   ui.download.disabled = !idle || !run || run.trainer.currentStep === 0;
   ui.downloadPeft.disabled = ui.download.disabled;
+  ui.downloadAdapters.disabled = ui.download.disabled;
 }
 
 // ---------------------------------------------------------------- backend: WebGPU, else wasm (visible)
@@ -410,10 +412,10 @@ async function continueTraining() {
   }
 }
 
-async function download(format: 'adapterkit' | 'peft') {
+async function download(format: 'adapterkit' | 'peft' | 'adapters') {
   if (!model || !run) return;
   const files = await model.adapters.serializeAdapterAsync(run.name, { format });
-  const folder = format === 'peft' ? `${run.name}-peft` : run.name;
+  const folder = format === 'adapterkit' ? run.name : `${run.name}-${format}`;
   const a = document.createElement('a');
   a.href = URL.createObjectURL(new Blob([zipFiles(folder, files) as BlobPart], { type: 'application/zip' }));
   a.download = `${folder}.zip`;
@@ -448,6 +450,7 @@ ui.trainResume.addEventListener('click', () => guard(ui.trainStatus, continueTra
 ui.trainStop.addEventListener('click', () => run?.stop?.abort());
 ui.download.addEventListener('click', () => guard(ui.downloadStatus, () => download('adapterkit')));
 ui.downloadPeft.addEventListener('click', () => guard(ui.downloadStatus, () => download('peft')));
+ui.downloadAdapters.addEventListener('click', () => guard(ui.downloadStatus, () => download('adapters')));
 ui.trainName.addEventListener('input', checkName);
 ui.trainMethod.addEventListener('change', () => {
   ui.trainConfig.value = ui.trainMethod.value;

@@ -212,7 +212,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web app in headless Chromium (dev server
         expect(await page.getAttribute('#model-status', 'data-loads')).toBe('1'); // swapping never reloads the model
       });
 
-      it('trains an adapter on pasted examples with a held-out split, stops, resumes, and both downloads load in Node', async () => {
+      it('trains an adapter on pasted examples with a held-out split, stops, resumes, and every download (adapterkit, PEFT, adapters) loads in Node', async () => {
         await page.fill('#train-heldout', '25');
         await page.fill('#train-data', EXAMPLES);
         await page.dispatchEvent('#train-data', 'change');
@@ -263,7 +263,7 @@ describe.skipIf(!existsSync(CHROMIUM))('web app in headless Chromium (dev server
         expect(await page.getAttribute('#gen-output', 'data-adapter')).toBe('reverse');
         expect((await page.textContent('#gen-stream'))!.length).toBeGreaterThan(0);
 
-        // Downloads: ZIP files Node can unzip and load (adapterkit and PEFT format) that generate the same ids.
+        // Downloads: ZIP files Node can unzip and load (adapterkit, PEFT and AdapterHub adapters format) that generate the same ids.
         const inputIds = node.tokenizer!.encode(text);
         const kit = await nodeIdsFromDownload(page, '#download', `kit-${target}`, inputIds);
         expect(kit.file).toBe('reverse.zip');
@@ -272,6 +272,10 @@ describe.skipIf(!existsSync(CHROMIUM))('web app in headless Chromium (dev server
         expect(peft.file).toBe('reverse-peft.zip');
         expect(JSON.parse(readFileSync(join(tmp, `unzipped-peft-${target}`, 'reverse-peft', 'adapter_config.json'), 'utf8')).peft_type).toBe('LORA');
         expect(peft.ids).toEqual(ids);
+        const hub = await nodeIdsFromDownload(page, '#download-adapters', `adapters-${target}`, inputIds);
+        expect(hub.file).toBe('reverse-adapters.zip');
+        expect(JSON.parse(readFileSync(join(tmp, `unzipped-adapters-${target}`, 'reverse-adapters', 'adapter_config.json'), 'utf8')).config.architecture).toBe('lora');
+        expect(hub.ids).toEqual(ids);
         await page.screenshot({ path: join(RESULTS, `${target}-desktop.png`), fullPage: true });
       });
 
