@@ -83,7 +83,7 @@ describe('harness', () => {
   it('rejects duplicate scenario names and unknown backends', () => {
     expect(() => defineScenario({ name: 'matmul', run: () => ({}) })).toThrow(/duplicate scenario name 'matmul'/);
     expect(getScenario('matmul').name).toBe('matmul');
-    expect(parseBackends(undefined)).toEqual(['cpu', 'wasm']);
+    expect(parseBackends(undefined)).toEqual(['cpu', 'wasm', 'webgpu']);
     expect(parseBackends(' wasm, cpu ,wasm')).toEqual(['wasm', 'cpu']);
     expect(() => parseBackends('cpu,webgl')).toThrow(/unknown backend 'webgl'/);
   });
