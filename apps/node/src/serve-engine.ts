@@ -87,11 +87,7 @@ export class GenerationEngine {
     if (job.composition || job.params.numBeams > 1 || job.params.doSample) return false;
     // DecodeBatch decodes greedily without processors: a request with any runs alone
     if (PROCESSOR_PARAMS.some((k) => job.params[k] !== undefined)) return false;
-    if (job.adapter === null) return true;
-    // a decoder prefix and sequence gates keep per-sequence state that rows cannot carry between batches;
-    // a prompt changes the encoder's length for its rows only
-    const config = JSON.stringify(this.model.adapters.adapterConfig(job.adapter));
-    return !/prefix|prompt|"use_gating":true/.test(config);
+    return job.adapter === null || this.model.adapters.decodesRowwise(job.adapter);
   }
 
   private forget(entry: DecodeEntry) {

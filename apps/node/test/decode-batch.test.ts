@@ -22,6 +22,20 @@ describe('DecodeBatch (continuous batching)', () => {
     return (await model.generate({ inputIds, attentionMask, maxNewTokens: e.maxNewTokens, composition: e.adapter })).map((r) => trimGenerated(r, 1));
   };
 
+  it('refuses, by name, adapters whose decoding state is per sequence (prefix, prompt, sequence gates)', () => {
+    const batch = new DecodeBatch(model);
+    for (const [name, config] of [
+      ['p', 'prefix_tuning[prefix_length=2]'],
+      ['g', 'lora[r=2,use_gating=true]'],
+    ] as const) {
+      model.addAdapter(name, config);
+      expect(model.adapters.decodesRowwise(name)).toBe(false);
+      expect(() => batch.join({ rows: [[5, 1]], adapter: name, maxNewTokens: 2 })).toThrow(new RegExp(`'${name}' keeps per-sequence decoding state`));
+      model.deleteAdapter(name);
+    }
+    expect(model.adapters.decodesRowwise('alpha')).toBe(true);
+  });
+
   it('entries joining and leaving at every step equal each entry alone', async () => {
     const adapters = [null, 'alpha', 'beta', 'gamma'];
     const entries: DecodeEntry[] = Array.from({ length: 12 }, (_, i) => ({

@@ -12,6 +12,8 @@ export const bottleneckMethod: AdapterMethod<BottleneckRuntime> = {
   presets: PRESETS,
   // Fuse needs its fusion layers first: addAdapterFusion(model, Fuse('a', 'b')).
   supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average', 'Split', 'Fuse']),
+  // a sequence gate averages over the sequence it has seen
+  decodesRowwise: (config) => config.use_gating !== true,
   normalizeConfig: normalizeBottleneckConfig,
   adaptersArchitectures: ['bottleneck'],
   attach: (model: ModelAccess) => new BottleneckRuntime(model),

@@ -1,7 +1,7 @@
 import { tf } from '@adapterkit/backend';
 import { BatchSplit, normalizeComposition, type AdapterComposition } from './composition.js';
 import { ForwardContext } from './context.js';
-import { AdapterError, InputError } from './errors.js';
+import { AdapterError, CompositionError, InputError } from './errors.js';
 import type { Seq2SeqModel } from './generation.js';
 
 /**
@@ -97,6 +97,11 @@ export class DecodeBatch<State> {
     if (entry.rows.length === 0 || entry.rows.some((r) => r.length === 0)) throw new InputError('a decode entry needs non-empty rows', 'rows');
     if (!Number.isInteger(entry.maxNewTokens) || entry.maxNewTokens < 1) throw new InputError(`maxNewTokens must be an integer ≥ 1, got ${entry.maxNewTokens}`, 'maxNewTokens');
     if (entry.adapter !== null && !this.model.adapters.hasAdapter(entry.adapter)) throw new AdapterError(`no adapter named '${entry.adapter}' is loaded`, entry.adapter);
+    if (entry.adapter !== null && !this.model.adapters.decodesRowwise(entry.adapter))
+      throw new CompositionError(
+        `adapter '${entry.adapter}' keeps per-sequence decoding state (a prefix, a prompt or a sequence gate): it decodes alone, not in a shared batch`,
+        entry.adapter,
+      );
     this.joining.push(entry);
   }
 

@@ -177,6 +177,12 @@ export interface AdapterMethod<R extends MethodRuntime = MethodRuntime> {
   readonly peftTypes?: readonly string[];
   /** AdapterHub `adapters` config `architecture`s this method imports (a missing architecture is 'bottleneck', as `adapters` reads it). */
   readonly adaptersArchitectures?: readonly string[];
+  /**
+   * Whether rows of an adapter with this (normalized) config may be regrouped between decode steps
+   * (continuous batching): false when it keeps per-sequence decoding state (a decoder prefix, a sequence
+   * gate) or changes the encoder's length (a prompt). Missing: true.
+   */
+  decodesRowwise?(config: AdapterConfig): boolean;
 }
 
 /** What an AdapterHub `adapters` adapter_config.json says about its adapter: the name its keys carry, its method config, the release that wrote it. */

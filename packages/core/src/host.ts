@@ -212,6 +212,11 @@ export class AdapterHost {
     return this.adapters.has(name);
   }
 
+  /** Whether every method part of `name` lets its rows be regrouped between decode steps (AdapterMethod.decodesRowwise). */
+  decodesRowwise(name: string): boolean {
+    return this.get(name).parts.every((p) => p.method.decodesRowwise?.(p.config) ?? true);
+  }
+
   adapterConfig(name: string): AdapterConfig {
     return this.get(name).config;
   }

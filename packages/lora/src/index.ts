@@ -12,6 +12,8 @@ export const loraMethod: AdapterMethod = {
   configMethods: ['lora', 'ia3'],
   presets: PRESETS,
   supportedBlocks: new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit', 'Average']),
+  // a sequence gate averages over the sequence it has seen
+  decodesRowwise: (config) => config.use_gating !== true,
   peftTypes: ['LORA', 'IA3', 'VERA'],
   adaptersArchitectures: ['lora'],
   normalizeConfig: normalizeLoraConfig,

@@ -461,6 +461,8 @@ export const prefixTuning: AdapterMethod = {
     prefix_tuning_flat: { method: 'prefix_tuning', flat: true },
   },
   supportedBlocks: SUPPORTED,
+  // the decoder prefix enters the cache at step 0 and stays per sequence
+  decodesRowwise: () => false,
   peftTypes: ['PREFIX_TUNING'],
   normalizeConfig,
   attach: (model) => new PrefixRuntime(model),

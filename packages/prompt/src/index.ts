@@ -187,6 +187,8 @@ export const promptTuning: AdapterMethod = {
   configMethods: ['prompt_tuning'],
   presets: { prompt_tuning: { method: 'prompt_tuning' } },
   supportedBlocks: SUPPORTED,
+  // a prompt lengthens its rows' encoder input
+  decodesRowwise: () => false,
   peftTypes: ['PROMPT_TUNING'],
   normalizeConfig: normalizePromptConfig,
   attach: (model) => new PromptRuntime(model),
