@@ -175,6 +175,28 @@ inline float activate(float x) {
 }
 
 // Derivative of an activation at its input (for the backward passes).
+/**
+ * One row of attention weights in place, shared by the forward and backward passes: scores + position bias
+ * (table[index·heads + h], index < 0: none) + additive mask + causal mask (key slot j − p past `lastKey`),
+ * then softmax. The backward recomputes the forward's weights with exactly this.
+ */
+inline void biased_softmax_row(float* s, const int32_t* idx, const float* table, int heads, int h, const float* mrow, bool causal, int p, int lastKey, int cols) {
+  float mx = -3.4e38f;
+  for (int j = 0; j < cols; j++) {
+    float v = s[j];
+    if (idx && idx[j] >= 0) v += table[idx[j] * heads + h];
+    if (mrow) v += mrow[j];
+    if (causal && j >= p && (j - p) > lastKey) v += kMask;
+    s[j] = v;
+    mx = std::max(mx, v);
+  }
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < cols; j++) sum += (s[j] = fast_expf(s[j] - mx));
+  const float inv = 1.f / sum;
+  for (int j = 0; j < cols; j++) s[j] *= inv;
+}
+
 inline float activate_grad(int act, float x) {
   switch (act) {
     case kRelu:
@@ -626,24 +648,8 @@ napi_value Attention(napi_env env, napi_callback_info info) {
         if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, scores.data() + p, cols);
       }
       const float* mrow = mask ? mask + (int64_t)(maskRows == 1 ? 0 : bi) * cols : nullptr;
-      for (int i = 0; i < lq; i++) {
-        float* s = scores.data() + (int64_t)i * cols;
-        const int32_t* idx = index ? index + (int64_t)i * cols : nullptr;
-        float mx = -3.4e38f;
-        for (int j = 0; j < cols; j++) {
-          float v = s[j];
-          if (idx && idx[j] >= 0) v += table[idx[j] * heads + h];
-          if (mrow) v += mrow[j];
-          if (causal && j >= p && (j - p) > i + causalOffset) v += kMask;
-          s[j] = v;
-          mx = std::max(mx, v);
-        }
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < cols; j++) sum += (s[j] = fast_expf(s[j] - mx));
-        const float inv = 1.f / sum;
-        for (int j = 0; j < cols; j++) s[j] *= inv;
-      }
+      for (int i = 0; i < lq; i++)
+        biased_softmax_row(scores.data() + (int64_t)i * cols, index ? index + (int64_t)i * cols : nullptr, table, heads, h, mrow, causal, p, i + causalOffset, cols);
       float* oh = out + (int64_t)bi * lq * outCols + h * d;
       if (lq == 1) {
         // weights of masked keys are exactly 0: skipping them changes nothing
@@ -733,23 +739,8 @@ napi_value AttentionBackward(napi_env env, napi_callback_info info) {
       if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, P.data(), cols);
       if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, P.data() + p, cols);
       const float* mrow = mask ? mask + (int64_t)(maskRows == 1 ? 0 : bi) * cols : nullptr;
-      for (int i = 0; i < lq; i++) {
-        float* s = P.data() + (int64_t)i * cols;
-        const int32_t* idx = index ? index + (int64_t)i * cols : nullptr;
-        float mx = -3.4e38f;
-        for (int j = 0; j < cols; j++) {
-          float v = s[j];
-          if (idx && idx[j] >= 0) v += table[idx[j] * heads + h];
-          if (mrow) v += mrow[j];
-          if (causal && j >= p && (j - p) > i + causalOffset) v += kMask;
-          s[j] = v;
-          mx = std::max(mx, v);
-        }
-        float sum = 0.f;
-        for (int j = 0; j < cols; j++) sum += (s[j] = fast_expf(s[j] - mx));
-        const float inv = 1.f / sum;
-        for (int j = 0; j < cols; j++) s[j] *= inv;
-      }
+      for (int i = 0; i < lq; i++)
+        biased_softmax_row(P.data() + (int64_t)i * cols, index ? index + (int64_t)i * cols : nullptr, table, heads, h, mrow, causal, p, i + causalOffset, cols);
       // dV = Pᵀ·dO; dP = dO·Vᵀ
       gemm(true, false, cols, d, lq, P.data(), cols, dyh, outCols, 0.f, dV.data(), d);
       if (p > 0) gemm(false, true, lq, p, d, dyh, outCols, pvh, d, 0.f, dP.data(), cols);
