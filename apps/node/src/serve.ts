@@ -130,6 +130,8 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
     maxBatchRows,
   });
 
+  // the model's EOS ids, known once the worker is up (the same after every restart)
+  let eos = new Set<number>([1]);
   const worker = new WorkerSupervisor(
     { backend: options.backend ?? 'wasm', modelDir, adapters: [...(options.adapters ?? [])], maxBatchRows, poisonInput: options.poisonInput },
     {
@@ -144,12 +146,12 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
       },
       up: (info) => {
         adapters = info.adapters;
+        eos = new Set([info.eosTokenId ?? 1].flat());
         pump();
       },
       log,
     },
   );
-  const eosSet = () => new Set([worker.info?.eosTokenId ?? 1].flat());
 
   // ------------------------------------------------------------ queue → worker
   function pump() {
@@ -219,7 +221,6 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
     p.firstToken ??= performance.now();
     const s = p.streamed;
     if (!s) return;
-    const eos = eosSet();
     const ids: (number | null)[] = [];
     const text: string[] = [];
     tokens.forEach((tok, r) => {
