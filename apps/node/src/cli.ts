@@ -376,6 +376,7 @@ export function buildProgram(): Command {
     .option('-p, --port <n>', 'port (0 = any free port)', int('--port'), 8080)
     .option('-a, --adapter <dir>', 'adapter directory to load at start, as dir or name=dir; repeatable', collect, [])
     .option('--max-batch-rows <n>', 'rows decoding at once', int('--max-batch-rows', 1), 64)
+    .option('--threads <n>', 'threads of the native CPU kernels (default: every processor but one, kept for HTTP)', int('--threads', 1))
     .option('--max-queue <n>', 'requests waiting before 503 + Retry-After', int('--max-queue', 1), 256)
     .option('--request-timeout-ms <ms>', 'a request not answered by then gets 504 and is cancelled', int('--request-timeout-ms', 1), 120_000)
     .option('--api-key <key>', 'require this key (Authorization: Bearer or X-API-Key) on every route but /health (default: $ADAPTERKIT_API_KEY)')
@@ -392,6 +393,7 @@ export function buildProgram(): Command {
         backend: o.backend,
         adapters,
         maxBatchRows: o.maxBatchRows,
+        kernelThreads: o.threads,
         maxQueue: o.maxQueue,
         requestTimeoutMs: o.requestTimeoutMs,
         apiKey: apiKey || undefined,

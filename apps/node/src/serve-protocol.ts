@@ -80,6 +80,8 @@ export interface WorkerInit {
   /** Adapters to load at start: [name, directory]. */
   adapters: [string, string][];
   maxBatchRows: number;
+  /** Threads of the native CPU kernels in the worker. */
+  kernelThreads: number;
   /** Test-only: a job whose first row equals these ids makes the backend fail as wasm does on heap exhaustion. */
   poisonInput?: number[];
 }

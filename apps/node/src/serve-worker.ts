@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { initBackend, type BackendRequest } from '@adapterkit/backend';
+import { setNativeKernelThreads } from '@adapterkit/kernels';
 import { loadModel } from './common.js';
 import { BackendFailure, errorInfo, GenerationEngine, isUnrecoverable } from './serve-engine.js';
 import type { AdapterInfo, FromWorker, ToWorker, WorkerInit } from './serve-protocol.js';
@@ -25,6 +26,7 @@ function die(e: unknown): never {
 
 async function main() {
   const backend = await initBackend(init.backend as BackendRequest);
+  setNativeKernelThreads(init.kernelThreads);
   const model = await loadModel(init.modelDir);
   for (const [name, dir] of init.adapters) await model.loadAdapter(dir, { name });
   const engine = new GenerationEngine(model, { emit, poisonInput: init.poisonInput });

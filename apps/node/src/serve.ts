@@ -10,8 +10,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
-import { leavesWithAncestors, parallelChannels, TextStreamer } from '@adapterkit/core';
+import { ConfigError, leavesWithAncestors, parallelChannels, TextStreamer } from '@adapterkit/core';
 import { T5Tokenizer } from '@adapterkit/t5';
 import { BUNDLED_MODEL, parseComposition } from './common.js';
 import { adapterDirInside, checkAdapterName, checkCaller, checkJson, HttpError, type GuardOptions } from './serve-guard.js';
@@ -28,6 +29,11 @@ export interface ServeOptions extends GuardOptions {
   backend?: string;
   /** Rows decoding at once (the continuous batch). Default 64. */
   maxBatchRows?: number;
+  /**
+   * Threads of the native CPU kernels (wasm backend in Node). Default: every processor but one, which the
+   * HTTP thread keeps: on a small machine kernel threads that spin beside it slow both down.
+   */
+  kernelThreads?: number;
   /** Requests waiting for the worker before 503. Default 256. */
   maxQueue?: number;
   /** A request not answered by then gets 504 and is cancelled. Default 120 s. */
@@ -101,6 +107,9 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
   const modelDir = resolve(options.model ?? BUNDLED_MODEL);
   const maxBatchRows = options.maxBatchRows ?? 64;
   const maxQueue = options.maxQueue ?? 256;
+  const kernelThreads = options.kernelThreads ?? Math.max(1, availableParallelism() - 1);
+  if (!Number.isInteger(kernelThreads) || kernelThreads < 1 || kernelThreads > 1024)
+    throw new ConfigError(`kernelThreads must be an integer in 1..1024, got ${kernelThreads}`, 'kernelThreads');
   const requestTimeoutMs = options.requestTimeoutMs ?? 120_000;
   const maxBodyBytes = options.maxBodyBytes ?? 1 << 20;
   const maxInputs = options.maxInputs ?? 64;
@@ -133,7 +142,7 @@ export function createAdapterServer(options: ServeOptions = {}): AdapterServer {
   // the model's EOS ids, known once the worker is up (the same after every restart)
   let eos = new Set<number>([1]);
   const worker = new WorkerSupervisor(
-    { backend: options.backend ?? 'wasm', modelDir, adapters: [...(options.adapters ?? [])], maxBatchRows, poisonInput: options.poisonInput },
+    { backend: options.backend ?? 'wasm', modelDir, adapters: [...(options.adapters ?? [])], maxBatchRows, kernelThreads, poisonInput: options.poisonInput },
     {
       message: onWorkerMessage,
       down: (reason) => {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { expectNoLeaks, initBackend } from '@adapterkit/backend';
-import { DecodeBatch, type DecodeEntry } from '@adapterkit/core';
+import { expectNoLeaks, initBackend, tf } from '@adapterkit/backend';
+import { DecodeBatch, type DecodeEntry, SeededRandom } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { BUNDLED_MODEL, padRows, trimGenerated } from '../src/index.js';
 import { addNoisyAdapter, adapterConfigForTests, randomRows } from './helpers.js';
@@ -82,5 +82,39 @@ describe('DecodeBatch (continuous batching)', () => {
     expect(batch.rows).toBeLessThanOrEqual(1);
     expect(done).toEqual(want);
     batch.dispose();
+  });
+
+  it('stacked adapter factors shared between joins follow new weights (a reloaded adapter is never served stale)', async () => {
+    const config = adapterConfigForTests(model);
+    addNoisyAdapter(model, 'delta', config, 410);
+    const first: DecodeEntry = { rows: randomRows(2, 81, 6), adapter: 'delta', maxNewTokens: 10 };
+    const other: DecodeEntry = { rows: randomRows(1, 82, 5), adapter: 'alpha', maxNewTokens: 10 };
+    const before = await alone(first);
+    await expectNoLeaks(async () => {
+      const batch = new DecodeBatch(model);
+      batch.join(first);
+      batch.join(other);
+      await batch.step();
+      // new values in the same variables while the batch runs (a training step, or weights assigned in place)
+      const rng = new SeededRandom(999);
+      for (const v of model.adapters.adapterVariables('delta').values()) {
+        const value = tf.tensor(
+          Float32Array.from({ length: v.size }, () => rng.normal(0, 0.5)),
+          v.shape,
+        );
+        v.assign(value);
+        value.dispose();
+      }
+      const second: DecodeEntry = { rows: first.rows, adapter: 'delta', maxNewTokens: 10 };
+      const after = await alone(second);
+      expect(after).not.toEqual(before);
+      batch.leave(first);
+      batch.join(second);
+      let done: number[][] | undefined;
+      while (!done) for (const r of await batch.step()) if (r.entry === second && r.done) done = r.sequences.map((s) => trimGenerated(s, 1));
+      expect(done).toEqual(after);
+      batch.dispose();
+    });
+    model.deleteAdapter('delta');
   });
 });

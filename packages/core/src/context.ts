@@ -21,6 +21,44 @@ export interface ForwardOptions {
   readonly recordGates?: boolean;
   /** Rows per input example (beam search expands each row into numBeams rows); scales BatchSplit sizes. */
   readonly rowMultiplier?: number;
+  /** Inputs derived from adapter weights that several contexts may share (continuous batching); inference only. */
+  readonly shared?: SharedMemo;
+}
+
+/** Most entries a SharedMemo keeps before it starts afresh (one per linear group and adapter set). */
+const SHARED_MEMO_ENTRIES = 512;
+
+/**
+ * Tensors derived from adapter weights (a fused linear's stacked LoRA factors) shared by many forward
+ * contexts: continuous batching makes a context per join, each of which would otherwise rebuild them.
+ * An entry is rebuilt when one of its sources changes (a variable assigned anew gets new data), so a
+ * reloaded adapter is never served stale. Inference only: a gradient must reach the variables themselves.
+ * Owned, and disposed, by whoever created it.
+ */
+export class SharedMemo {
+  private readonly entries = new Map<string, { sources: readonly unknown[]; value: Tensor[] }>();
+
+  /** The tensors under `key`, made anew when `sources` (compared element by element) differ. */
+  get(key: string, sources: readonly unknown[], make: () => Tensor[]): Tensor[] {
+    const hit = this.entries.get(key);
+    if (hit && hit.sources.length === sources.length && hit.sources.every((s, i) => s === sources[i])) return hit.value;
+    if (hit) tf.dispose(hit.value);
+    else if (this.entries.size >= SHARED_MEMO_ENTRIES) this.dispose();
+    const value = make().map((t) => tf.keep(t));
+    this.entries.set(key, { sources, value });
+    return value;
+  }
+
+  /** Whether the memo holds this tensor (a context that remembers it must not dispose it). */
+  owns(t: Tensor): boolean {
+    for (const e of this.entries.values()) if (e.value.includes(t)) return true;
+    return false;
+  }
+
+  dispose(): void {
+    for (const e of this.entries.values()) tf.dispose(e.value);
+    this.entries.clear();
+  }
 }
 
 export class ForwardContext {
@@ -46,6 +84,13 @@ export class ForwardContext {
   get parallelChannels(): number {
     return this.options.parallelChannels ?? 1;
   }
+  /** The shared memo, when this context may use one (inference outside any gradient recording). */
+  get sharedMemo(): SharedMemo | undefined {
+    const shared = this.options.shared;
+    if (!shared || this.training) return undefined;
+    // tfjs records a tape inside tf.grad/variableGrads: a shared tensor would cut the gradient's path
+    return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0 ? undefined : shared;
+  }
   get rowMultiplier(): number {
     return this.options.rowMultiplier ?? 1;
   }
@@ -64,6 +109,7 @@ export class ForwardContext {
     const value = make();
     const tensors: Tensor[] = value instanceof tf.Tensor ? [value] : Array.isArray(value) ? value : Object.values(value as Record<string, Tensor>);
     for (const t of tensors) {
+      if (this.options.shared?.owns(t)) continue; // the shared memo's, not this context's
       tf.keep(t);
       this.owned.push(t);
     }

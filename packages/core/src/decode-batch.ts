@@ -1,6 +1,6 @@
 import { tf } from '@adapterkit/backend';
 import { BatchSplit, normalizeComposition, type AdapterComposition } from './composition.js';
-import { ForwardContext } from './context.js';
+import { ForwardContext, SharedMemo } from './context.js';
 import { AdapterError, CompositionError, InputError } from './errors.js';
 import type { Seq2SeqModel } from './generation.js';
 
@@ -78,6 +78,8 @@ export class DecodeBatch<State> {
   private joining: DecodeEntry[] = [];
   private leaving = new Set<DecodeEntry>();
   private readonly eos: Set<number>;
+  /** Stacked adapter factors shared by the contexts of every join (each would rebuild them). */
+  private readonly shared = new SharedMemo();
 
   constructor(private readonly model: RowwiseDecoder<State>) {
     const e = model.generationConfig.eosTokenId;
@@ -229,11 +231,12 @@ export class DecodeBatch<State> {
    */
   private context(entries: Active[]): ForwardContext {
     const comp = compositionFor(entries);
-    return new ForwardContext(comp === null ? null : normalizeComposition(comp), { skipLayers: this.model.adapters.skippedLayers });
+    return new ForwardContext(comp === null ? null : normalizeComposition(comp), { skipLayers: this.model.adapters.skippedLayers, shared: this.shared });
   }
 
   /** Frees the running state; entries still decoding are dropped. */
   dispose(): void {
+    this.shared.dispose();
     if (this.state) this.model.disposeDecoderState(this.state);
     this.state = undefined;
     this.active = [];

@@ -1,6 +1,6 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import { type AdapterComposition, type CompositionBlock, checkAdapterName, checkBatchSizes, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
-import { ForwardContext } from './context.js';
+import { ForwardContext, type SharedMemo } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
 import type {
   AdapterConfig,
@@ -681,7 +681,7 @@ export class AdapterHost {
     if (verdict !== 'hooks' && perMember.length > 0) verdict = 'terms';
     ctx.memo.set(`${key}:decision`, verdict);
     if (verdict !== 'terms') return verdict === 'hooks' ? 'hooks' : undefined;
-    return ctx.remember(key, () => assembleLinearInputs(group, rows, perMember));
+    return ctx.remember(key, () => assembleLinearInputs(group, rows, perMember, ctx.sharedMemo));
   }
 
   /**
@@ -759,12 +759,17 @@ function rowMask(ranges: RowRange[], rows: number): Float32Array | null {
 }
 
 /** Builds the fused kernel's adapter inputs from the members' declared terms (differentiable in the adapters' variables). */
-function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { member: LinearGroup['members'][number]; terms: LinearTerm[] }[]): Record<string, Tensor> {
+function assembleLinearInputs(
+  group: LinearGroup,
+  rows: number,
+  perMember: { member: LinearGroup['members'][number]; terms: LinearTerm[] }[],
+  shared: SharedMemo | undefined,
+): Record<string, Tensor> {
   return tf.tidy(() => {
     const out: Record<string, Tensor> = {};
     const total = group.outFeatures;
-    const downs: Tensor[] = [];
-    const ups: Tensor[] = [];
+    // LoRA factors: the down projections side by side, the up projections placed at their members' columns
+    const factors: { a: Tensor; b: Tensor; start: number; end: number }[] = [];
     const scaleColumns: (RowRange & { scale: number })[][] = [];
     let outScale: Tensor | null = null;
     let inScale: Tensor | null = null;
@@ -777,15 +782,7 @@ function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { mem
       for (const t of terms) {
         if (t.kind === 'lora') {
           const r = t.a.shape[1] as number;
-          downs.push(t.a);
-          ups.push(
-            member.start === 0 && member.end === total
-              ? t.b
-              : tf.pad(t.b, [
-                  [0, 0],
-                  [member.start, total - member.end],
-                ]),
-          );
+          factors.push({ a: t.a, b: t.b, start: member.start, end: member.end });
           for (let i = 0; i < r; i++) scaleColumns.push(t.rows);
         } else if (t.kind === 'outScale') {
           const vector = t.scale === 1 ? t.vector : t.vector.mul(t.scale);
@@ -808,9 +805,39 @@ function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { mem
         }
       }
     }
-    if (downs.length) {
-      out.loraA = downs.length === 1 ? downs[0] : tf.concat(downs, 1);
-      out.loraB = ups.length === 1 ? ups[0] : tf.concat(ups, 0);
+    if (factors.length) {
+      const stack = () => {
+        const ups = factors.map((f) =>
+          f.start === 0 && f.end === total
+            ? f.b
+            : tf.pad(f.b, [
+                [0, 0],
+                [f.start, total - f.end],
+              ]),
+        );
+        return [
+          factors.length === 1
+            ? factors[0].a
+            : tf.concat(
+                factors.map((f) => f.a),
+                1,
+              ),
+          ups.length === 1 ? ups[0] : tf.concat(ups, 0),
+        ];
+      };
+      // Shared across contexts when the factors are the adapters' variables: keyed by them (tensor ids) and
+      // rebuilt when their data change (assign). The memo owns its tensors: never a variable itself.
+      const sharable = shared && factors.every((f) => f.a instanceof tf.Variable && f.b instanceof tf.Variable);
+      const key = `lora-stack:${group.key}:${factors.map((f) => `${f.a.id}/${f.b.id}@${f.start}-${f.end}`).join(',')}`;
+      const [a, b] = sharable
+        ? shared.get(
+            key,
+            factors.flatMap((f) => [f.a.dataId, f.b.dataId]),
+            () => stack().map((t) => (t instanceof tf.Variable ? t.clone() : t)),
+          )
+        : stack();
+      out.loraA = a;
+      out.loraB = b;
       const R = scaleColumns.length;
       const s = new Float32Array(rows * R);
       scaleColumns.forEach((ranges, j) => {
@@ -827,7 +854,7 @@ function assembleLinearInputs(group: LinearGroup, rows: number, perMember: { mem
     }
     if (outScale) out.outScale = outScale;
     if (inScale) out.inScale = inScale;
-    // The context owns (and disposes) what it remembers: never hand it an adapter's variable itself.
+    // The context owns (and disposes) what it remembers, but the shared memo's tensors: never hand it an adapter's variable itself.
     for (const [k, t] of Object.entries(out)) if (t instanceof tf.Variable) out[k] = t.clone();
     return out;
   });

@@ -857,6 +857,17 @@ napi_value CrossEntropy(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// Sets the threads every kernel uses from now on, process-wide (a server keeps a core for its HTTP thread).
+napi_value SetThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  int32_t n = 1;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &n) != napi_ok) n = 1;
+  g_threads = std::max(1, std::min(n, 1024));
+  return undefined(env);
+}
+
 napi_value Info(napi_env env, napi_callback_info) {
   napi_value obj, threads, procs, isa;
   napi_create_object(env, &obj);
@@ -890,7 +901,7 @@ NAPI_MODULE_INIT() {
     napi_callback fn;
   } fns[] = {{"batchMatMul", BatchMatMul}, {"packWeights", PackWeights}, {"rmsNorm", RmsNorm},
              {"linear", Linear},           {"attention", Attention},     {"cacheWrite", CacheWrite},
-             {"crossEntropy", CrossEntropy}, {"gather", Gather},         {"info", Info},
+             {"crossEntropy", CrossEntropy}, {"gather", Gather},         {"info", Info}, {"setThreads", SetThreads},
              {"linearBackward", LinearBackward}, {"attentionBackward", AttentionBackward}, {"adamW", AdamW}};
   for (const auto& f : fns) {
     napi_value v;

@@ -15,7 +15,7 @@ export { kernelMode, setKernelMode, withKernelMode, fusedKernelActive, type Kern
 export { ACTIVATIONS, FUSED_ACTIVATIONS, activation, isActivation, type ActivationName, type FusedActivation } from './activations.js';
 export { matMulLast, perRow } from './reference.js';
 export * as reference from './reference.js';
-export { nativeKernelsInfo, type NativeKernelsInfo } from './native/info.js';
+export { nativeKernelsInfo, setNativeKernelThreads, type NativeKernelsInfo } from './native/info.js';
 
 registerFusedGradients();
 registerWebGpuKernels();

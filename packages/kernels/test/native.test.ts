@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { initBackend, tf } from '@adapterkit/backend';
-import { KERNEL, nativeKernelsInfo } from '../src/index.node.js';
+import { KERNEL, nativeKernelsInfo, setNativeKernelThreads } from '../src/index.node.js';
 
 function hasCompiler(): boolean {
   try {
@@ -31,5 +31,26 @@ describe.runIf(process.platform === 'linux' && hasCompiler() && process.env.ADAP
     expect(() => tf.gather(table, tf.tensor1d([1, 4], 'int32'))).toThrow(/index value 4 is not in \[0, 3\]/);
     expect(tf.memory().numTensors - before).toBe(1); // the indices tensor made above
     table.dispose();
+  });
+
+  it('run on the thread count set at run time, with the same results (serve keeps a core for HTTP)', async () => {
+    await initBackend('wasm');
+    const was = nativeKernelsInfo().threads!;
+    // large enough that the kernels split it over threads when they may
+    const a = tf.randomNormal([256, 512], 0, 1, 'float32', 1);
+    const b = tf.randomNormal([512, 384], 0, 1, 'float32', 2);
+    try {
+      setNativeKernelThreads(3);
+      expect(nativeKernelsInfo().threads).toBe(3);
+      const many = tf.matMul(a, b);
+      expect(setNativeKernelThreads(1)).toBe(1);
+      const one = tf.matMul(a, b);
+      expect(await one.data()).toEqual(await many.data());
+      tf.dispose([many, one]);
+      for (const bad of [0, -1, 1.5, 2000, Number.NaN]) expect(() => setNativeKernelThreads(bad)).toThrow(RangeError);
+    } finally {
+      setNativeKernelThreads(was);
+      tf.dispose([a, b]);
+    }
   });
 });

@@ -13,12 +13,12 @@ import { MASK_VALUE } from '@adapterkit/kernels';
 import type { DecoderState, LayerCache } from './model.js';
 
 /** Rows [n, slots, …] of each source, flattened to slots and followed by one `fill` slot; gathered at `index`. */
-function gatherSlots(sources: Tensor[], fill: number, index: Int32Array, shape: number[]): Tensor {
+function gatherSlots(sources: Tensor[], fill: number, index: Tensor, shape: number[]): Tensor {
   return tf.tidy(() => {
     const width = sources[0].shape[2] ?? 1;
     const flat = sources.map((s) => s.reshape([-1, width]));
     flat.push(tf.fill([1, width], fill));
-    return tf.gather(tf.concat(flat, 0), tf.tensor1d(index, 'int32')).reshape(shape);
+    return tf.gather(tf.concat(flat, 0), index).reshape(shape);
   });
 }
 
@@ -57,21 +57,24 @@ export function regroupDecoderState(states: DecoderState[], picks: RowPick[], ca
     const cross = crossOffsets[p.state] + p.row * lengths[p.state];
     for (let j = 0; j < lengths[p.state]; j++) crossIndex[r * L + j] = cross + j;
   });
+  const selfSlots = tf.tensor1d(selfIndex, 'int32');
+  const crossSlots = tf.tensor1d(crossIndex, 'int32');
+  // Without prefixes (refused above) every layer's cross mask is the encoder's padding mask: gathered once.
+  const masks = states.map((s, k) => {
+    const m = s.layers[0].cross.mask;
+    if (!m) return tf.zeros([s.rows, lengths[k], 1]);
+    return (m.shape[0] === s.rows ? m : tf.tile(m, [s.rows, 1])).reshape([s.rows, lengths[k], 1]);
+  });
+  const crossMask = gatherSlots(masks, MASK_VALUE, crossSlots, [R, L]);
+  tf.dispose(masks); // reshaped views: the sources keep their own
   const layers = states[0].layers.map((_, i): LayerCache => {
     const width = (t: Tensor) => t.shape[2] as number;
     const first = states[0].layers[i];
-    const masks = states.map((s, k) => {
-      const m = s.layers[i].cross.mask;
-      if (!m) return tf.zeros([s.rows, lengths[k], 1]);
-      return (m.shape[0] === s.rows ? m : tf.tile(m, [s.rows, 1])).reshape([s.rows, lengths[k], 1]);
-    });
-    const crossMask = gatherSlots(masks, MASK_VALUE, crossIndex, [R, L]);
-    tf.dispose(masks); // reshaped views: the sources keep their own
     return {
       self: gatherSlots(
         states.map((s) => s.layers[i].self),
         0,
-        selfIndex,
+        selfSlots,
         [R, C, width(first.self)],
       ),
       cross: {
@@ -79,16 +82,17 @@ export function regroupDecoderState(states: DecoderState[], picks: RowPick[], ca
           source: gatherSlots(
             states.map((s) => s.layers[i].cross.packed.source),
             0,
-            crossIndex,
+            crossSlots,
             [R, L, width(first.cross.packed.source)],
           ),
           kOffset: first.cross.packed.kOffset,
           vOffset: first.cross.packed.vOffset,
         },
-        mask: crossMask,
+        mask: i === 0 ? crossMask : crossMask.clone(),
       },
     };
   });
+  tf.dispose([selfSlots, crossSlots]);
   // one additive self mask per layer when some row starts later than slot 0
   if (picks.some((p) => p.length < T)) {
     const mask = new Float32Array(R * C);

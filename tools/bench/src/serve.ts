@@ -7,7 +7,7 @@
  *   (b) latency of a short request (1 input, 8 new tokens) arriving while long requests (64–128 new
  *       tokens) keep the batch full, against the same short request on an idle server: p50 and p99.
  *
- *   node tools/bench/dist/serve.js [--requests 200] [--short 60] [--background 16] [--json]
+ *   node tools/bench/dist/serve.js [--requests 200] [--short 60] [--background 16] [--max-batch-rows 256] [--json]
  */
 import { join } from 'node:path';
 import { mkdtempSync } from 'node:fs';
@@ -24,6 +24,7 @@ export const SERVE_FLAGS: FlagSpec[] = [
   { name: '--requests', value: true },
   { name: '--short', value: true },
   { name: '--background', value: true },
+  { name: '--max-batch-rows', value: true },
   { name: '--json', value: false },
 ];
 
@@ -57,10 +58,13 @@ export async function main(argv: string[]) {
   let shortCount = 60;
   let background = 16;
   let json = false;
+  // the server's continuous batch (serve's default is 64; a tiny model serves more rows per step cheaply)
+  let maxBatchRows = 256;
   eachFlag(argv, (a, _value, int) => {
     if (a === '--requests') n = int();
     else if (a === '--short') shortCount = int();
     else if (a === '--background') background = int();
+    else if (a === '--max-batch-rows') maxBatchRows = int();
     else if (a === '--json') json = true;
     else throw new Error(`unknown argument ${a}`);
   });
@@ -83,7 +87,7 @@ export async function main(argv: string[]) {
     adapters.push([name, join(dir, name)]);
   }
   model.dispose();
-  const srv = createAdapterServer({ adapters, backend: 'wasm', maxBatchRows: 128, maxQueue: 10_000 });
+  const srv = createAdapterServer({ adapters, backend: 'wasm', maxBatchRows, maxQueue: 10_000 });
   const base = `http://127.0.0.1:${await srv.listen(0)}`;
   try {
     const rng = new SeededRandom(7);
@@ -138,7 +142,7 @@ export async function main(argv: string[]) {
     };
     if (json) console.log(JSON.stringify(result, null, 2));
     else {
-      console.log(`serve (bundled tiny model, wasm worker, 3 LoRA tenants + base, ${n} concurrent mixed requests)`);
+      console.log(`serve (bundled tiny model, wasm worker, 3 LoRA tenants + base, ${n} concurrent mixed requests, ${maxBatchRows} batch rows)`);
       console.log('| what | figure |\n| --- | --- |');
       console.log(
         `| concurrent, continuous batching | ${batchedS.toFixed(2)} s, ${result.batched.requestsPerSecond.toFixed(1)} req/s, ${result.batched.tokensPerSecond.toFixed(0)} tokens/s, ${steps} decode steps |`,

@@ -18,3 +18,23 @@ export function nativeKernelsInfo(): NativeKernelsInfo {
 export function setNativeKernelsInfo(next: NativeKernelsInfo): void {
   info = next;
 }
+
+let threadSetter: ((n: number) => void) | undefined;
+
+/** Called by the loader when the addon can change its thread count. */
+export function setNativeThreadSetter(set: (n: number) => void): void {
+  threadSetter = set;
+}
+
+/**
+ * Sets how many threads the native kernels use from now on, in the whole process (a server's generation
+ * worker leaves a core to its HTTP thread). Returns the count in effect, or undefined where there are no
+ * native kernels (the browser, an addon that was not built): a no-op there.
+ */
+export function setNativeKernelThreads(threads: number): number | undefined {
+  if (!Number.isInteger(threads) || threads < 1 || threads > 1024) throw new RangeError(`native kernel threads must be an integer in 1..1024, got ${threads}`);
+  if (!info.available || !threadSetter) return undefined;
+  threadSetter(threads);
+  info = { ...info, threads };
+  return threads;
+}

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { tf } from '@adapterkit/backend';
 import { kernelMode } from '../mode.js';
 import { attentionGeometry, KERNEL, linearGeometry, namedInputs } from '../types.js';
-import { setNativeKernelsInfo } from './info.js';
+import { setNativeKernelsInfo, setNativeThreadSetter } from './info.js';
 
 type F32 = Float32Array;
 
@@ -28,6 +28,7 @@ interface Addon {
   gather(params: Float32Array, indices: Int32Array, out: Float32Array, count: number, rowSize: number, numRows: number): number;
   crossEntropy(logits: Float32Array, labels: Int32Array, out: Float32Array, n: number, v: number, smoothing: number): void;
   info(): { threads: number; processors: number; simd: string };
+  setThreads(n: number): void;
 }
 
 /** The slice of tfjs-backend-wasm's BackendWasm the kernels use. */
@@ -49,6 +50,7 @@ function load(): Addon | undefined {
     const addon = createRequire(import.meta.url)(path.pathname) as Addon;
     const i = addon.info();
     setNativeKernelsInfo({ available: true, threads: i.threads, simd: i.simd });
+    setNativeThreadSetter((n) => addon.setThreads(n));
     return addon;
   } catch (e) {
     setNativeKernelsInfo({ available: false, reason: `failed to load: ${(e as Error).message.split('\n')[0]}` });
