@@ -1,13 +1,14 @@
 /**
  * The generation side of `serve` (it runs in the worker thread): continuous batching of greedy requests
  * over one core DecodeBatch — a request joins the running batch at the next decode step and leaves when
- * it finishes, base-model rows and every adapter's rows in one BatchSplit step — and requests that cannot
- * share rows (a composition, beams, sampling, a prefix or gated adapter) run alone between steps.
+ * it finishes, base-model rows and every adapter's rows in one BatchSplit step, each request with its own
+ * parameters (greedy or seeded sampling, logits processors) — and requests that cannot share rows (a
+ * composition, beam search, a prefix or gated adapter) run alone between steps.
  */
 import { AdapterkitError, DecodeBatch, type DecodeEntry } from '@adapterkit/core';
 import type { DecoderState, T5ForConditionalGeneration } from '@adapterkit/t5';
 import { padRows, parseComposition, trimGenerated } from './common.js';
-import { type ErrorInfo, type FromWorker, type Job, PROCESSOR_PARAMS } from './serve-protocol.js';
+import type { ErrorInfo, FromWorker, Job } from './serve-protocol.js';
 
 /** A failure after which the backend cannot be trusted (wasm heap exhaustion, an abort): restart. */
 export class BackendFailure extends Error {}
@@ -55,10 +56,16 @@ export class GenerationEngine {
 
   submit(job: Job): void {
     if (this.sharesRows(job)) {
-      const entry: DecodeEntry = { rows: job.rows, adapter: job.adapter, maxNewTokens: job.params.maxNewTokens };
+      const { maxNewTokens, ...options } = job.params;
+      const entry: DecodeEntry = { rows: job.rows, adapter: job.adapter, maxNewTokens, options };
+      try {
+        this.batch.join(entry);
+      } catch (e) {
+        this.options.emit({ type: 'failed', id: job.id, error: errorInfo(e) });
+        return;
+      }
       this.entries.set(entry, job);
       this.byId.set(job.id, entry);
-      this.batch.join(entry);
     } else this.alone.push(job);
     this.wake?.();
   }
@@ -82,11 +89,13 @@ export class GenerationEngine {
     return this.finished;
   }
 
-  /** Greedy requests on one adapter (or the base model) whose state is row-wise share the running batch. */
+  /**
+   * Requests on one adapter (or the base model) whose state is row-wise share the running batch, each with
+   * its own parameters (greedy or sampling, logits processors); beam search (it reorders its rows every
+   * step) and compositions decode alone.
+   */
   private sharesRows(job: Job): boolean {
-    if (job.composition || job.params.numBeams > 1 || job.params.doSample) return false;
-    // DecodeBatch decodes greedily without processors: a request with any runs alone
-    if (PROCESSOR_PARAMS.some((k) => job.params[k] !== undefined)) return false;
+    if (job.composition || job.params.numBeams > 1) return false;
     return job.adapter === null || this.model.adapters.decodesRowwise(job.adapter);
   }
 

@@ -12,7 +12,7 @@ export interface GenerationParams {
   topK?: number;
   topP?: number;
   seed?: number;
-  /** transformers' logits processors (core's names); a request with any of them decodes alone. */
+  /** transformers' logits processors (core's names). */
   repetitionPenalty?: number;
   noRepeatNgramSize?: number;
   encoderNoRepeatNgramSize?: number;

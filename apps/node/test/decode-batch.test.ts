@@ -67,6 +67,55 @@ describe('DecodeBatch (continuous batching)', () => {
     });
   });
 
+  it('entries with their own sampling, seeds and logits processors equal each entry alone', async () => {
+    const adapters = [null, 'alpha', 'beta', 'gamma'];
+    const kinds: DecodeEntry['options'][] = [
+      { doSample: true, seed: 7, temperature: 1.5, topK: 20 },
+      { repetitionPenalty: 3, noRepeatNgramSize: 2 },
+      undefined,
+      { doSample: true, seed: 11, topP: 0.8, numReturnSequences: 2 },
+      { minNewTokens: 5, badWordsIds: [[5], [7, 9]] },
+      { doSample: true, seed: 3, typicalP: 0.9, encoderNoRepeatNgramSize: 2 },
+    ];
+    const entries: DecodeEntry[] = Array.from({ length: 12 }, (_, i) => ({
+      rows: randomRows(1 + (i % 2), 700 + i, 3 + ((i * 5) % 7)),
+      adapter: adapters[i % 4],
+      maxNewTokens: 4 + ((i * 3) % 9),
+      options: kinds[i % kinds.length],
+    }));
+    const expected = await Promise.all(
+      entries.map(async (e) => {
+        const { inputIds, attentionMask } = padRows(e.rows);
+        return (await model.generate({ inputIds, attentionMask, maxNewTokens: e.maxNewTokens, composition: e.adapter, ...e.options })).map((r) => trimGenerated(r, 1));
+      }),
+    );
+    // sampling really draws: the two seeds-apart samples of one input differ somewhere
+    expect(expected[3][0]).not.toEqual(expected[3][1]);
+    await expectNoLeaks(async () => {
+      const batch = new DecodeBatch(model);
+      const got = new Map<DecodeEntry, number[][]>();
+      let next = 0;
+      for (let step = 0; got.size < entries.length; step++) {
+        if (step % 2 === 0 && next < entries.length) batch.join(entries[next++]);
+        for (const r of await batch.step())
+          if (r.done)
+            got.set(
+              r.entry,
+              r.sequences.map((s) => trimGenerated(s, 1)),
+            );
+        if (step > 500) throw new Error('did not finish');
+      }
+      batch.dispose();
+      entries.forEach((e, i) => expect(got.get(e), `entry ${i} (${e.adapter}, ${JSON.stringify(e.options)})`).toEqual(expected[i]));
+    });
+    // options are checked as generate checks them, by name
+    const batch = new DecodeBatch(model);
+    expect(() => batch.join({ rows: [[5, 1]], adapter: null, maxNewTokens: 2, options: { numBeams: 2 } })).toThrow(/beam search .* decodes alone/);
+    expect(() => batch.join({ rows: [[5, 1]], adapter: null, maxNewTokens: 2, options: { topP: 2 } })).toThrow(/topP/);
+    expect(() => batch.join({ rows: [[5, 1]], adapter: null, maxNewTokens: 2, options: { repetitonPenalty: 2 } as never })).toThrow(/repetitonPenalty/);
+    batch.dispose();
+  });
+
   it('a left entry frees its rows; the others are unaffected', async () => {
     const a: DecodeEntry = { rows: randomRows(2, 71, 6), adapter: 'alpha', maxNewTokens: 12 };
     const b: DecodeEntry = { rows: randomRows(1, 72, 5), adapter: 'beta', maxNewTokens: 12 };

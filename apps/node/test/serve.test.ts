@@ -111,12 +111,20 @@ describe('serve', () => {
     expect(lines[lines.length - 1]).toMatchObject({ method: 'POST', status: 200, adapter: 'alpha', rows: 1 });
   });
 
-  it('120 concurrent mixed requests (3 adapters + base, mixed lengths) batch continuously and each equals the request alone', async () => {
+  it('120 concurrent mixed requests (3 adapters + base, mixed lengths, greedy, sampling, processors) batch continuously and each equals the request alone', async () => {
     const tenants = [...NAMES, null];
+    // per-request parameters within one batch: greedy, seeded sampling, logits processors
+    const extra: Record<string, unknown>[] = [
+      {},
+      { doSample: true, seed: 5, topK: 30 },
+      {},
+      { repetitionPenalty: 2.5, noRepeatNgramSize: 2 },
+      { doSample: true, seed: 9, temperature: 0.7, topP: 0.9 },
+    ];
     const requests = Array.from({ length: 120 }, (_, i) => ({
       adapter: tenants[(i * 7) % 4],
       inputs: randomRows(1 + (i % 2), 1000 + i, 3 + (i % 11)),
-      params: { maxNewTokens: 2 + ((i * 5) % 15) },
+      params: { maxNewTokens: 2 + ((i * 5) % 15), ...extra[i % extra.length] },
     }));
     const expected: number[][][] = [];
     for (const r of requests) expected.push(await alone(r));
@@ -160,7 +168,7 @@ describe('serve', () => {
     }
   });
 
-  it('compositions, beams, sampling and logits processors run alone and equal generate', async () => {
+  it('compositions and beam search run alone; sampling and logits processors too equal generate', async () => {
     const rows = randomRows(2, 77, 5);
     for (const body of [
       { composition: 'Parallel(alpha,beta)', inputs: rows, params: { maxNewTokens: 6 } },

@@ -2,7 +2,7 @@ import { tf } from '@adapterkit/backend';
 import { BatchSplit, normalizeComposition, type AdapterComposition } from './composition.js';
 import { ForwardContext, SharedMemo } from './context.js';
 import { AdapterError, CompositionError, InputError } from './errors.js';
-import type { Seq2SeqModel } from './generation.js';
+import { tokenChooser, type RowDecodeOptions, type Seq2SeqModel, type TokenChooser } from './generation.js';
 
 /**
  * Continuous batching (iteration-level scheduling, as Orca/vLLM/TGI): sequences join a running decode at
@@ -46,10 +46,19 @@ export interface DecodeEntry {
   /** Adapter for these rows; null = the base model. */
   adapter: string | null;
   maxNewTokens: number;
+  /**
+   * generate's options for this request (sampling and its seed, temperature/topK/topP, logits processors,
+   * numReturnSequences, eosTokenId, …); absent: greedy with the model's generation config, as generate.
+   */
+  options?: RowDecodeOptions;
 }
 
 interface Active {
   entry: DecodeEntry;
+  /** How this request picks its tokens (generate's rule for it alone). */
+  chooser: TokenChooser;
+  /** Decoding rows: each source row, numReturnSequences times. */
+  rows: number[][];
   /** Sequences so far, the decoder start token first (generate's output convention). */
   sequences: number[][];
   unfinished: boolean[];
@@ -75,41 +84,41 @@ export interface StepResult {
 export class DecodeBatch<State> {
   private state: State | undefined;
   private active: Active[] = [];
-  private joining: DecodeEntry[] = [];
+  private joining: Active[] = [];
   private leaving = new Set<DecodeEntry>();
-  private readonly eos: Set<number>;
   /** Stacked adapter factors shared by the contexts of every join (each would rebuild them). */
   private readonly shared = new SharedMemo();
 
-  constructor(private readonly model: RowwiseDecoder<State>) {
-    const e = model.generationConfig.eosTokenId;
-    this.eos = new Set(Array.isArray(e) ? e : [e]);
-  }
+  constructor(private readonly model: RowwiseDecoder<State>) {}
 
   /** Rows decoding for entries still running (joining entries not counted). */
   get rows(): number {
-    return this.active.reduce((a, x) => a + (this.leaving.has(x.entry) ? 0 : x.entry.rows.length), 0);
+    return this.active.reduce((a, x) => a + (this.leaving.has(x.entry) ? 0 : x.rows.length), 0);
   }
   get entries(): number {
     return this.active.length + this.joining.length;
   }
 
-  /** Adds an entry: it takes part from the next step. */
+  /** Adds an entry: it takes part from the next step. Its options are checked as generate checks them. */
   join(entry: DecodeEntry): void {
     if (entry.rows.length === 0 || entry.rows.some((r) => r.length === 0)) throw new InputError('a decode entry needs non-empty rows', 'rows');
     if (!Number.isInteger(entry.maxNewTokens) || entry.maxNewTokens < 1) throw new InputError(`maxNewTokens must be an integer ≥ 1, got ${entry.maxNewTokens}`, 'maxNewTokens');
+    if (entry.options && 'maxNewTokens' in entry.options) throw new InputError("a decode entry's maxNewTokens is its own field, not an option", 'maxNewTokens');
     if (entry.adapter !== null && !this.model.adapters.hasAdapter(entry.adapter)) throw new AdapterError(`no adapter named '${entry.adapter}' is loaded`, entry.adapter);
     if (entry.adapter !== null && !this.model.adapters.decodesRowwise(entry.adapter))
       throw new CompositionError(
         `adapter '${entry.adapter}' keeps per-sequence decoding state (a prefix, a prompt or a sequence gate): it decodes alone, not in a shared batch`,
         entry.adapter,
       );
-    this.joining.push(entry);
+    const chooser = tokenChooser(this.model, entry.rows, { ...entry.options, maxNewTokens: entry.maxNewTokens });
+    const rows = entry.rows.flatMap((r) => new Array<number[]>(chooser.expand).fill(r));
+    const start = this.model.generationConfig.decoderStartTokenId;
+    this.joining.push({ entry, chooser, rows, sequences: rows.map(() => [start]), unfinished: rows.map(() => true), offset: 0 });
   }
 
   /** Drops an entry (a cancelled request): its rows leave before the next step. */
   leave(entry: DecodeEntry): void {
-    const j = this.joining.indexOf(entry);
+    const j = this.joining.findIndex((a) => a.entry === entry);
     if (j >= 0) this.joining.splice(j, 1);
     else if (this.active.some((a) => a.entry === entry)) this.leaving.add(entry);
   }
@@ -119,43 +128,57 @@ export class DecodeBatch<State> {
    * dead rows (fed pad, never reported) until they are a quarter of it: a regroup costs more than a row.
    */
   async step(): Promise<StepResult[]> {
-    const total = this.active.reduce((a, x) => a + x.entry.rows.length, 0);
+    const total = this.active.reduce((a, x) => a + x.rows.length, 0);
     const dead = total - this.rows;
     if (this.joining.length > 0 || (dead > 0 && (dead * 4 >= total || dead === total))) this.regroup();
     if (!this.state) return [];
     const pad = this.model.generationConfig.padTokenId;
     const last = this.active.flatMap((a) => (this.leaving.has(a.entry) ? a.sequences.map(() => pad) : a.sequences.map((s) => s[s.length - 1])));
+    const running = this.active.filter((a) => !this.leaving.has(a.entry));
     const tokens = tf.tensor1d(last, 'int32');
     let chosen: Int32Array;
+    // the scores come to the host only when some request samples or has a processor; greedy ones take the argmax
+    let scores: Float32Array | undefined;
+    let V = 0;
     try {
       const logits = this.model.decodeStep(this.state, tokens);
-      const arg = tf.argMax(logits, 1);
-      logits.dispose();
-      chosen = (await arg.data()) as Int32Array;
-      arg.dispose();
+      try {
+        const arg = tf.argMax(logits, 1);
+        chosen = (await arg.data()) as Int32Array;
+        arg.dispose();
+        if (running.some((a) => a.chooser.onHost)) {
+          V = logits.shape[1] as number;
+          scores = (await logits.data()) as Float32Array;
+        }
+      } finally {
+        logits.dispose();
+      }
     } finally {
       tokens.dispose();
     }
-    return this.active
-      .filter((a) => !this.leaving.has(a.entry))
-      .map((a) => {
-        const out = a.sequences.map((seq, r) => {
-          const tok = a.unfinished[r] ? chosen[a.offset + r] : pad;
-          seq.push(tok);
-          if (a.unfinished[r] && this.eos.has(tok)) a.unfinished[r] = false;
-          return tok;
-        });
-        const done = !a.unfinished.some(Boolean) || a.sequences[0].length - 1 >= a.entry.maxNewTokens;
-        if (done) this.leaving.add(a.entry);
-        return { entry: a.entry, tokens: out, sequences: a.sequences, done };
+    return running.map((a) => {
+      const host = scores && a.chooser.onHost ? scores : undefined;
+      const out = a.sequences.map((seq, r) => {
+        if (!a.unfinished[r]) {
+          seq.push(pad);
+          return pad;
+        }
+        const i = a.offset + r;
+        const tok = host ? a.chooser.choose(host.slice(i * V, (i + 1) * V), r, seq) : chosen[i];
+        seq.push(tok);
+        if (a.chooser.eos.has(tok)) a.unfinished[r] = false;
+        return tok;
       });
+      const done = !a.unfinished.some(Boolean) || a.sequences[0].length - 1 >= a.chooser.maxNewTokens;
+      if (done) this.leaving.add(a.entry);
+      return { entry: a.entry, tokens: out, sequences: a.sequences, done };
+    });
   }
 
   /** Applies pending joins and leaves: one new state, rows grouped by adapter, each on its own timeline. */
   private regroup(): void {
-    const start = this.model.generationConfig.decoderStartTokenId;
     const stay = this.active.filter((a) => !this.leaving.has(a.entry));
-    const incoming = this.joining.map((entry): Active => ({ entry, sequences: entry.rows.map(() => [start]), unfinished: entry.rows.map(() => true), offset: 0 }));
+    const incoming = this.joining;
     this.joining = [];
     this.leaving.clear();
     const states: State[] = [];
@@ -173,7 +196,7 @@ export class DecodeBatch<State> {
       let off = 0;
       for (const a of groupByAdapter(incoming)) {
         a.offset = off;
-        off += a.entry.rows.length;
+        off += a.rows.length;
       }
       states.push(this.startEntries(groupByAdapter(incoming)));
     }
@@ -182,14 +205,14 @@ export class DecodeBatch<State> {
     for (const a of grouped) {
       const fromState = incoming.includes(a) ? states.length - 1 : 0;
       const length = a.sequences[0].length - 1;
-      for (let r = 0; r < a.entry.rows.length; r++) picks.push({ state: fromState, row: a.offset + r, length });
+      for (let r = 0; r < a.rows.length; r++) picks.push({ state: fromState, row: a.offset + r, length });
       a.offset = offset;
-      offset += a.entry.rows.length;
+      offset += a.rows.length;
     }
     const used = Math.max(...grouped.map((a) => a.sequences[0].length - 1));
     // room for a few more steps; the model grows the cache when a row runs past it (a step costs more
     // the more slots it holds, so the cache follows the tokens generated, not the maximum)
-    const capacity = used + Math.min(32, Math.max(1, ...grouped.map((a) => a.entry.maxNewTokens - (a.sequences[0].length - 1))));
+    const capacity = used + Math.min(32, Math.max(1, ...grouped.map((a) => a.chooser.maxNewTokens - (a.sequences[0].length - 1))));
     const ctx = this.context(grouped);
     try {
       this.state = this.model.regroupDecoderRows(states, picks, capacity, ctx);
@@ -202,7 +225,7 @@ export class DecodeBatch<State> {
   }
 
   private startEntries(entries: Active[]): State {
-    const rows = entries.flatMap((a) => a.entry.rows);
+    const rows = entries.flatMap((a) => a.rows);
     const T = Math.max(...rows.map((r) => r.length));
     const ids = tf.tensor2d(
       rows.flatMap((r) => [...r, ...new Array(T - r.length).fill(0)]),
@@ -256,7 +279,7 @@ function compositionFor(grouped: Active[]): AdapterComposition | null {
   const sizes = new Map<string, number>();
   for (const a of grouped) {
     const k = a.entry.adapter ?? BASE_MODEL_ROWS;
-    sizes.set(k, (sizes.get(k) ?? 0) + a.entry.rows.length);
+    sizes.set(k, (sizes.get(k) ?? 0) + a.rows.length);
   }
   const names = [...sizes.keys()];
   if (names.length === 1) return names[0] === BASE_MODEL_ROWS ? null : names[0];

@@ -353,13 +353,85 @@ function sample(scores: Float32Array, rng: SeededRandom): number {
   return best;
 }
 
+/**
+ * How one request chooses its next tokens, exactly as generate chooses them for it: greedy or seeded
+ * sampling after its logits processors (its options' and the model's generation config's), with its own
+ * EOS ids and length. Continuous batching decodes a request among others with it and still gives the ids
+ * generate gives the request alone.
+ */
+export interface TokenChooser {
+  readonly maxNewTokens: number;
+  /** Rows decoded per input row (numReturnSequences when sampling), contiguous. */
+  readonly expand: number;
+  readonly eos: ReadonlySet<number>;
+  /** Whether choosing needs the scores on the host (sampling, a processor); otherwise the device's argmax is the choice. */
+  readonly onHost: boolean;
+  /**
+   * The token of decoding row `row` from its scores (changed in place), its sequence so far (start token
+   * first) given. Each step asks every unfinished row, in order: a sampler's draws follow that order.
+   */
+  choose(scores: Float32Array, row: number, sequence: number[]): number;
+}
+
+class PlannedChooser implements TokenChooser {
+  private readonly rng: SeededRandom;
+  readonly onHost: boolean;
+  constructor(
+    private readonly p: Plan,
+    /** Per source row. */
+    private readonly processors: LogitsProcessor[][],
+    seed: number,
+  ) {
+    this.rng = new SeededRandom(seed);
+    // Greedy without processors keeps the argmax on the device; otherwise the scores come to the host.
+    this.onHost = p.doSample || processors.some((list) => list.length > 0);
+  }
+  get maxNewTokens() {
+    return this.p.maxNewTokens;
+  }
+  get expand() {
+    return this.p.expand;
+  }
+  get eos() {
+    return this.p.eosSet;
+  }
+  choose(scores: Float32Array, row: number, sequence: number[]): number {
+    applyLogitsProcessors(this.processors[Math.floor(row / this.p.expand)], scores, { sequence });
+    return this.p.doSample ? sample(scores, this.rng) : argmax(scores);
+  }
+}
+
+/** What a request may set when it decodes among others: generate's options but those that shape the whole call. */
+export type RowDecodeOptions = Omit<GenerateOptions, 'inputIds' | 'attentionMask' | 'onToken' | 'useCache' | 'composition' | 'signal'>;
+
+const ROW_DECODE_OPTIONS = (({ inputIds: _i, attentionMask: _a, onToken: _o, useCache: _u, composition: _c, signal: _s, ...rest }) => rest)(
+  GENERATE_OPTIONS,
+) satisfies OptionKeys<RowDecodeOptions>;
+
+/**
+ * A request's token chooser for decoding among others (core's DecodeBatch): its options are checked as
+ * generate checks them (typed errors, nothing allocated); beam search is refused — it reorders its rows
+ * every step, so it decodes alone. `rows` are the request's source rows (unpadded).
+ */
+export function tokenChooser(model: Seq2SeqModel, rows: number[][], options: RowDecodeOptions = {}): TokenChooser {
+  rejectUnknownOptions(options, ROW_DECODE_OPTIONS, 'a request decoding among others');
+  // padded as generate gets the request alone (the encoder n-gram rule sees the pads too)
+  const width = Math.max(0, ...rows.map((r) => r.length));
+  const pad = model.generationConfig.padTokenId;
+  const padded = rows.map((r) => [...r, ...new Array(width - r.length).fill(pad)]);
+  const p = plan(model, { ...options, inputIds: padded, composition: null });
+  if (p.numBeams > 1) throw new InputError('beam search (numBeams > 1) reorders its rows every step: it decodes alone, not among other requests', 'numBeams');
+  checkSettingIds(model, p.s);
+  const processors = padded.map((ids) => buildLogitsProcessors(p.s, { eos: p.eos, encoderIds: ids, maxLength: p.maxNewTokens + 1, doSample: p.doSample }));
+  return new PlannedChooser(p, processors, options.seed ?? 0);
+}
+
 async function sampleOrGreedy(stepper: Stepper, sources: number, p: Plan, o: GenerateOptions, processors: LogitsProcessor[][]): Promise<number[][]> {
   const rows = sources * p.expand;
   const seqs = Array.from({ length: rows }, () => [p.start]);
   const unfinished = new Array(rows).fill(true);
-  const rng = new SeededRandom(o.seed ?? 0);
-  // Greedy without processors keeps the argmax on the device; otherwise the scores come to the host.
-  const onHost = p.doSample || processors.some((list) => list.length > 0);
+  const chooser = new PlannedChooser(p, processors, o.seed ?? 0);
+  const onHost = chooser.onHost;
   for (let step = 0; step < p.maxNewTokens; step++) {
     await betweenSteps(o.signal);
     const logits = stepper.next(
@@ -371,12 +443,7 @@ async function sampleOrGreedy(stepper: Stepper, sources: number, p: Plan, o: Gen
       if (onHost) {
         const V = logits.shape[1] as number;
         const data = (await logits.data()) as Float32Array;
-        chosen = seqs.map((seq, r) => {
-          if (!unfinished[r]) return p.pad;
-          const scores = data.slice(r * V, (r + 1) * V);
-          applyLogitsProcessors(processors[Math.floor(r / p.expand)], scores, { sequence: seq });
-          return p.doSample ? sample(scores, rng) : argmax(scores);
-        });
+        chosen = seqs.map((seq, r) => (unfinished[r] ? chooser.choose(data.slice(r * V, (r + 1) * V), r, seq) : p.pad));
       } else {
         const arg = tf.argMax(logits, 1);
         chosen = Array.from((await arg.data()) as Int32Array);
