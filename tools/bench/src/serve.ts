@@ -138,7 +138,15 @@ export async function main(argv: string[]) {
       oneAtATime: { seconds: sequentialS, requestsPerSecond: n / sequentialS },
       throughputRatio: sequentialS / batchedS,
       shortAlone: { p50Ms: pct(alone, 50), p90Ms: pct(alone, 90), p99Ms: pct(alone, 99), maxMs: pct(alone, 100), samples: alone.length },
-      shortDuringLong: { p50Ms: pct(during, 50), p90Ms: pct(during, 90), p99Ms: pct(during, 99), maxMs: pct(during, 100), samples: during.length, backgroundRequests: background, longRequestsServed: launched },
+      shortDuringLong: {
+        p50Ms: pct(during, 50),
+        p90Ms: pct(during, 90),
+        p99Ms: pct(during, 99),
+        maxMs: pct(during, 100),
+        samples: during.length,
+        backgroundRequests: background,
+        longRequestsServed: launched,
+      },
       p99Ratio: pct(during, 99) / pct(alone, 99),
     };
     if (json) console.log(JSON.stringify(result, null, 2));
