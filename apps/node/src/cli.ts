@@ -9,13 +9,14 @@ import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { tf } from '@adapterkit/backend';
-import { checkAdapterName, TextStreamer, type AdapterComposition } from '@adapterkit/core';
+import { checkAdapterName, openSource, TextStreamer, type AdapterComposition } from '@adapterkit/core';
 import {
   BUNDLED_MODEL,
   UsageError,
   configureHub,
   describeError,
   exitCodeFor,
+  hubOptions,
   loadAdapters,
   loadModel,
   modelSource,
@@ -227,11 +228,12 @@ export function buildProgram(): Command {
     .requiredOption('-o, --out <dir>', 'output checkpoint directory')
     .action(async (o) => {
       const backend = await startBackend(o.backend, { quiet: o.json });
-      const source = resolve(o.model ?? BUNDLED_MODEL);
+      const source = modelSource(o.model);
       const model = await loadModel(source);
       const names = await loadAdapters(model, o.adapter);
       for (const n of names) model.mergeAdapter(n);
-      const w = await writeCheckpoint(model, source, resolve(o.out), { merged_adapters: names.join(',') });
+      // a Hub id's config and tokenizer files come from the Hub cache the model was loaded through
+      const w = await writeCheckpoint(model, await openSource(source, hubOptions()), resolve(o.out), { merged_adapters: names.join(',') });
       const result = { backend: backend.name, out: resolve(o.out), merged: names, ...w };
       if (o.json) printJson(result);
       else console.log(`merged ${names.join(', ')} into ${result.out} (${w.tensors} tensors; ${w.files.join(', ')})`);

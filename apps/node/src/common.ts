@@ -45,7 +45,7 @@ export function configureHub(options: { offline?: boolean; quiet?: boolean }): v
   Object.assign(hubRun, options);
 }
 
-function hubOptions(): HubOptions {
+export function hubOptions(): HubOptions {
   return { ...(hubRun.offline ? { offline: true } : {}), onProgress: downloadProgress(!!hubRun.quiet) };
 }
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type HubServer, startHubServer } from '@adapterkit/core/test';
 import { initBackend } from '@adapterkit/backend';
+import { readSafetensors } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { BUNDLED_MODEL, trimGenerated } from '../src/common.js';
 import { PEFT_LORA, runCli, tempDir } from './helpers.js';
@@ -46,6 +47,33 @@ describe('adapterkit with Hub ids', () => {
     const missing = await runCli([...args, '-m', 'org/other', '--offline'], { env });
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/HubOfflineError|HUB_ERROR/);
+  });
+
+  it('merge takes a Hub model id: the written checkpoint carries the Hub copy of config and tokenizer, and equals the local merge', async () => {
+    const env = { HF_ENDPOINT: hub.endpoint, HF_HUB_CACHE: cache, HF_HUB_OFFLINE: '' };
+    const dir = tempDir();
+    const viaHub = await runCli(['merge', '-b', 'cpu', '--json', '-m', 'org/tiny', '-a', 'org/lora', '-o', join(dir, 'hub')], { env });
+    expect(viaHub.code, viaHub.stderr).toBe(0);
+    const local = await runCli(['merge', '-b', 'cpu', '--json', '-a', PEFT_LORA, '-o', join(dir, 'local')]);
+    expect(local.code, local.stderr).toBe(0);
+    expect(JSON.parse(viaHub.stdout).files.sort()).toEqual(JSON.parse(local.stdout).files.sort());
+    for (const f of JSON.parse(local.stdout).files as string[]) {
+      const a = readFileSync(join(dir, 'hub', f));
+      const b = readFileSync(join(dir, 'local', f));
+      if (f !== 'model.safetensors') {
+        expect(a.equals(b), f).toBe(true);
+        continue;
+      }
+      // the header records the merged adapters' names (org/lora's last segment vs the local directory's): compare tensors
+      const ta = readSafetensors(new Uint8Array(a), 'hub').tensors;
+      const tb = readSafetensors(new Uint8Array(b), 'local').tensors;
+      expect([...ta.keys()].sort()).toEqual([...tb.keys()].sort());
+      for (const [k, t] of ta)
+        expect(
+          Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(tb.get(k)!.data.buffer, tb.get(k)!.data.byteOffset, tb.get(k)!.data.byteLength)),
+          k,
+        ).toBe(true);
+    }
   });
 
   it('prints no tfjs "running TensorFlow.js in Node.js" banner on wasm (cpu: above)', async () => {
