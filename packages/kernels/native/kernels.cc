@@ -24,6 +24,8 @@
 namespace {
 
 constexpr float kMask = -1e9f;
+// Heads up to this size take direct loops in attention instead of a GEMM per (row, head).
+constexpr int kSmallHead = 32;
 int g_threads = 1;
 
 // Scratch memory reused across calls (the JS thread calls one kernel at a time). Fresh allocations of this
@@ -596,6 +598,37 @@ napi_value LinearBackward(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+// out[i, :D] = Σ_j w[i, j]·value(j)[:D] for small heads: the row's sums stay in registers (D known).
+template <int D, class Value>
+inline void weighted_rows(int rows, int cols, const float* w, int ldw, const Value& value, float* out, int ldo) {
+  for (int i = 0; i < rows; i++) {
+    float acc[D] = {};
+    const float* wi = w + (int64_t)i * ldw;
+    for (int j = 0; j < cols; j++) {
+      const float wj = wi[j];
+      const float* v = value(j);
+#pragma omp simd
+      for (int c = 0; c < D; c++) acc[c] += wj * v[c];
+    }
+    std::memcpy(out + (int64_t)i * ldo, acc, sizeof acc);
+  }
+}
+
+template <class Value>
+inline void weighted_rows_any(int rows, int cols, int d, const float* w, int ldw, const Value& value, float* out, int ldo) {
+  for (int i = 0; i < rows; i++) {
+    float* oi = out + (int64_t)i * ldo;
+    std::memset(oi, 0, sizeof(float) * d);
+    const float* wi = w + (int64_t)i * ldw;
+    for (int j = 0; j < cols; j++) {
+      const float wj = wi[j];
+      const float* v = value(j);
+#pragma omp simd
+      for (int c = 0; c < d; c++) oi[c] += wj * v[c];
+    }
+  }
+}
+
 // attention(q, kv, out, prefixK?, prefixV?, biasTable?, biasIndex?, mask?,
 //           b, lq, lk, p, heads, d, qCols, qOffset, kvCols, kOffset, vOffset, prefixRows, maskRows, causal, causalOffset)
 napi_value Attention(napi_env env, napi_callback_info info) {
@@ -621,7 +654,7 @@ napi_value Attention(napi_env env, napi_callback_info info) {
   const bool parallel = (double)pairs * lq * cols * d > 2e5;
 #pragma omp parallel num_threads(parallel ? g_threads : 1)
   {
-    std::vector<float> scores((size_t)lq * cols);
+    std::vector<float> scores((size_t)lq * cols), keysT;
 #pragma omp for schedule(static)
     for (int pair = 0; pair < pairs; pair++) {
       const int bi = pair / heads, h = pair % heads;
@@ -643,6 +676,26 @@ napi_value Attention(napi_env env, napi_callback_info info) {
           for (int c = 0; c < d; c++) acc += qh[c] * kr[c];
           scores[j] = acc;
         }
+      } else if (d <= kSmallHead) {
+        // Small heads (d_kv ≤ 32): direct dot products. A packed GEMM per (row, head) pair costs ~10 µs of
+        // packing and dispatch, several times the product itself at these sizes.
+        // keys transposed ([d, cols]) so each query's scores are d vector sweeps over the keys
+        keysT.resize((size_t)d * cols);
+        for (int j = 0; j < cols; j++) {
+          const float* kr = j < p ? pkh + (int64_t)j * d : kh + (int64_t)(j - p) * kvCols;
+          for (int c = 0; c < d; c++) keysT[(size_t)c * cols + j] = kr[c];
+        }
+        for (int i = 0; i < lq; i++) {
+          const float* qi = qh + (int64_t)i * qCols;
+          float* si = scores.data() + (int64_t)i * cols;
+          std::memset(si, 0, sizeof(float) * cols);
+          for (int c = 0; c < d; c++) {
+            const float qc = qi[c];
+            const float* kc = keysT.data() + (size_t)c * cols;
+#pragma omp simd
+            for (int j = 0; j < cols; j++) si[j] += qc * kc[j];
+          }
+        }
       } else {
         if (p > 0) gemm(false, true, lq, p, d, qh, qCols, pkh, d, 0.f, scores.data(), cols);
         if (lk > 0) gemm(false, true, lq, lk, d, qh, qCols, kh, kvCols, 0.f, scores.data() + p, cols);
@@ -660,6 +713,15 @@ napi_value Attention(napi_env env, napi_callback_info info) {
           const float* vr = j < p ? pvh + (int64_t)j * d : vh + (int64_t)(j - p) * kvCols;
           for (int c = 0; c < d; c++) oh[c] += w * vr[c];
         }
+        continue;
+      }
+      if (d <= kSmallHead) {
+        const auto value = [&](int j) { return j < p ? pvh + (int64_t)j * d : vh + (int64_t)(j - p) * kvCols; };
+        const float* si = scores.data();
+        if (d == 8) weighted_rows<8>(lq, cols, si, cols, value, oh, outCols);
+        else if (d == 16) weighted_rows<16>(lq, cols, si, cols, value, oh, outCols);
+        else if (d == 32) weighted_rows<32>(lq, cols, si, cols, value, oh, outCols);
+        else weighted_rows_any(lq, cols, d, si, cols, value, oh, outCols);
         continue;
       }
       if (p > 0) gemm(false, false, lq, d, p, scores.data(), cols, pvh, d, 0.f, oh, outCols);
