@@ -6,12 +6,12 @@
  * loading.py, models/t5/mixin_t5.py), not interop checks against `adapters`' numbers.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { ConfigError, UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
+import { ConfigError, UnsupportedError, WeightError, readSafetensors, readTorchCheckpoint, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
 import { FIXTURE_DIR, PEFT_LORA_DIR, logitsOf, maxDiff } from './helpers.js';
@@ -35,9 +35,9 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     const values = async (name: string) =>
       new Map(await Promise.all([...model.adapters.adapterVariables(name)].map(async ([k, v]) => [k, Float32Array.from(await v.data())] as const)));
     /** Saves `name` in `adapters` format, loads it back as `name`2, and checks values (bit-exact) and logits. */
-    const roundTrip = async (name: string) => {
+    const roundTrip = async (name: string, safeSerialization = true) => {
       const dir = join(tmp, name);
-      await model.saveAdapter(dir, name, { format: 'adapters' });
+      await model.saveAdapter(dir, name, { format: 'adapters', safeSerialization });
       const loaded = await model.loadAdapter(dir, { name: `${name}2` });
       expect(model.adapters.adapterConfig(loaded)).toEqual(model.adapters.adapterConfig(name));
       const [a, b] = [await values(name), await values(loaded)];
@@ -96,6 +96,25 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       expect([...tensors.keys()].every((k) => k.endsWith('.lora_B'))).toBe(true);
       model.deleteAdapter('ia');
       model.deleteAdapter('ia2');
+    });
+
+    it("safeSerialization: false writes pytorch_adapter.bin (adapters' use_safetensors=False): torch.save archive 'pytorch_adapter', the same tensors, round trip bit-exact; one weights file after re-saves", async () => {
+      model.addAdapter('lb', 'lora[r=2,init_weights=bert,use_gating=true]', { seed: 6 });
+      const dir = await roundTrip('lb', false);
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'pytorch_adapter.bin']);
+      const bin = readFileSync(join(dir, 'pytorch_adapter.bin'));
+      expect(bin.subarray(30, 30 + 'pytorch_adapter/data.pkl'.length).toString()).toBe('pytorch_adapter/data.pkl');
+      const fromBin = readTorchCheckpoint(new Uint8Array(bin)).tensors;
+      const safe = (await model.adapters.serializeAdapterAsync('lb', { format: 'adapters' }))['adapter.safetensors'];
+      const fromSafe = readSafetensors(safe).tensors;
+      expect([...fromBin.keys()].sort()).toEqual([...fromSafe.keys()].sort());
+      for (const [k, t] of fromSafe) expect(Array.from(fromBin.get(k)!.data), k).toEqual(Array.from(t.data));
+      await model.saveAdapter(dir, 'lb', { format: 'adapters' });
+      expect(readdirSync(dir).sort()).toEqual(['adapter.safetensors', 'adapter_config.json']);
+      await model.saveAdapter(dir, 'lb', { format: 'adapters', safeSerialization: false });
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'pytorch_adapter.bin']);
+      model.deleteAdapter('lb');
+      model.deleteAdapter('lb2');
     });
 
     it("keys under the model-with-heads prefix ('transformer.') load the same; another saved name is renamed", async () => {
