@@ -44,7 +44,9 @@ describe('writeTorchCheckpoint', () => {
     it(`rewrites ${path.split('/').pop()} (written by torch.save) byte for byte from the tensors read out of it`, () => {
       const original = file(path);
       const { tensors } = readTorchCheckpoint(original);
-      const written = writeTorchCheckpoint(tensors, archive);
+      // The reader gives float data as Float32Array (these files hold F32 only), shared by tied names.
+      const floats = new Map([...tensors].map(([k, t]) => [k, { ...t, data: t.data as Float32Array }]));
+      const written = writeTorchCheckpoint(floats, archive);
       // Entry by entry first (a clearer failure), then the whole archive: padding, descriptors, CRCs, zip64 records.
       const ours = zipEntries(written);
       const torch = zipEntries(original);
