@@ -13,8 +13,10 @@ import { TorchCheckpointError } from './errors.js';
  *   global; SETITEMS batches of 1000) of a plain dict name → `torch._utils._rebuild_tensor_v2(persistent
  *   ('storage', torch.FloatStorage, '<key>', 'cpu', numel), 0, size, stride, False, OrderedDict())`.
  *
- * Newer torch releases add `.format_version`, `.storage_alignment`, `byteorder` and `.data/serialization_id`
- * records; readers (torch.load included) do not need them, and the files this is checked against lack them.
+ * That is the layout of the reference files in this repository (test fixtures). Current torch releases write
+ * more records — `.format_version`, `.storage_alignment`, `byteorder` after data.pkl, storages in numeric key
+ * order, and `.data/serialization_id` (a hash of the record names and CRCs) at the end — which torch.load does
+ * not need: it reads files without them as little-endian with 64-byte-aligned, lexically ordered storages.
  * Tensors sharing one data array (tied weights, as readTorchCheckpoint returns them) are written once and
  * referenced again, as torch writes one tensor saved under several names.
  */
