@@ -16,7 +16,7 @@ import { TorchCheckpointError } from './errors.js';
  * That is the layout of the reference files in this repository (test fixtures). Current torch releases write
  * more records — `.format_version`, `.storage_alignment`, `byteorder` after data.pkl, storages in numeric key
  * order, and `.data/serialization_id` (a hash of the record names and CRCs) at the end — which torch.load does
- * not need: it reads files without them as little-endian with 64-byte-aligned, lexically ordered storages.
+ * not need: without `byteorder` it assumes little-endian, and it reads storages by key, in any order.
  * Tensors sharing one data array (tied weights, as readTorchCheckpoint returns them) are written once and
  * referenced again, as torch writes one tensor saved under several names.
  */
