@@ -392,7 +392,8 @@ export class AdapterHost {
   // ---------------------------------------------------------------- save / load
   /**
    * Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU) — what saveAdapter
-   * writes, as bytes (browser downloads). `format: 'peft' | 'adapters'` gives those libraries' files for methods that export to them.
+   * writes, as bytes (browser downloads). `format: 'peft' | 'adapters'` gives those libraries' files for methods that export to them,
+   * with `safeSerialization: false` their `torch.save` weights (`adapter_model.bin`, `pytorch_adapter.bin`).
    */
   async serializeAdapterAsync(name: string, options: SaveAdapterOptions = {}): Promise<AdapterFiles> {
     rejectUnknownOptions(options, { format: true, safeSerialization: true } satisfies OptionKeys<SaveAdapterOptions>, 'serializeAdapterAsync');
