@@ -211,14 +211,25 @@ export function buildProgram(): Command {
     .argument('<input>', 'adapter directory (format detected)')
     .argument('<output>', 'directory to write')
     .addOption(new Option('--to <format>', 'output format').choices(['peft', 'adapterkit', 'adapters']).makeOptionMandatory())
+    .option('--bin', 'write the weights as a torch.save file (PEFT: adapter_model.bin, adapters: pytorch_adapter.bin) instead of safetensors')
     .action(async (input: string, output: string, o) => {
+      if (o.bin && o.to === 'adapterkit') throw new UsageError("--bin is for --to peft or --to adapters; adapterkit's own format is always safetensors");
       const backend = await startBackend(o.backend, { quiet: o.json });
       const model = await loadModel(o.model);
       const [name] = await loadAdapters(model, [input]);
-      await model.saveAdapter(resolve(output), name, { format: o.to });
-      const result = { backend: backend.name, input: resolve(input), output: resolve(output), format: o.to, adapter: name, method: model.adapters.adapterConfig(name).method };
+      const safeSerialization = !o.bin;
+      await model.saveAdapter(resolve(output), name, { format: o.to, safeSerialization });
+      const result = {
+        backend: backend.name,
+        input: resolve(input),
+        output: resolve(output),
+        format: o.to,
+        safeSerialization,
+        adapter: name,
+        method: model.adapters.adapterConfig(name).method,
+      };
       if (o.json) printJson(result);
-      else console.log(`wrote ${result.method} adapter '${name}' in ${o.to} format to ${result.output}`);
+      else console.log(`wrote ${result.method} adapter '${name}' in ${o.to} format${o.bin ? ' (torch.save .bin)' : ''} to ${result.output}`);
     });
 
   // ---------------------------------------------------------------- merge

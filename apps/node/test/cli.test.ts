@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '@adapterkit/backend';
@@ -138,6 +138,33 @@ describe('commands on the bundled model (wasm)', () => {
     }
     expect(ids[1]).toEqual(ids[0]);
     expect(ids[2]).toEqual(ids[0]);
+  });
+
+  it('convert --bin writes torch.save files (PEFT adapter_model.bin, adapters pytorch_adapter.bin) that convert back to the same tensors', async () => {
+    const dir = tempDir();
+    const m = await T5ForConditionalGeneration.fromPretrained(BUNDLED_MODEL);
+    addNoisyAdapter(m, 'lo', 'lora[r=2,output_lora=true]', 3);
+    await m.saveAdapter(join(dir, 'lo'), 'lo');
+    m.dispose();
+    const weights = (d: string, f: string) => readSafetensors(new Uint8Array(readFileSync(join(d, f)))).tensors;
+    for (const [from, to, file, back, backFile] of [
+      [PEFT_LORA, 'peft', 'adapter_model.bin', 'peft', 'adapter_model.safetensors'],
+      [join(dir, 'lo'), 'adapters', 'pytorch_adapter.bin', 'adapterkit', 'adapter_model.safetensors'],
+    ] as const) {
+      const r = await runCli(['convert', '--backend', 'cpu', '--json', from, join(dir, to), '--to', to, '--bin']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ format: to, safeSerialization: false });
+      expect(readdirSync(join(dir, to)).sort()).toEqual(['adapter_config.json', file]);
+      const b = await runCli(['convert', '--backend', 'cpu', join(dir, to), join(dir, `${to}-back`), '--to', back]);
+      expect(b.code, b.stderr).toBe(0);
+      const orig = weights(from, backFile);
+      const again = weights(join(dir, `${to}-back`), backFile);
+      expect([...again.keys()].sort()).toEqual([...orig.keys()].sort());
+      for (const [k, t] of orig) expect(Array.from(again.get(k)!.data), k).toEqual(Array.from(t.data));
+    }
+    const refused = await runCli(['convert', '--backend', 'cpu', PEFT_LORA, join(dir, 'ak'), '--to', 'adapterkit', '--bin']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/--bin is for --to peft or --to adapters/);
   });
 
   it('convert adapterkit → AdapterHub adapters → adapterkit keeps the tensors (bottleneck, LoRA) and the outputs', async () => {

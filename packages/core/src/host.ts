@@ -24,6 +24,7 @@ import { exists, parseJson, resolveAtomicDir, writeDirAtomic } from './io.js';
 import { methodForAdaptersArchitecture, methodForConfig, methodForPeftType, resolveConfig } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
 import { readTorchCheckpoint } from './torch-checkpoint.js';
+import { writeTorchCheckpoint } from './torch-save.js';
 import { fnv1a } from './rng.js';
 import { type OptionKeys, rejectUnknownOptions } from './options.js';
 
@@ -33,6 +34,18 @@ export const ADAPTERS_FORMAT_RELEASE = '1.2.0';
 
 /** Adapter file formats: adapterkit's own, PEFT's, AdapterHub `adapters`'. */
 export type AdapterFormat = 'adapterkit' | 'peft' | 'adapters';
+
+/** How saveAdapter / serializeAdapterAsync write an adapter. */
+export interface SaveAdapterOptions {
+  /** adapterkit's own format (default), PEFT's, or AdapterHub `adapters`'. */
+  format?: AdapterFormat;
+  /**
+   * Weights as safetensors (default, true) or, when false, as a `torch.save` archive: PEFT's `adapter_model.bin`
+   * (its `safe_serialization=False`) or `adapters`' `pytorch_adapter.bin` (its `use_safetensors=False`, that
+   * library's default). Only for `format: 'peft' | 'adapters'`: adapterkit's own format is always safetensors.
+   */
+  safeSerialization?: boolean;
+}
 
 /** Weight files an adapter directory may hold, in the order they are looked for (PEFT's, then `adapters`'). */
 const ADAPTER_WEIGHT_FILES = ['adapter_model.safetensors', 'adapter_model.bin', 'adapter.safetensors', 'pytorch_adapter.bin'] as const;
@@ -90,7 +103,7 @@ export function checkParameterBudget(model: ModelAccess, parameters: number, fie
  * other content (the CLI's `train --out` holds `checkpoint/`) is written file by file instead.
  */
 const ADAPTER_DIR_ENTRIES = {
-  replaces: ['adapter_config.json', 'adapter_model.safetensors', 'adapter_model.bin', 'adapter.safetensors', 'pytorch_adapter.bin'],
+  replaces: ['adapter_config.json', ...ADAPTER_WEIGHT_FILES],
   carries: ['README.md'],
   shared: 'in-place',
 } as const;
@@ -379,13 +392,21 @@ export class AdapterHost {
   // ---------------------------------------------------------------- save / load
   /**
    * Serialises an adapter to its two files (reads tensors asynchronously: works on WebGPU) — what saveAdapter
-   * writes, as bytes (browser downloads). `format: 'peft' | 'adapters'` gives those libraries' files for methods that export to them.
+   * writes, as bytes (browser downloads). `format: 'peft' | 'adapters'` gives those libraries' files for methods that export to them,
+   * with `safeSerialization: false` their `torch.save` weights (`adapter_model.bin`, `pytorch_adapter.bin`).
    */
-  async serializeAdapterAsync(name: string, options: { format?: AdapterFormat } = {}): Promise<AdapterFiles> {
-    rejectUnknownOptions(options, { format: true }, 'serializeAdapterAsync');
+  async serializeAdapterAsync(name: string, options: SaveAdapterOptions = {}): Promise<AdapterFiles> {
+    rejectUnknownOptions(options, { format: true, safeSerialization: true } satisfies OptionKeys<SaveAdapterOptions>, 'serializeAdapterAsync');
     if (options.format !== undefined && options.format !== 'adapterkit' && options.format !== 'peft' && options.format !== 'adapters')
       throw new ConfigError(`format must be 'adapterkit', 'peft' or 'adapters', got ${JSON.stringify(options.format)}`, 'format');
-    if (options.format === 'peft' || options.format === 'adapters') return this.exportedFiles(name, options.format);
+    const safe = options.safeSerialization ?? true;
+    if (typeof safe !== 'boolean') throw new ConfigError(`safeSerialization must be true or false, got ${JSON.stringify(safe)}`, 'safeSerialization');
+    if (options.format === 'peft' || options.format === 'adapters') return this.exportedFiles(name, options.format, safe);
+    if (!safe)
+      throw new ConfigError(
+        "safeSerialization: false (a torch.save .bin file) is only for format 'peft' or 'adapters'; adapterkit's own format is always safetensors",
+        'safeSerialization',
+      );
     const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
     for (const [k, v] of this.adapterVariables(name)) tensors.set(k, { shape: v.shape, data: (await v.data()) as Float32Array });
     return this.adapterFiles(name, tensors);
@@ -416,7 +437,7 @@ export class AdapterHost {
   }
 
   /** The files of an adapter exported by its method to PEFT's or AdapterHub `adapters`' format. */
-  private async exportedFiles(name: string, format: 'peft' | 'adapters'): Promise<AdapterFiles> {
+  private async exportedFiles(name: string, format: 'peft' | 'adapters', safe: boolean): Promise<AdapterFiles> {
     const rec = this.get(name);
     const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
     const exporter = format === 'peft' ? rt?.exportPeft : rt?.exportAdapters;
@@ -424,9 +445,13 @@ export class AdapterHost {
     // exporters read synchronously: download the data first (WebGPU cannot read synchronously otherwise).
     await Promise.all([...this.adapterVariables(name).values()].map((v) => v.data()));
     const { config, tensors } = exporter.call(rt, name);
-    const weights = writeSafetensors(tensors, { format: 'pt' });
+    // The file names and torch archive names (the file's stem) PEFT's save_pretrained and `adapters`' save_adapter use.
+    const stem = format === 'peft' ? 'adapter_model' : 'pytorch_adapter';
+    const [weightsFile, weights] = safe
+      ? [format === 'peft' ? 'adapter_model.safetensors' : 'adapter.safetensors', writeSafetensors(tensors, { format: 'pt' })]
+      : [`${stem}.bin`, writeTorchCheckpoint(tensors, stem)];
     const encode = (text: string) => new TextEncoder().encode(text);
-    if (format === 'peft') return { 'adapter_config.json': encode(`${JSON.stringify(config, null, 2)}\n`), 'adapter_model.safetensors': weights };
+    if (format === 'peft') return { 'adapter_config.json': encode(`${JSON.stringify(config, null, 2)}\n`), [weightsFile]: weights };
     const d = this.model.dims;
     // `adapters`' build_full_config: model-wide fields around the method's config
     const full = {
@@ -438,14 +463,16 @@ export class AdapterHost {
       name,
       version: `adapters.${ADAPTERS_FORMAT_RELEASE}`,
     };
-    return { 'adapter_config.json': encode(sortedJson(full)), 'adapter.safetensors': weights };
+    return { 'adapter_config.json': encode(sortedJson(full)), [weightsFile]: weights };
   }
 
   /**
    * Saves an adapter: adapterkit's format (default), PEFT's (`adapter_model.safetensors`) or AdapterHub `adapters`'
-   * (`adapter.safetensors` with the state-dict keys `adapters` saves), the last two for methods that export them.
+   * (`adapter.safetensors` with the state-dict keys `adapters` saves), the last two for methods that export them;
+   * `safeSerialization: false` writes those two as `torch.save` files (`adapter_model.bin`, `pytorch_adapter.bin`).
+   * The directory ends up holding exactly one weights file.
    */
-  async saveAdapter(dir: string, name: string, options: { format?: AdapterFormat } = {}): Promise<void> {
+  async saveAdapter(dir: string, name: string, options: SaveAdapterOptions = {}): Promise<void> {
     await writeDirAtomic(dir, await this.serializeAdapterAsync(name, options), ADAPTER_DIR_ENTRIES);
   }
 

@@ -16,5 +16,6 @@ export * from './text-streamer.js';
 export * from './adapter-table.js';
 export * from './options.js';
 export * from './torch-checkpoint.js';
+export * from './torch-save.js';
 export * from './file-tensors.js';
 export * from './decode-batch.js';

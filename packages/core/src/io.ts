@@ -258,7 +258,8 @@ export interface WriteDirOptions {
   /**
    * An existing directory that holds anything else (or is the working directory or above it) is not ours to
    * swap: 'refuse' (default) is a FileError; 'in-place' writes the files into it one by one instead, each
-   * atomically (writeFilesAtomic), as a directory shared with other content cannot be swapped whole.
+   * atomically (writeFilesAtomic), as a directory shared with other content cannot be swapped whole, and then
+   * removes the `replaces` entries the new files do not overwrite.
    */
   shared?: 'refuse' | 'in-place';
 }
@@ -304,6 +305,8 @@ export async function writeDirAtomic(dir: string, files: Record<string, Uint8Arr
       const holdsCwd = `${process.cwd()}${path.sep}`.startsWith(`${target}${path.sep}`);
       if ((foreign.length || holdsCwd) && options.shared === 'in-place') {
         await writeFilesAtomic(dir, files);
+        // What the write replaces goes after the new files are in place (e.g. a weights file of another format).
+        for (const e of entries) if (!topLevel.has(e) && options.replaces?.includes(e)) await fs.rm(path.join(target, e));
         return;
       }
       if (holdsCwd) throw new Error('it is the working directory or contains it');

@@ -233,6 +233,10 @@ describe('writeDirAtomic', () => {
     // shared: 'in-place' writes beside the other content instead (each file atomically)
     await writeDirAtomic(dir, { 'x.json': '1' }, { shared: 'in-place' });
     expect(entries(dir)).toEqual(['model.safetensors', 'x.json']);
+    // … and removes what it replaces that the new files do not overwrite
+    writeFileSync(join(dir, 'stale.bin'), 'old weights');
+    await writeDirAtomic(dir, { 'x.json': '2' }, { shared: 'in-place', replaces: ['stale.bin', 'absent.bin'] });
+    expect(entries(dir)).toEqual(['model.safetensors', 'x.json']);
     rmSync(join(dir, 'x.json'));
     await expectFileError(writeDirAtomic(join(dir, 'model.safetensors'), { 'x.json': '1' }), /not a directory/);
     await expectFileError(writeDirAtomic(join(root, 'escape'), { '../x.json': '1' }), /not a path inside/);

@@ -1,20 +1,20 @@
 /**
  * AdapterHub `adapters` format (adapter_config.json with config/name/model_type/version + adapter.safetensors,
- * keys `<linear>.loras.<name>.lora_A|lora_B|gate.*`). No file here was written by `adapters` itself (no
+ * keys `<linear>.loras.<name>.lora_A|lora_B|gate.*|m.weight|vera_D|vera_B`, `shared_parameters.<name>.lora_A|lora_B`). No file here was written by `adapters` itself (no
  * PyTorch in this environment and no such fixture in the repository): these are round trips through
  * adapterkit's writer, with the key names and layouts taken from `adapters`' sources (methods/lora.py,
  * loading.py, models/t5/mixin_t5.py), not interop checks against `adapters`' numbers.
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { ConfigError, UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
+import { ConfigError, UnsupportedError, WeightError, readSafetensors, readTorchCheckpoint, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
-import { FIXTURE_DIR, PEFT_LORA_DIR, logitsOf, maxDiff } from './helpers.js';
+import { FIXTURE_DIR, PEFT_LORA_DIR, logitsOf, maxDiff, randomize } from './helpers.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'adapterkit-adapters-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -28,16 +28,16 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
     });
     afterAll(() => model.dispose());
 
-    const read = (dir: string): AdapterFiles => ({
+    const read = (dir: string, weights = 'adapter.safetensors'): AdapterFiles => ({
       'adapter_config.json': readFileSync(join(dir, 'adapter_config.json')),
-      'adapter.safetensors': readFileSync(join(dir, 'adapter.safetensors')),
+      [weights]: readFileSync(join(dir, weights)),
     });
     const values = async (name: string) =>
       new Map(await Promise.all([...model.adapters.adapterVariables(name)].map(async ([k, v]) => [k, Float32Array.from(await v.data())] as const)));
     /** Saves `name` in `adapters` format, loads it back as `name`2, and checks values (bit-exact) and logits. */
-    const roundTrip = async (name: string) => {
+    const roundTrip = async (name: string, safeSerialization = true) => {
       const dir = join(tmp, name);
-      await model.saveAdapter(dir, name, { format: 'adapters' });
+      await model.saveAdapter(dir, name, { format: 'adapters', safeSerialization });
       const loaded = await model.loadAdapter(dir, { name: `${name}2` });
       expect(model.adapters.adapterConfig(loaded)).toEqual(model.adapters.adapterConfig(name));
       const [a, b] = [await values(name), await values(loaded)];
@@ -98,6 +98,88 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       model.deleteAdapter('ia2');
     });
 
+    it("safeSerialization: false writes pytorch_adapter.bin (adapters' use_safetensors=False): torch.save archive 'pytorch_adapter', the same tensors, round trip bit-exact; one weights file after re-saves", async () => {
+      model.addAdapter('lb', 'lora[r=2,init_weights=bert,use_gating=true]', { seed: 6 });
+      const dir = await roundTrip('lb', false);
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'pytorch_adapter.bin']);
+      const bin = readFileSync(join(dir, 'pytorch_adapter.bin'));
+      expect(bin.subarray(30, 30 + 'pytorch_adapter/data.pkl'.length).toString()).toBe('pytorch_adapter/data.pkl');
+      const fromBin = readTorchCheckpoint(new Uint8Array(bin)).tensors;
+      const safe = (await model.adapters.serializeAdapterAsync('lb', { format: 'adapters' }))['adapter.safetensors'];
+      const fromSafe = readSafetensors(safe).tensors;
+      expect([...fromBin.keys()].sort()).toEqual([...fromSafe.keys()].sort());
+      for (const [k, t] of fromSafe) expect(Array.from(fromBin.get(k)!.data), k).toEqual(Array.from(t.data));
+      await model.saveAdapter(dir, 'lb', { format: 'adapters' });
+      expect(readdirSync(dir).sort()).toEqual(['adapter.safetensors', 'adapter_config.json']);
+      await model.saveAdapter(dir, 'lb', { format: 'adapters', safeSerialization: false });
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'pytorch_adapter.bin']);
+      model.deleteAdapter('lb');
+      model.deleteAdapter('lb2');
+    });
+
+    it("DoRA, VeRA and DVoRA: adapters' m.weight [out, 1], vera_D [r, r] / vera_B [out, out] (diagonal) and shared_parameters.<name>.lora_A/B; round trips bit-exact, logits equal", async () => {
+      const d = model.dims;
+      const inner = d.numHeads * d.dKv;
+      for (const [name, config] of [
+        ['do', 'dora[r=2,alpha=2,output_lora=true]'],
+        ['ve', 'vera[r=4]'],
+        ['dv', 'dvora'],
+      ] as const) {
+        model.addAdapter(name, config, { seed: 7 });
+        randomize(model, name, 11, 0.3, 0.5); // every value non-zero: B ≠ 0, λ ≠ initial, m ≠ ‖W‖
+        const dir = await roundTrip(name, name === 've');
+        const files = read(dir, name === 've' ? 'adapter.safetensors' : 'pytorch_adapter.bin');
+        const { tensors } = name === 've' ? readSafetensors(files['adapter.safetensors']) : readTorchCheckpoint(files['pytorch_adapter.bin']);
+        const at = `encoder.block.0.layer.0.SelfAttention.q.loras.${name}`;
+        const r = model.adapters.adapterConfig(name).r as number;
+        if (name !== 've') expect(tensors.get(`${at}.m.weight`)!.shape).toEqual([inner, 1]);
+        if (name !== 'do') {
+          expect(tensors.get(`${at}.vera_D`)!.shape).toEqual([r, r]);
+          const vb = tensors.get(`${at}.vera_B`)!;
+          expect(vb.shape).toEqual([inner, inner]);
+          expect(vb.data.filter((x, i) => x !== 0 && i % (inner + 1) !== 0).length).toBe(0);
+          expect(tensors.get(`shared_parameters.${name}.lora_A`)!.shape).toEqual([r, d.dModel]);
+          expect(tensors.get(`shared_parameters.${name}.lora_B`)!.shape).toEqual([inner, r]);
+          expect([...tensors.keys()].some((k) => k.endsWith('.lora_A') && k.includes('.loras.'))).toBe(false);
+        }
+        model.deleteAdapter(name);
+        model.deleteAdapter(`${name}2`);
+      }
+    });
+
+    it('refuses DoRA with alpha ≠ r (adapters normalises without alpha/r), VeRA over linears of different shapes, off-diagonal vera_D and missing shared projections, by name', async () => {
+      model.addAdapter('d4', 'dora[r=2,alpha=4]');
+      await expect(model.saveAdapter(join(tmp, 'd4'), 'd4', { format: 'adapters' })).rejects.toThrow(/DoRA adapter with alpha\/r = 4\/2 ≠ 1/);
+      model.deleteAdapter('d4');
+      model.addAdapter('vi', 'vera[r=2,intermediate_lora=true]');
+      await expect(model.saveAdapter(join(tmp, 'vi'), 'vi', { format: 'adapters' })).rejects.toThrow(/VeRA adapter on linears of different shapes/);
+      model.deleteAdapter('vi');
+      model.addAdapter('vv', 'vera[r=2]');
+      randomize(model, 'vv', 12);
+      const dir = join(tmp, 'vv');
+      await model.saveAdapter(dir, 'vv', { format: 'adapters' });
+      model.deleteAdapter('vv');
+      const files = read(dir);
+      const { tensors } = readSafetensors(files['adapter.safetensors']);
+      const edited = (edit: (m: Map<string, { shape: number[]; data: Float32Array }>) => void) => {
+        const m = new Map([...tensors].map(([k, t]) => [k, { shape: t.shape, data: Float32Array.from(t.data) }]));
+        edit(m);
+        return { ...files, 'adapter.safetensors': writeSafetensors(m) };
+      };
+      const key = 'encoder.block.0.layer.0.SelfAttention.v.loras.vv.vera_D';
+      expect(() => model.adapters.loadAdapterFiles(edited((m) => (m.get(key)!.data[1] = 0.5)))).toThrow(
+        new RegExp(`'${key.replaceAll('.', '\\.')}' has a non-zero entry off its diagonal`),
+      );
+      expect(() => model.adapters.loadAdapterFiles(edited((m) => m.delete('shared_parameters.vv.lora_A')))).toThrow(/lacks its shared projections/);
+      const cfg = JSON.parse(new TextDecoder().decode(files['adapter_config.json']));
+      const dora = {
+        ...files,
+        'adapter_config.json': new TextEncoder().encode(JSON.stringify({ ...cfg, config: { ...cfg.config, vera_d: null, vera_b: null, use_dora: true, alpha: 3 } })),
+      };
+      expect(() => model.adapters.loadAdapterFiles(dora)).toThrow(UnsupportedError);
+      expect(model.listAdapters()).toEqual([]);
+    });
+
     it("keys under the model-with-heads prefix ('transformer.') load the same; another saved name is renamed", async () => {
       model.addAdapter('lp', 'lora[r=2,init_weights=bert]', { seed: 5 });
       const dir = join(tmp, 'lp');
@@ -115,14 +197,6 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const peft = await model.loadAdapter(PEFT_LORA_DIR, { name: 'from-peft' });
       await expect(model.saveAdapter(join(tmp, 'x'), peft, { format: 'adapters' })).rejects.toThrow(/target_modules/);
       model.deleteAdapter(peft);
-      for (const [variant, config] of [
-        ['DoRA', 'lora[r=2,use_dora=true]'],
-        ['VeRA', 'vera'],
-      ] as const) {
-        model.addAdapter('v', config);
-        await expect(model.saveAdapter(join(tmp, 'v'), 'v', { format: 'adapters' }), variant).rejects.toThrow(new RegExp(`${variant} adapter`));
-        model.deleteAdapter('v');
-      }
       model.addAdapter('r', 'lora[r=2]');
       const dir = join(tmp, 'r');
       await model.saveAdapter(dir, 'r', { format: 'adapters' });
@@ -134,7 +208,7 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         'adapter_config.json': new TextEncoder().encode(JSON.stringify({ ...cfg, ...top, config: { ...cfg.config, ...edit } })),
       });
       expect(() => model.adapters.loadAdapterFiles(withConfig({ lora_rank_typo: 3 }))).toThrow(ConfigError);
-      expect(() => model.adapters.loadAdapterFiles(withConfig({ use_dora: true }))).toThrow(UnsupportedError);
+      expect(() => model.adapters.loadAdapterFiles(withConfig({ use_dora: true, use_gating: true }))).toThrow(UnsupportedError);
       expect(() => model.adapters.loadAdapterFiles(withConfig({ r: 3 }))).toThrow(WeightError);
       expect(() => model.adapters.loadAdapterFiles(withConfig({ architecture: 'union' }))).toThrow(/union/);
       expect(() => model.adapters.loadAdapterFiles(withConfig({}, { hidden_size: 7 }))).toThrow(/hidden_size/);

@@ -1,10 +1,10 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tf, initBackend, expectNoLeaks } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { UnsupportedError, WeightError, readSafetensors, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
+import { ConfigError, UnsupportedError, WeightError, readSafetensors, readTorchCheckpoint, writeSafetensors, type AdapterFiles } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import '../src/index.js';
 import { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_BIN_DIR, PEFT_LORA_DIR, inputs, labels, logitsOf, maxDiff, readJson, to2d } from './helpers.js';
@@ -12,6 +12,7 @@ import { FIXTURE_DIR, PEFT_IA3_DIR, PEFT_LORA_BIN_DIR, PEFT_LORA_DIR, inputs, la
 const ref = readJson(`${PEFT_LORA_DIR}/reference.json`);
 const peftConfig = readJson(`${PEFT_LORA_DIR}/adapter_config.json`);
 const tmp = mkdtempSync(join(tmpdir(), 'adapterkit-lora-'));
+const bytesOf = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
@@ -103,6 +104,32 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       model.setActiveAdapters(name);
       const b = await logitsOf(model);
       expect(maxDiff(a.data, b.data)).toBe(0);
+      model.deleteAdapter(name);
+      model.setActiveAdapters('peft-lora');
+    });
+
+    it("safeSerialization: false exports adapter_model.bin: torch.save's archive 'adapter_model', the tensors of PEFT's own .bin bit for bit, identical logits", async () => {
+      const dir = join(tmp, `exported-bin-${backend}`);
+      await model.saveAdapter(dir, 'peft-lora', { format: 'peft', safeSerialization: false });
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'adapter_model.bin']);
+      const bin = new Uint8Array(readFileSync(join(dir, 'adapter_model.bin')));
+      expect(new TextDecoder().decode(bin.subarray(30, 30 + 'adapter_model/data.pkl'.length))).toBe('adapter_model/data.pkl');
+      const mine = readTorchCheckpoint(bin).tensors;
+      const theirs = readTorchCheckpoint(new Uint8Array(readFileSync(join(PEFT_LORA_BIN_DIR, 'adapter_model.bin')))).tensors;
+      expect([...mine.keys()].sort()).toEqual([...theirs.keys()].sort());
+      for (const [k, t] of theirs) {
+        expect(mine.get(k)!.shape, k).toEqual(t.shape);
+        expect(bytesOf(mine.get(k)!.data).equals(bytesOf(t.data)), k).toBe(true);
+      }
+      // Re-saved as safetensors into the same directory: exactly one weights file is left.
+      const name = await model.loadAdapter(dir, { name: 'from-bin' });
+      const a = await logitsOf(model);
+      model.setActiveAdapters(name);
+      expect(maxDiff((await logitsOf(model)).data, a.data)).toBe(0);
+      await model.saveAdapter(dir, name, { format: 'peft' });
+      expect(readdirSync(dir).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+      await expect(model.saveAdapter(dir, name, { safeSerialization: false })).rejects.toThrow(/safeSerialization: false .* adapterkit's own format/);
+      await expect(model.saveAdapter(dir, name, { format: 'peft', safeSerialization: 'no' as unknown as boolean })).rejects.toThrow(ConfigError);
       model.deleteAdapter(name);
       model.setActiveAdapters('peft-lora');
     });

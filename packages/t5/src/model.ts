@@ -7,7 +7,7 @@ import {
   replicateRows,
   type AdapterComposition,
   type AdapterConfig,
-  type AdapterFormat,
+  type SaveAdapterOptions,
   type AddAdapterOptions,
   type AverageAdapterOptions,
   type GenerationDefaults,
@@ -270,7 +270,7 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
   trainAdapter(names: string | string[]): void {
     this.adapters.trainAdapter(names);
   }
-  saveAdapter(dir: string, name: string, options?: { format?: AdapterFormat }): Promise<void> {
+  saveAdapter(dir: string, name: string, options?: SaveAdapterOptions): Promise<void> {
     return this.adapters.saveAdapter(dir, name, options);
   }
   loadAdapter(dir: string, options?: Parameters<AdapterHost['loadAdapter']>[1]): Promise<string> {
