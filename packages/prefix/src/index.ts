@@ -65,7 +65,7 @@ export interface PrefixTuningConfig extends AdapterConfig {
    */
   peft_layout: boolean;
   /**
-   * T5's relative position bias as AdapterHub `adapters` computes it with a prefix ('shifted': the prefix at key
+   * The relative position bias as AdapterHub `adapters` computes it with a prefix ('shifted': the prefix at key
    * positions 0..P-1, real keys after it, queries at their own positions) instead of adapterkit's zero-bias prefix
    * columns. Set by `adapters` import; needed to export to `adapters` files (which then compute the same there).
    */
