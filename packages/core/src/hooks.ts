@@ -94,13 +94,18 @@ export interface PrefixKV {
   values: Tensor;
   /** [batch, prefix]: 1 where a prefix position is real, 0 where it pads a shorter prefix (BatchSplit). */
   mask: Tensor;
-  /**
-   * How a model's position information treats the prefix. 'zero' (adapterkit's own prefix tuning): prefix
-   * columns get no position bias and real↔real positions are unchanged. 'past' (PEFT): the prefix acts as
-   * past keys at positions 0..P-1, queries and real keys sit after it. Default 'zero'.
-   */
-  positionRule?: 'zero' | 'past';
+  /** How a model's position information treats the prefix (default 'zero'); see PrefixPositionRule. */
+  positionRule?: PrefixPositionRule;
 }
+
+/**
+ * How a model's relative position information treats prefix keys. 'zero' (adapterkit's own prefix tuning): prefix
+ * columns get no position bias, real↔real positions are unchanged. 'past' (PEFT): the prefix acts as past keys at
+ * positions 0..P-1, queries and real keys sit after it (real↔real unchanged). 'shifted' (AdapterHub `adapters`):
+ * key column c is at position c — the prefix at 0..P-1, real keys after it — while queries keep their own
+ * positions, so every real↔real distance grows by P.
+ */
+export type PrefixPositionRule = 'zero' | 'past' | 'shifted';
 
 /**
  * A stack's input after the token embedding lookup: embeddings [rows, L, d] and the 0/1 mask of those

@@ -11,6 +11,8 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
   checkParameterBudget,
+  assignFileTensors,
+  slotTensor,
   AdapterTable,
   concatRows,
   TableRuntime,
@@ -30,13 +32,17 @@ import {
   type MethodRuntime,
   type ModelAccess,
   type PrefixKV,
+  type PrefixPositionRule,
+  type AdaptersFile,
+  type FileTensor,
 } from '@adapterkit/core';
 import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam } from '@adapterkit/init';
 import { ACTIVATIONS, isActivation } from '@adapterkit/kernels';
+import { adaptersPrefixConfig, prefixConfigFromAdapters, prefixSlots } from './adapters-format.js';
 
 export type PrefixLocation = 'encoder_prefix' | 'self_prefix' | 'cross_prefix';
-export type PositionRule = 'zero' | 'past';
+export type PositionRule = PrefixPositionRule;
 
 /** `adapters`' PrefixTuningConfig, plus `peft_layout` (set by PEFT import only). */
 export interface PrefixTuningConfig extends AdapterConfig {
@@ -58,6 +64,12 @@ export interface PrefixTuningConfig extends AdapterConfig {
    * layout when such an adapter is saved in adapterkit format and loaded again.
    */
   peft_layout: boolean;
+  /**
+   * The relative position bias as AdapterHub `adapters` computes it with a prefix ('shifted': the prefix at key
+   * positions 0..P-1, real keys after it, queries at their own positions) instead of adapterkit's zero-bias prefix
+   * columns. Set by `adapters` import; needed to export to `adapters` files (which then compute the same there).
+   */
+  adapters_positions: boolean;
 }
 
 export const PREFIX_DEFAULTS: Omit<PrefixTuningConfig, 'method'> = {
@@ -73,6 +85,7 @@ export const PREFIX_DEFAULTS: Omit<PrefixTuningConfig, 'method'> = {
   shared_gating: true,
   init_weights_seed: null,
   peft_layout: false,
+  adapters_positions: false,
 };
 
 /** The longest prefix a config may ask for (every attention then reads that many extra keys); the parameter budget checks the rest. */
@@ -97,7 +110,9 @@ function normalizeConfig(raw: AdapterConfig): PrefixTuningConfig {
   };
   int('prefix_length', 0, MAX_PREFIX_LENGTH);
   int('bottleneck_size', 1, MAX_PREFIX_BOTTLENECK);
-  for (const k of ['flat', 'encoder_prefix', 'cross_prefix', 'use_gating', 'shared_gating', 'peft_layout'] as const) bool(k);
+  for (const k of ['flat', 'encoder_prefix', 'cross_prefix', 'use_gating', 'shared_gating', 'peft_layout', 'adapters_positions'] as const) bool(k);
+  if (c.peft_layout && c.adapters_positions)
+    throw new ConfigError("prefix_tuning options 'peft_layout' and 'adapters_positions' exclude each other (PEFT's and adapters' position rules)", 'adapters_positions');
   if (typeof c.non_linearity !== 'string' || !isActivation(c.non_linearity.toLowerCase())) {
     throw new ConfigError(`prefix_tuning option 'non_linearity' must be one of ${Object.keys(ACTIVATIONS).join(', ')}, got ${JSON.stringify(c.non_linearity)}`, 'non_linearity');
   }
@@ -178,7 +193,15 @@ class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime
     this.adapters.assertNew(name);
     const d = this.model.dims;
     const rng = new SeededRandom(c.init_weights_seed ?? seed);
-    const adapter: PrefixAdapter = { name, uid: nextUid++, config: c, hostConfig: config, pools: new Map(), vars: new Map(), rule: c.peft_layout ? 'past' : 'zero' };
+    const adapter: PrefixAdapter = {
+      name,
+      uid: nextUid++,
+      config: c,
+      hostConfig: config,
+      pools: new Map(),
+      vars: new Map(),
+      rule: c.peft_layout ? 'past' : c.adapters_positions ? 'shifted' : 'zero',
+    };
     const leave = new Set(c.leave_out);
     const range = (start: number, n: number) => Array.from({ length: n }, (_, i) => start + i).filter((l) => !leave.has(l));
     const locations: [PrefixLocation, number[]][] = c.peft_layout
@@ -325,9 +348,12 @@ class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime
     }
     const mask = tf.ones([rows, P]);
     if (!s.kv) return { hidden: s.hidden, kv: { keys, values, mask }, rule: a.rule };
+    // `adapters` prepends each Stack child's prefix to the keys so far (Stack(a, b): [b, a, real]); where columns
+    // carry positions ('shifted') that order matters, elsewhere it does not and the prefix so far stays in front.
+    const [first, second] = a.rule === 'shifted' ? [{ keys, values, mask }, s.kv] : [s.kv, { keys, values, mask }];
     return {
       hidden: s.hidden,
-      kv: { keys: tf.concat([s.kv.keys, keys], 2), values: tf.concat([s.kv.values, values], 2), mask: tf.concat([s.kv.mask, mask], 1) },
+      kv: { keys: tf.concat([first.keys, second.keys], 2), values: tf.concat([first.values, second.values], 2), mask: tf.concat([first.mask, second.mask], 1) },
       rule: a.rule,
     };
   }
@@ -359,8 +385,17 @@ class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime
         const rules = new Set(parts.map((p) => p.rule).filter((r): r is PositionRule => r !== null));
         if (rules.size > 1)
           throw new CompositionError("a PEFT-imported prefix ('past' position rule) and an adapterkit prefix ('zero') cannot share one layer", 'BatchSplit', undefined, 'prefix');
-        const longest = Math.max(...parts.map((p) => (p.kv ? (p.kv.keys.shape[2] as number) : 0)));
+        const lengths = parts.map((p) => (p.kv ? (p.kv.keys.shape[2] as number) : 0));
+        const longest = Math.max(...lengths);
         if (longest === 0) return { hidden, kv: null, rule: null };
+        if (rules.has('shifted') && lengths.some((l) => l !== longest))
+          // padding moves the shorter prefix's columns, and with them every position of its rows (`adapters` itself fails on mixed lengths)
+          throw new CompositionError(
+            `prefixes with adapters' position rule (adapters_positions) of different lengths (${lengths.join(', ')}) cannot share one layer's rows in a Parallel or BatchSplit`,
+            'BatchSplit',
+            undefined,
+            'prefix',
+          );
         // Shorter prefixes (or none) are padded to the longest with masked positions (`adapters` leaves them visible).
         const padded = parts.map((p) => padTo(p.kv, p.hidden.shape[0] as number, H, D, longest));
         return {
@@ -401,6 +436,26 @@ class PrefixRuntime extends TableRuntime<PrefixAdapter> implements MethodRuntime
     // The host keeps the config object it handed to add(); updating it in place makes saves say flat.
     a.config.flat = true;
     a.hostConfig.flat = true;
+  }
+
+  // ------------------------------------------------------------------ AdapterHub adapters
+  exportAdapters(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> } {
+    const a = this.adapters.get(name);
+    const config = adaptersPrefixConfig(a.config, this.model.dims, name);
+    const tensors = new Map(prefixSlots(a.vars, name).map((slot) => [slot.key, slotTensor(slot)]));
+    return { config, tensors };
+  }
+
+  importAdapters(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig {
+    const config = normalizeConfig(prefixConfigFromAdapters(file.config, this.model.dims, file.name));
+    this.add(name, config, 0);
+    try {
+      assignFileTensors(prefixSlots(this.adapters.get(name).vars, file.name), tensors, 'adapters file');
+    } catch (e) {
+      this.remove(name);
+      throw e;
+    }
+    return config;
   }
 
   // ------------------------------------------------------------------ PEFT
@@ -464,6 +519,7 @@ export const prefixTuning: AdapterMethod = {
   // the decoder prefix enters the cache at step 0 and stays per sequence
   decodesRowwise: () => false,
   peftTypes: ['PREFIX_TUNING'],
+  adaptersArchitectures: ['prefix_tuning'],
   normalizeConfig,
   attach: (model) => new PrefixRuntime(model),
 };

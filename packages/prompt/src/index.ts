@@ -10,6 +10,9 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
   AdapterTable,
+  assignFileTensors,
+  slotTensor,
+  type AdaptersFile,
   concatRows,
   ConfigError,
   SeededRandom,
@@ -31,6 +34,7 @@ import {
 import { dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { normalizePromptConfig, type PromptTuningConfig } from './config.js';
 import { exportPeftPrompt, importPeftPrompt, type FloatTensor } from './peft.js';
+import { adaptersPromptConfig, promptConfigFromAdapters, promptSlot } from './adapters-format.js';
 
 export { normalizePromptConfig, PROMPT_DEFAULTS, type PromptCombine, type PromptInit, type PromptTuningConfig } from './config.js';
 
@@ -178,6 +182,27 @@ class PromptRuntime extends TableRuntime<PromptAdapter> implements MethodRuntime
     const v = this.adapters.get(name).vars.get(PROMPT_KEY)!;
     return exportPeftPrompt(this.model.dims, this.config(name), { shape: v.shape, data: Float32Array.from(v.dataSync() as Float32Array) });
   }
+
+  exportAdapters(name: string): { config: Record<string, unknown>; tensors: Map<string, FloatTensor> } {
+    const c = this.config(name);
+    const config = adaptersPromptConfig(c, name);
+    const slot = promptSlot(this.adapters.get(name).vars.get(PROMPT_KEY)!, c.prompt_length, name);
+    const t = slotTensor(slot);
+    // the first prompt_length rows (a PEFT import may hold 2P; its forward reads the first P)
+    return { config, tensors: new Map([[slot.key, { shape: slot.shape, data: t.data.subarray(0, slot.shape[0] * slot.shape[1]) }]]) };
+  }
+
+  importAdapters(name: string, file: AdaptersFile, tensors: Map<string, FloatTensor>): AdapterConfig {
+    const config = promptConfigFromAdapters(file.config, file.name);
+    this.create(name, config, 0, new Float32Array(config.prompt_length * this.model.dims.dModel));
+    try {
+      assignFileTensors([promptSlot(this.adapters.get(name).vars.get(PROMPT_KEY)!, config.prompt_length, file.name)], tensors, 'adapters file');
+    } catch (e) {
+      this.remove(name);
+      throw e;
+    }
+    return config;
+  }
 }
 
 const SUPPORTED: ReadonlySet<BlockType> = new Set<BlockType>(['Stack', 'Parallel', 'BatchSplit']);
@@ -190,6 +215,7 @@ export const promptTuning: AdapterMethod = {
   // a prompt lengthens its rows' encoder input
   decodesRowwise: () => false,
   peftTypes: ['PROMPT_TUNING'],
+  adaptersArchitectures: ['prompt_tuning'],
   normalizeConfig: normalizePromptConfig,
   attach: (model) => new PromptRuntime(model),
 };

@@ -20,6 +20,7 @@ import {
   type ModelAccess,
   type ModelDims,
   type PrefixKV,
+  type PrefixPositionRule,
   type SafeTensor,
   type SublayerSite,
   SeededRandom,
@@ -65,7 +66,7 @@ export interface LayerCache {
    */
   self: Tensor;
   /** The decoder self-attention prefix (requested once, at step 0) and its length/position rule. */
-  prefix?: { keys: Tensor; values: Tensor; length: number; rule: 'zero' | 'past' };
+  prefix?: { keys: Tensor; values: Tensor; length: number; rule: PrefixPositionRule };
   /** Additive key mask [rows, P + capacity] when the layer has a prefix (its padding), else undefined. */
   selfMask?: Tensor;
   /** Cross-attention keys/values (with any cross prefix and the encoder padding mask), computed once. */

@@ -1,5 +1,5 @@
 import { tf, type Tensor } from '@adapterkit/backend';
-import type { ForwardContext } from '@adapterkit/core';
+import type { ForwardContext, PrefixPositionRule } from '@adapterkit/core';
 import { reference } from '@adapterkit/kernels';
 
 const f = Math.fround;
@@ -44,14 +44,17 @@ export class PositionBias {
    * real keys at positions 0..kLen-1.
    * rule 'zero' (adapterkit): prefix columns get no bias (−1), real↔real buckets are those without prefix.
    * rule 'past' (PEFT): the prefix acts as past keys at positions 0..P-1; queries and real keys sit after it.
+   * rule 'shifted' (`adapters`: T5Attention.compute_bias(query_length, P + kLen) over the concatenated keys): column
+   * j is at position j, queries at their own positions qStart + i.
    */
-  buckets(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Int32Array {
+  buckets(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: PrefixPositionRule): Int32Array {
     const n = prefixLen + kLen;
     const idx = new Int32Array(qLen * n);
     for (let i = 0; i < qLen; i++) {
       for (let j = 0; j < n; j++) {
         let bucket: number;
-        if (rule === 'past') bucket = relativePositionBucket(j - (qStart + prefixLen + i), this.bidirectional, this.numBuckets, this.maxDistance);
+        if (rule === 'shifted') bucket = relativePositionBucket(j - (qStart + i), this.bidirectional, this.numBuckets, this.maxDistance);
+        else if (rule === 'past') bucket = relativePositionBucket(j - (qStart + prefixLen + i), this.bidirectional, this.numBuckets, this.maxDistance);
         else bucket = j < prefixLen ? -1 : relativePositionBucket(j - prefixLen - (qStart + i), this.bidirectional, this.numBuckets, this.maxDistance);
         idx[i * n + j] = bucket;
       }
@@ -60,17 +63,17 @@ export class PositionBias {
   }
 
   /** The buckets as an int32 tensor [qLen, prefixLen + kLen], made once per forward context and shape. */
-  index(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past', ctx: ForwardContext): Tensor {
+  index(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: PrefixPositionRule, ctx: ForwardContext): Tensor {
     return ctx.remember(`position-bias:${this.bidirectional}:${qStart}:${qLen}:${kLen}:${prefixLen}:${rule}`, () => this.indexTensor(qStart, qLen, kLen, prefixLen, rule));
   }
 
   /** The buckets as a fresh int32 tensor (a cached decoding step's, which changes every step). */
-  indexTensor(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor {
+  indexTensor(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: PrefixPositionRule): Tensor {
     return tf.tensor2d(this.buckets(qStart, qLen, kLen, prefixLen, rule), [qLen, prefixLen + kLen], 'int32');
   }
 
   /** The materialised bias [1, heads, qLen, prefixLen + kLen] (for inspection and tests). */
-  bias(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: 'zero' | 'past'): Tensor {
+  bias(qStart: number, qLen: number, kLen: number, prefixLen: number, rule: PrefixPositionRule): Tensor {
     return tf.tidy(() => reference.gatherBias(this.table, this.indexTensor(qStart, qLen, kLen, prefixLen, rule)));
   }
 
