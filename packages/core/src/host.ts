@@ -532,7 +532,7 @@ export class AdapterHost {
       const method = methodForAdaptersArchitecture(arch);
       if (!method)
         throw new UnsupportedError(
-          `AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora)`,
+          `AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora, @adapterkit/prefix for prefix_tuning, @adapterkit/prompt for prompt_tuning)`,
           'architecture',
         );
       const d = this.model.dims;
