@@ -6,7 +6,7 @@
  * (methods/modeling.py Adapter, methods/bottleneck.py BottleneckLayer, models/t5/mixin_t5.py).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend, tf, type Variable } from '@adapterkit/backend';
@@ -14,7 +14,7 @@ import { backendsUnderTest } from '@adapterkit/backend/test';
 import { ConfigError, Fuse, readSafetensors, UnsupportedError, WeightError, writeSafetensors, type AdapterConfig } from '@adapterkit/core';
 import { addAdapterFusion, adapterFusionVariables, bottleneckMethod, deleteAdapterFusion, FUSION_PRESETS, loadAdapterFusion, saveAdapterFusion } from '../src/index.js';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
-import { loadModel, logits, maxDiff } from './helpers.js';
+import { FIXTURE_DIR, loadModel, logits, maxDiff } from './helpers.js';
 
 /** A safetensors file's tensors as float32 (what adapter files hold). */
 const readFloats = (path: string) => ({
@@ -265,6 +265,20 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         writeFileSync(file, writeSafetensors(extra, { format: 'pt' }));
         await expect(loadAdapterFusion(model, dir)).rejects.toThrow(WeightError);
         expect(model.adapters.runtimeOf(bottleneckMethod).fusion('mix')).toBeUndefined();
+        cleanUp();
+      });
+
+      it("pytorch_model_adapter_fusion.bin (adapters' default) is read by the safe torch.save reader, keys checked as for safetensors", async () => {
+        model.addAdapter('ta', 'seq_bn[reduction_factor=4]');
+        addAdapterFusion(model, Fuse('ta'), 'static');
+        const dir = join(tmp, 'fusion-bin');
+        await saveAdapterFusion(model, dir, 'ta', { format: 'adapters' });
+        rmSync(join(dir, 'model_adapter_fusion.safetensors'));
+        // a file torch.save really wrote (PEFT LoRA weights, see its README): read, then refused for its keys
+        copyFileSync(join(FIXTURE_DIR, 'peft-lora-bin', 'adapter_model.bin'), join(dir, 'pytorch_model_adapter_fusion.bin'));
+        deleteAdapterFusion(model, 'ta');
+        await expect(loadAdapterFusion(model, dir)).rejects.toThrow(WeightError);
+        await expect(loadAdapterFusion(model, dir)).rejects.toThrow(/lora_A/);
         cleanUp();
       });
 
