@@ -1,4 +1,4 @@
-import { ConfigError, UnsupportedError, type AdapterConfig } from '@adapterkit/core';
+import { ConfigError, UnsupportedError, type AdapterConfig, type SublayerLocation } from '@adapterkit/core';
 
 /**
  * The bottleneck config: `adapters`' BnConfig, option for option, with its defaults
@@ -278,3 +278,10 @@ export function reductionFactorAt(config: BottleneckConfig, layer: number): numb
   }
   return v;
 }
+
+/** Where a config places modules, per hook location. */
+export const LOCATION_OPTION: Record<SublayerLocation, 'mh_adapter' | 'cross_adapter' | 'output_adapter'> = {
+  mh: 'mh_adapter',
+  cross: 'cross_adapter',
+  output: 'output_adapter',
+};

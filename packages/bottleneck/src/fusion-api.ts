@@ -1,27 +1,34 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
 import {
+  ADAPTERS_FORMAT_RELEASE,
   AdapterError,
   ConfigError,
   FileError,
+  Fuse,
   ModelMismatchError,
+  UnsupportedError,
   WeightError,
+  assignFileTensors,
   exists,
   joinPath,
   parseJson,
   readBytes,
   readSafetensors,
+  readTorchCheckpoint,
+  rejectUnknownOptions,
+  slotTensor,
   writeFilesAtomic,
   writeSafetensors,
   type AdapterComposition,
   type AdapterHost,
+  type FileTensor,
   type FuseBlock,
-  type ModelAccess,
 } from '@adapterkit/core';
-
-/** `adapters`' AdapterFusionConfig (configuration/adapter_fusion_config.py). */
 import { bottleneckMethod } from './method.js';
 import type { BottleneckRuntime } from './runtime.js';
+import type { BottleneckConfig } from './config.js';
 import { normalizeFusionConfig, type AdapterFusionConfig } from './fusion.js';
+import { adaptersFusionProblem, fusionLayersWithoutAdapters, fusionSlots } from './adapters-format.js';
 
 export interface HasAdapters {
   readonly adapters: AdapterHost;
@@ -102,18 +109,54 @@ export function fusionRegularizationLoss(model: HasAdapters, block: FuseBlock | 
 }
 
 const FUSION_CONFIG_FILE = 'adapter_fusion_config.json';
+/** adapterkit's weights file, and `adapters`' SAFE_ADAPTERFUSION_WEIGHTS_NAME (use_safetensors=True). */
 const FUSION_WEIGHTS_FILE = 'model_adapter_fusion.safetensors';
+/** `adapters`' ADAPTERFUSION_WEIGHTS_NAME (torch.save, its default). */
+const FUSION_TORCH_FILE = 'pytorch_model_adapter_fusion.bin';
 
-/** Saves a fusion (config + weights; atomic). The fused adapters are saved separately with saveAdapter. */
-export async function saveAdapterFusion(model: HasAdapters & { dims: ModelAccess['dims'] }, dir: string, block: FuseBlock | string[] | string): Promise<void> {
+/** AdapterFusion file formats: adapterkit's own, AdapterHub `adapters`' (AdapterFusionLoader). */
+export type FusionFormat = 'adapterkit' | 'adapters';
+
+/** JSON with keys sorted at every level and two-space indents, as `adapters` writes configs (json.dump(sort_keys=True, indent=2)). */
+function sortedJsonText(value: Record<string, unknown>): string {
+  return JSON.stringify(value, (_, v) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v), 2);
+}
+
+/**
+ * Saves a fusion (config + weights; atomic). The fused adapters are saved separately with saveAdapter.
+ * `format: 'adapters'` writes what `adapters`' save_adapter_fusion(dir, names, use_safetensors=True) writes:
+ * adapter_fusion_config.json (build_full_config: `config` = AdapterFusionConfig.to_dict(), `adapter_names`, `name`,
+ * model fields) and model_adapter_fusion.safetensors with keys `<sub-layer>.adapter_fusion_layer.<name>.…`.
+ */
+export async function saveAdapterFusion(model: HasAdapters, dir: string, block: FuseBlock | string[] | string, options: { format?: FusionFormat } = {}): Promise<void> {
+  rejectUnknownOptions(options, { format: true }, 'saveAdapterFusion');
+  const format = options.format ?? 'adapterkit';
+  if (format !== 'adapterkit' && format !== 'adapters') throw new ConfigError(`format must be 'adapterkit' or 'adapters', got ${JSON.stringify(format)}`, 'format');
   const rt = runtimeOf(model);
   const { name } = fusionNameOf(block);
   const entry = rt.fusion(name);
   if (!entry) throw new AdapterError(`no AdapterFusion '${name}'`);
   const vars = rt.fusionVariables(name);
-  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [k, v] of vars) tensors.set(k, { shape: v.shape, data: Float32Array.from((await v.data()) as Float32Array) });
-  const d = model.dims;
+  await Promise.all([...vars.values()].map((v) => v.data())); // slotTensor reads synchronously
+  const d = model.adapters.model.dims;
+  if (format === 'adapters') {
+    const problem = adaptersFusionProblem(entry.config, adapterConfigs(rt, entry.adapters));
+    if (problem) throw new UnsupportedError(problem.message, problem.option);
+    const config = {
+      adapter_names: entry.adapters,
+      config: { architecture: null, ...entry.config },
+      hidden_size: d.dModel,
+      model_class: model.adapters.model.adaptersModelClass ?? null,
+      model_name: null,
+      model_type: d.modelType,
+      name,
+      version: `adapters.${ADAPTERS_FORMAT_RELEASE}`,
+    };
+    const tensors = new Map(fusionSlots(vars).map((slot) => [slot.key, slotTensor(slot)]));
+    await writeFilesAtomic(dir, { [FUSION_CONFIG_FILE]: sortedJsonText(config), [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'pt' }) });
+    return;
+  }
+  const tensors = new Map([...vars].map(([k, v]) => [k, { shape: v.shape, data: Float32Array.from(v.dataSync() as Float32Array) }]));
   const config = {
     format: 'adapterkit-fusion',
     format_version: 1,
@@ -126,38 +169,78 @@ export async function saveAdapterFusion(model: HasAdapters & { dims: ModelAccess
   await writeFilesAtomic(dir, { [FUSION_CONFIG_FILE]: `${JSON.stringify(config, null, 2)}\n`, [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'adapterkit' }) });
 }
 
-/** Loads a fusion saved by saveAdapterFusion (its adapters must already be loaded); returns its name. */
-export async function loadAdapterFusion(model: HasAdapters & { dims: ModelAccess['dims'] }, dir: string): Promise<string> {
+function adapterConfigs(rt: BottleneckRuntime, adapters: string[]): BottleneckConfig[] {
+  return adapters.map((a) => rt.config(a)!);
+}
+
+/** A fusion directory's weights (float tensors), from the safetensors file or `adapters`' torch.save file. */
+async function readFusionWeights(dir: string, torch: boolean): Promise<Map<string, FileTensor>> {
+  const file = torch ? FUSION_TORCH_FILE : FUSION_WEIGHTS_FILE;
+  const bytes = await readBytes(joinPath(dir, file));
+  const { tensors } = torch ? readTorchCheckpoint(bytes, file) : readSafetensors(bytes, file);
+  const out = new Map<string, FileTensor>();
+  for (const [k, t] of tensors) {
+    if (!(t.data instanceof Float32Array)) throw new WeightError(`AdapterFusion tensor '${k}' has integer dtype ${t.dtype}; fusion weights must be F32, F16 or BF16`, k);
+    out.set(k, { shape: t.shape, data: t.data });
+  }
+  return out;
+}
+
+/**
+ * Loads a fusion saved by saveAdapterFusion, or by `adapters`' save_adapter_fusion (detected; its
+ * model_adapter_fusion.safetensors or pytorch_model_adapter_fusion.bin). Its adapters must already be loaded;
+ * returns its name.
+ */
+export async function loadAdapterFusion(model: HasAdapters, dir: string): Promise<string> {
   const cfgPath = joinPath(dir, FUSION_CONFIG_FILE);
-  const wPath = joinPath(dir, FUSION_WEIGHTS_FILE);
-  if (!(await exists(cfgPath)) || !(await exists(wPath)))
-    throw new FileError(`${dir} is not an AdapterFusion directory (needs ${FUSION_CONFIG_FILE} and ${FUSION_WEIGHTS_FILE})`, dir);
+  const safe = await exists(joinPath(dir, FUSION_WEIGHTS_FILE));
+  if (!(await exists(cfgPath)) || (!safe && !(await exists(joinPath(dir, FUSION_TORCH_FILE)))))
+    throw new FileError(`${dir} is not an AdapterFusion directory (needs ${FUSION_CONFIG_FILE} and ${FUSION_WEIGHTS_FILE} or ${FUSION_TORCH_FILE})`, dir);
   const cfg = parseJson(new TextDecoder().decode(await readBytes(cfgPath)), FUSION_CONFIG_FILE);
-  if (cfg?.format !== 'adapterkit-fusion' || typeof cfg.name !== 'string' || !Array.isArray(cfg.adapters))
-    throw new FileError(`${FUSION_CONFIG_FILE} is not an adapterkit AdapterFusion config`, FUSION_CONFIG_FILE);
-  const d = model.dims;
+  const adaptersFormat = cfg?.format !== 'adapterkit-fusion' && cfg?.config && typeof cfg.config === 'object' && typeof cfg.name === 'string';
+  if (!adaptersFormat && (cfg?.format !== 'adapterkit-fusion' || typeof cfg.name !== 'string' || !Array.isArray(cfg.adapters)))
+    throw new FileError(`${FUSION_CONFIG_FILE} is neither an adapterkit AdapterFusion config nor an AdapterHub adapters one (config, name)`, FUSION_CONFIG_FILE);
+  if (!adaptersFormat && !safe) throw new FileError(`${dir} lacks ${FUSION_WEIGHTS_FILE}`, dir);
+  const d = model.adapters.model.dims;
   if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`AdapterFusion was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
-  const want: Record<string, number> = { d_model: d.dModel, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers };
+  const want: Record<string, number> = adaptersFormat ? { hidden_size: d.dModel } : { d_model: d.dModel, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers };
+  const given: Record<string, unknown> = (adaptersFormat ? cfg : cfg.dims) ?? {};
   for (const [k, v] of Object.entries(want))
-    if (cfg.dims?.[k] !== undefined && cfg.dims[k] !== v) throw new ModelMismatchError(`AdapterFusion was made for ${k}=${cfg.dims[k]}, this model has ${k}=${v}`);
-  const { tensors } = readSafetensors(await readBytes(wPath), FUSION_WEIGHTS_FILE);
-  const name = addAdapterFusion(model, cfg.adapters as string[], cfg.config);
+    if (typeof given[k] === 'number' && given[k] !== v) throw new ModelMismatchError(`AdapterFusion was made for ${k}=${given[k]}, this model has ${k}=${v}`);
+  let tensors = await readFusionWeights(dir, !safe);
+  // `adapters`' AdapterFusionLoader.load: adapter_names = config.get("adapter_names", adapter_fusion_name)
+  const adapters: unknown = adaptersFormat ? (cfg.adapter_names ?? cfg.name.split(',')) : cfg.adapters;
+  if (!Array.isArray(adapters) || !adapters.every((a) => typeof a === 'string'))
+    throw new FileError(`${FUSION_CONFIG_FILE}: the fused adapters must be a list of names`, FUSION_CONFIG_FILE);
+  const name = addAdapterFusion(model, Fuse(...adapters, { name: cfg.name }), cfg.config);
+  const rt = runtimeOf(model);
   try {
-    const vars = runtimeOf(model).fusionVariables(name);
-    for (const key of tensors.keys()) if (!vars.has(key)) throw new WeightError(`AdapterFusion file has unexpected tensor '${key}'`, key);
-    for (const [key, v] of vars) {
-      const t = tensors.get(key);
-      if (!t) throw new WeightError(`AdapterFusion file lacks tensor '${key}'`, key);
-      if (t.shape.join(',') !== v.shape.join(',')) throw new WeightError(`tensor '${key}' has shape [${t.shape}] but the fusion expects [${v.shape}]`, key);
-      const data = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data);
-      if (!data.every(Number.isFinite)) throw new WeightError(`tensor '${key}' contains NaN or Infinity`, key);
-      const value = tf.tensor(data, t.shape);
-      v.assign(value);
-      value.dispose();
+    const vars = rt.fusionVariables(name);
+    if (!adaptersFormat) {
+      assignFileTensors(
+        [...vars].map(([key, variable]) => ({ key, shape: [...variable.shape], variable, transposed: false })),
+        tensors,
+        'AdapterFusion file',
+      );
+      return name;
     }
+    const problem = adaptersFusionProblem(rt.fusion(name)!.config, adapterConfigs(rt, adapters));
+    if (problem) throw new UnsupportedError(problem.message, problem.option);
+    tensors = withoutPrefix(tensors, model.adapters.model.adaptersBasePrefix);
+    const unused = fusionLayersWithoutAdapters(model.adapters.model.sublayerSites(), adapterConfigs(rt, adapters), (key) => rt.fusion(name)!.modules.has(key));
+    const infix = `.adapter_fusion_layer.${name}.`;
+    for (const key of [...tensors.keys()]) if (key.includes(infix) && unused.has(key.slice(0, key.indexOf(infix)))) tensors.delete(key);
+    assignFileTensors(fusionSlots(vars), tensors, 'adapters AdapterFusion file');
   } catch (e) {
-    runtimeOf(model).deleteFusion(name);
+    rt.deleteFusion(name);
     throw e;
   }
   return name;
+}
+
+/** A model with heads saves its base model's modules under a prefix (`adapters`' base_model_prefix): drop it when every key has it. */
+function withoutPrefix(tensors: Map<string, FileTensor>, prefix: string | undefined): Map<string, FileTensor> {
+  const keys = [...tensors.keys()];
+  if (!prefix || keys.length === 0 || !keys.every((k) => k.startsWith(prefix))) return tensors;
+  return new Map(keys.map((k) => [k.slice(prefix.length), tensors.get(k)!]));
 }

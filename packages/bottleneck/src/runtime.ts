@@ -19,7 +19,6 @@ import {
   type ForwardContext,
   type MethodRuntime,
   type ModelAccess,
-  type SublayerLocation,
   type SublayerSite,
   type HookKind,
   type AnySite,
@@ -27,8 +26,8 @@ import {
 import { composeLayer, dispatch, touches, type LayerPrimitives } from '@adapterkit/compose';
 import { initParam, type ParamRole } from '@adapterkit/init';
 import { activation, matMulLast } from '@adapterkit/kernels';
-import { normalizeBottleneckConfig, reductionFactorAt, type BottleneckConfig } from './config.js';
-import { adaptersBottleneckConfig, bottleneckConfigFromAdapters, bottleneckSlots } from './adapters-format.js';
+import { LOCATION_OPTION, normalizeBottleneckConfig, reductionFactorAt, type BottleneckConfig } from './config.js';
+import { adaptersBottleneckConfig, bottleneckConfigFromAdapters, bottleneckSlots, checkSharedRule } from './adapters-format.js';
 import { createFusionModules, fusionForward, type AdapterFusionConfig, type FusionEntry } from './fusion.js';
 
 /** One bottleneck module (adapters' `Adapter` / `ParallelAdapter`) at one sub-layer site. */
@@ -68,13 +67,6 @@ interface BnState {
   /** The last adapter's scaled up-projection (adapters' bottleneck_up), what AdapterFusion attends over. */
   up?: Tensor;
 }
-
-/** Where a config places modules, per hook location. */
-const LOCATION_OPTION: Record<SublayerLocation, 'mh_adapter' | 'cross_adapter' | 'output_adapter'> = {
-  mh: 'mh_adapter',
-  cross: 'cross_adapter',
-  output: 'output_adapter',
-};
 
 let variableCounter = 0;
 
@@ -345,7 +337,7 @@ export class BottleneckRuntime extends TableRuntime<AdapterEntry> implements Met
   exportAdapters(name: string): { config: Record<string, unknown>; tensors: Map<string, FileTensor> } {
     const e = this.adapters.get(name);
     const config = adaptersBottleneckConfig(e.config);
-    return { config, tensors: new Map(bottleneckSlots(e.config, e.modules.values(), name).map((slot) => [slot.key, slotTensor(slot)])) };
+    return { config, tensors: new Map(bottleneckSlots({ ...e, modules: [...e.modules.values()] }, name).map((slot) => [slot.key, slotTensor(slot)])) };
   }
 
   importAdapters(name: string, file: AdaptersFile, tensors: Map<string, FileTensor>): AdapterConfig {
@@ -353,7 +345,9 @@ export class BottleneckRuntime extends TableRuntime<AdapterEntry> implements Met
     this.add(name, config, 0);
     const e = this.adapters.get(name);
     try {
-      assignFileTensors(bottleneckSlots(e.config, e.modules.values(), file.name), tensors, 'adapters file');
+      const parts = { ...e, modules: [...e.modules.values()] };
+      checkSharedRule(parts, file.name, tensors);
+      assignFileTensors(bottleneckSlots(parts, file.name), tensors, 'adapters file');
     } catch (err) {
       this.remove(name);
       throw err;
