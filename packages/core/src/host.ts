@@ -1,4 +1,5 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
+import { AdaptersHeads, type AdaptersHeadInfo, prepareAdaptersHead, readAdaptersHeadFiles, refuseAdaptersHeadFiles } from './adapters-head.js';
 import { type AdapterComposition, type CompositionBlock, checkAdapterName, checkBatchSizes, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
 import { ForwardContext, type SharedMemo } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
@@ -167,6 +168,7 @@ export class AdapterHost {
   private active: CompositionBlock | null = null;
   private skipLayers: ReadonlySet<number> = new Set();
   private trainable = new Set<string>();
+  private readonly heads = new AdaptersHeads();
 
   constructor(readonly model: ModelAccess & { baseParameterCount?(): number }) {}
 
@@ -200,6 +202,7 @@ export class AdapterHost {
     const rec = this.get(name);
     for (const p of rec.parts) this.runtime(p.method).remove(name);
     this.adapters.delete(name);
+    this.heads.delete(name);
     this.trainable.delete(name);
     if (this.active && leavesWithAncestors(this.active).some((l) => l.name === name)) this.active = null;
   }
@@ -214,7 +217,8 @@ export class AdapterHost {
 
   /** Whether every method part of `name` lets its rows be regrouped between decode steps (AdapterMethod.decodesRowwise). */
   decodesRowwise(name: string): boolean {
-    return this.get(name).parts.every((p) => p.method.decodesRowwise?.(p.config) ?? true);
+    // rows of one decode batch share the output projection: an adapter with its own LM head cannot join
+    return this.get(name).parts.every((p) => p.method.decodesRowwise?.(p.config) ?? true) && !this.heads.replacesHead(name);
   }
 
   adapterConfig(name: string): AdapterConfig {
@@ -467,6 +471,7 @@ export class AdapterHost {
     const bytes: AdapterFiles = {
       'adapter_config.json': await files.read('adapter_config.json'),
       [weightsFile]: await files.read(weightsFile),
+      ...(await readAdaptersHeadFiles(files)),
     };
     return this.loadAdapterFiles(bytes, { ...rest, name: rest.name, fallbackName: files.name || 'adapter' });
   }
@@ -495,6 +500,7 @@ export class AdapterHost {
           'peft_type',
         );
       const name = options.name ?? options.fallbackName ?? 'default';
+      refuseAdaptersHeadFiles(files, 'PEFT');
       return this.importForeign(method, name, 'peft', options.overwrite, (rt) => rt.importPeft?.(name, cfg, floats));
     }
 
@@ -523,7 +529,15 @@ export class AdapterHost {
           floats.delete(k);
         }
       }
-      return this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      const head = prepareAdaptersHead(files, this.model);
+      try {
+        this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      } catch (e) {
+        head?.kernel?.dispose();
+        throw e;
+      }
+      if (head) this.heads.set(name, head);
+      return name;
     }
 
     if (cfg.format !== 'adapterkit' || !cfg.config)
@@ -532,6 +546,7 @@ export class AdapterHost {
         'adapter_config.json',
       );
     this.checkDims(cfg);
+    refuseAdaptersHeadFiles(files, 'adapterkit');
     const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
     if (options.name === undefined && cfg.name !== undefined) checkAdapterName(cfg.name, 'adapter_config.json names the adapter');
     this.prepareName(name, options.overwrite);
@@ -617,6 +632,7 @@ export class AdapterHost {
   ): ForwardContext {
     const comp = options.composition !== undefined ? (options.composition === null ? null : this.checkComposition(options.composition)) : this.active;
     if (comp && options.batch !== undefined) checkBatchSizes(comp, options.batch);
+    this.heads.projection(comp); // a composition whose LM heads cannot apply is refused before any compute
     return new ForwardContext(comp, {
       training: options.training,
       skipLayers: options.skipLayers ? new Set(options.skipLayers) : this.skipLayers,
@@ -723,6 +739,20 @@ export class AdapterHost {
     let out = embeds;
     for (const rt of this.runtimes.values()) out = rt.embeddings?.(stack, out, ctx, inverse) ?? out;
     return out;
+  }
+
+  /** The `adapters` prediction head loaded with an adapter (head_config.json beside it), if any. */
+  adapterHead(name: string): AdaptersHeadInfo | undefined {
+    this.get(name);
+    return this.heads.info(name);
+  }
+
+  /**
+   * The output projection [d_model, vocab] the model uses in this context instead of its own LM head: the
+   * `adapters` LM head of the composition's head adapter, when it has one that differs from the model's.
+   */
+  outputProjection(ctx: ForwardContext): Tensor | undefined {
+    return this.heads.projection(ctx.composition);
   }
 
   /** True when no adapter can act (lets the model skip hook bookkeeping entirely). */
