@@ -43,9 +43,13 @@ export interface PreparedHead {
 
 type Files = Record<string, Uint8Array>;
 
-/** The head files a source holds (none when it has none), for loadAdapterFiles. */
-export async function readAdaptersHeadFiles(source: { has(file: string): Promise<boolean>; read(file: string): Promise<Uint8Array> }): Promise<Files> {
+/**
+ * The head files a source holds beside an `adapters` weights file (`adapter.safetensors`, `pytorch_adapter.bin`),
+ * for loadAdapterFiles; other formats have none, so a PEFT adapter on the Hub costs no extra requests.
+ */
+export async function readAdaptersHeadFiles(source: { has(file: string): Promise<boolean>; read(file: string): Promise<Uint8Array> }, weightsFile: string): Promise<Files> {
   const out: Files = {};
+  if (weightsFile !== 'adapter.safetensors' && weightsFile !== 'pytorch_adapter.bin') return out;
   for (const f of [ADAPTERS_HEAD_CONFIG, ...ADAPTERS_HEAD_WEIGHT_FILES]) if (await source.has(f)) out[f] = await source.read(f);
   return out;
 }

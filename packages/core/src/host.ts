@@ -471,7 +471,7 @@ export class AdapterHost {
     const bytes: AdapterFiles = {
       'adapter_config.json': await files.read('adapter_config.json'),
       [weightsFile]: await files.read(weightsFile),
-      ...(await readAdaptersHeadFiles(files)),
+      ...(await readAdaptersHeadFiles(files, weightsFile)),
     };
     return this.loadAdapterFiles(bytes, { ...rest, name: rest.name, fallbackName: files.name || 'adapter' });
   }

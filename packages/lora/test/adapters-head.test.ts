@@ -8,7 +8,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { cpSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expectNoLeaks, initBackend, tf } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
@@ -159,11 +159,14 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       const bin = variant(SEQ2SEQ, { drop: ['model_head.safetensors'] });
       cpSync(fileURLToPath(new URL('../../core/test/fixtures/peft-lora-adapter_model.bin', import.meta.url)), join(bin, 'pytorch_model_head.bin'));
       cases.push(['bin, other tensors', bin, WeightError, /pytorch_model_head\.bin: unexpected tensor/]);
-      // head files beside a PEFT adapter: refused, not ignored
-      const peft = join(tmp, 'peft-with-head');
-      cpSync(PEFT_LORA_DIR, peft, { recursive: true });
-      cpSync(join(SEQ2SEQ, 'head_config.json'), join(peft, 'head_config.json'));
-      cases.push(['beside PEFT', peft, UnsupportedError, /head_config\.json.*PEFT/]);
+      // head files handed in beside a PEFT adapter: refused, not ignored
+      const peft = Object.fromEntries(
+        [join(PEFT_LORA_DIR, 'adapter_config.json'), join(PEFT_LORA_DIR, 'adapter_model.safetensors'), join(SEQ2SEQ, 'head_config.json')].map((f) => [
+          basename(f),
+          readFileSync(f),
+        ]),
+      );
+      expect(() => model.adapters.loadAdapterFiles(peft, { name: 'h' })).toThrow(/head_config\.json.*PEFT/);
       for (const [label, dir, type, message] of cases) {
         await expectNoLeaks(async () => {
           const err = await model.loadAdapter(dir, { name: 'h' }).catch((e) => e);
