@@ -233,6 +233,7 @@ export class AdapterHost {
       return;
     }
     const normalized = this.checkComposition(composition, 'activate');
+    this.heads.projection(normalized); // LM heads it cannot apply are refused now, not in a forward
     const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
     const skip = new Set(options.skipLayers ?? []);
     for (const l of skip) if (!Number.isInteger(l) || l < 0 || l >= total) throw new AdapterError(`skipLayers entry ${l} is not a layer id in [0, ${total})`);

@@ -14,6 +14,7 @@ import { expectNoLeaks, initBackend, tf } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
 import {
   type AdapterComposition,
+  BatchSplit,
   ConfigError,
   FileError,
   ModelMismatchError,
@@ -117,6 +118,8 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
       // per-branch heads are refused by name
       expect(() => model.forward({ ...inputs, composition: Parallel('rnd', 'eye') })).toThrow(UnsupportedError);
       expect(() => model.forward({ ...inputs, composition: Parallel('rnd', 'eye') })).toThrow(/Parallel.*'rnd'/);
+      expect(() => model.setActiveAdapters(BatchSplit('rnd', 'eye', { batchSizes: [1, 1] }))).toThrow(/BatchSplit.*'rnd'/);
+      expect(model.adapters.activeComposition).toBe(null);
       model.deleteAdapter('eye');
       model.deleteAdapter('rnd');
       expect(tf.memory().numTensors).toBe(before);
