@@ -151,6 +151,12 @@ export interface ModelAccess {
   readonly adaptersModelClass?: string;
   /** The prefix of this model's modules in the state dict of `adapters`' model with heads (its base_model_prefix and a dot). */
   readonly adaptersBasePrefix?: string;
+  /**
+   * A copy of the output projection (LM head) kernel [d_model, vocab] in tfjs layout, as the model applies it to
+   * its (scaled) decoder output; the caller owns it. An AdapterHub `adapters` LM head loaded with an adapter is
+   * compared with it, and replaces it while that adapter is the composition's head (AdapterHost.outputProjection).
+   */
+  readOutputProjection?(): Tensor;
   /** Rows of the input (token) embedding matrix for these ids, [n, d_model]; the caller owns it (prompts initialised from tokens). */
   readInputEmbeddings?(ids: number[]): Tensor;
   /** The model's tokenizer on one text, special tokens included as its tokenizer adds them (prompts initialised from a text). */

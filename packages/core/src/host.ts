@@ -1,4 +1,5 @@
 import { tf, type Tensor, type Variable } from '@adapterkit/backend';
+import { AdaptersHeads, type AdaptersHeadInfo, prepareAdaptersHead, readAdaptersHeadFiles, refuseAdaptersHeadFiles } from './adapters-head.js';
 import { type AdapterComposition, type CompositionBlock, checkAdapterName, checkBatchSizes, leavesWithAncestors, normalizeComposition, parallelChannels } from './composition.js';
 import { ForwardContext, type SharedMemo } from './context.js';
 import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchError, UnsupportedError, WeightError } from './errors.js';
@@ -180,6 +181,7 @@ export class AdapterHost {
   private active: CompositionBlock | null = null;
   private skipLayers: ReadonlySet<number> = new Set();
   private trainable = new Set<string>();
+  private readonly heads = new AdaptersHeads();
 
   constructor(readonly model: ModelAccess & { baseParameterCount?(): number }) {}
 
@@ -213,6 +215,7 @@ export class AdapterHost {
     const rec = this.get(name);
     for (const p of rec.parts) this.runtime(p.method).remove(name);
     this.adapters.delete(name);
+    this.heads.delete(name);
     this.trainable.delete(name);
     if (this.active && leavesWithAncestors(this.active).some((l) => l.name === name)) this.active = null;
   }
@@ -227,7 +230,8 @@ export class AdapterHost {
 
   /** Whether every method part of `name` lets its rows be regrouped between decode steps (AdapterMethod.decodesRowwise). */
   decodesRowwise(name: string): boolean {
-    return this.get(name).parts.every((p) => p.method.decodesRowwise?.(p.config) ?? true);
+    // rows of one decode batch share the output projection: an adapter with its own LM head cannot join
+    return this.get(name).parts.every((p) => p.method.decodesRowwise?.(p.config) ?? true) && !this.heads.replacesHead(name);
   }
 
   adapterConfig(name: string): AdapterConfig {
@@ -242,6 +246,7 @@ export class AdapterHost {
       return;
     }
     const normalized = this.checkComposition(composition, 'activate');
+    this.heads.projection(normalized); // LM heads it cannot apply are refused now, not in a forward
     const total = this.model.dims.numEncoderLayers + this.model.dims.numDecoderLayers;
     const skip = new Set(options.skipLayers ?? []);
     for (const l of skip) if (!Number.isInteger(l) || l < 0 || l >= total) throw new AdapterError(`skipLayers entry ${l} is not a layer id in [0, ${total})`);
@@ -494,6 +499,7 @@ export class AdapterHost {
     const bytes: AdapterFiles = {
       'adapter_config.json': await files.read('adapter_config.json'),
       [weightsFile]: await files.read(weightsFile),
+      ...(await readAdaptersHeadFiles(files, weightsFile)),
     };
     return this.loadAdapterFiles(bytes, { ...rest, name: rest.name, fallbackName: files.name || 'adapter' });
   }
@@ -522,6 +528,7 @@ export class AdapterHost {
           'peft_type',
         );
       const name = options.name ?? options.fallbackName ?? 'default';
+      refuseAdaptersHeadFiles(files, 'PEFT');
       return this.importForeign(method, name, 'peft', options.overwrite, (rt) => rt.importPeft?.(name, cfg, floats));
     }
 
@@ -550,7 +557,15 @@ export class AdapterHost {
           floats.delete(k);
         }
       }
-      return this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      const head = prepareAdaptersHead(files, this.model);
+      try {
+        this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      } catch (e) {
+        head?.kernel?.dispose();
+        throw e;
+      }
+      if (head) this.heads.set(name, head);
+      return name;
     }
 
     if (cfg.format !== 'adapterkit' || !cfg.config)
@@ -559,6 +574,7 @@ export class AdapterHost {
         'adapter_config.json',
       );
     this.checkDims(cfg);
+    refuseAdaptersHeadFiles(files, 'adapterkit');
     const name = options.name ?? cfg.name ?? options.fallbackName ?? 'adapter';
     if (options.name === undefined && cfg.name !== undefined) checkAdapterName(cfg.name, 'adapter_config.json names the adapter');
     this.prepareName(name, options.overwrite);
@@ -644,6 +660,7 @@ export class AdapterHost {
   ): ForwardContext {
     const comp = options.composition !== undefined ? (options.composition === null ? null : this.checkComposition(options.composition)) : this.active;
     if (comp && options.batch !== undefined) checkBatchSizes(comp, options.batch);
+    this.heads.projection(comp); // a composition whose LM heads cannot apply is refused before any compute
     return new ForwardContext(comp, {
       training: options.training,
       skipLayers: options.skipLayers ? new Set(options.skipLayers) : this.skipLayers,
@@ -750,6 +767,20 @@ export class AdapterHost {
     let out = embeds;
     for (const rt of this.runtimes.values()) out = rt.embeddings?.(stack, out, ctx, inverse) ?? out;
     return out;
+  }
+
+  /** The `adapters` prediction head loaded with an adapter (head_config.json beside it), if any. */
+  adapterHead(name: string): AdaptersHeadInfo | undefined {
+    this.get(name);
+    return this.heads.info(name);
+  }
+
+  /**
+   * The output projection [d_model, vocab] the model uses in this context instead of its own LM head: the
+   * `adapters` LM head of the composition's head adapter, when it has one that differs from the model's.
+   */
+  outputProjection(ctx: ForwardContext): Tensor | undefined {
+    return this.heads.projection(ctx.composition);
   }
 
   /** True when no adapter can act (lets the model skip hook bookkeeping entirely). */

@@ -7,6 +7,7 @@ export * from './registry.js';
 export * from './io.js';
 export * from './hub.js';
 export * from './host.js';
+export * from './adapters-head.js';
 export * from './rng.js';
 export * from './gating.js';
 export * from './generation.js';

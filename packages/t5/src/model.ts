@@ -218,6 +218,11 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
     return tf.tidy(() => this.embed(tf.tensor1d(ids, 'int32')));
   }
 
+  /** A copy of the LM head kernel [d_model, vocab] (an `adapters` LM head is compared with it); the caller owns it. */
+  readOutputProjection(): Tensor {
+    return this.headKernel.clone();
+  }
+
   baseParameterCount(): number {
     let n = 0;
     for (const t of this.weights.values()) n += t.size;
@@ -523,14 +528,16 @@ export class T5Model implements ModelAccess, RowwiseDecoder<DecoderState> {
     const d = this.config.dModel;
     const scale = this.config.scaleDecoderOutputs ? d ** -0.5 : undefined;
     const norm = this.weight('decoder.final_layer_norm.weight');
+    // an adapter's own LM head (AdapterHub `adapters` seq2seq_lm head) applies to the same scaled output
+    const head = this.adapters.outputProjection(ctx) ?? this.headKernel;
     if (!this.dropsOut(ctx) && !this.adapters.actsAt('embeddings', 'decoder', ctx)) {
-      return linear(h.reshape([-1, d]), this.headKernel, { norm: { weight: norm, eps: this.eps, scale } });
+      return linear(h.reshape([-1, d]), head, { norm: { weight: norm, eps: this.eps, scale } });
     }
     let x = this.dropout(rmsNorm(h, norm, this.eps), ctx, 103);
     if (scale !== undefined) x = x.mul(scale);
     // invertible adapters run their inverse on [rows, T, d] (their compositions slice rows)
     x = this.adapters.embeddings('decoder', x, ctx, true);
-    return linear(x.reshape([-1, d]), this.headKernel);
+    return linear(x.reshape([-1, d]), head);
   }
 
   /** Full (uncached) decoder over target ids: logits [rows·T, vocab]. */
