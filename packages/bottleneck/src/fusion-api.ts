@@ -17,8 +17,9 @@ import {
   readTorchCheckpoint,
   rejectUnknownOptions,
   slotTensor,
-  writeFilesAtomic,
+  writeDirAtomic,
   writeSafetensors,
+  writeTorchCheckpoint,
   type AdapterComposition,
   type AdapterHost,
   type FileTensor,
@@ -117,6 +118,21 @@ const FUSION_TORCH_FILE = 'pytorch_model_adapter_fusion.bin';
 /** AdapterFusion file formats: adapterkit's own, AdapterHub `adapters`' (AdapterFusionLoader). */
 export type FusionFormat = 'adapterkit' | 'adapters';
 
+export interface SaveFusionOptions {
+  format?: FusionFormat;
+  /**
+   * `adapters` format only: false writes `pytorch_model_adapter_fusion.bin` (torch.save; save_adapter_fusion's
+   * default, use_safetensors=False) instead of `model_adapter_fusion.safetensors`. Default true.
+   */
+  safeSerialization?: boolean;
+}
+
+/**
+ * A fusion directory is the config and ONE weights file: a re-save in the other serialization drops the old
+ * file (loading prefers the safetensors one, which would otherwise be stale). README.md is kept.
+ */
+const FUSION_DIR_ENTRIES = { replaces: [FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE, FUSION_TORCH_FILE], carries: ['README.md'], shared: 'in-place' } as const;
+
 /** JSON with keys sorted at every level and two-space indents, as `adapters` writes configs (json.dump(sort_keys=True, indent=2)). */
 function sortedJsonText(value: Record<string, unknown>): string {
   return JSON.stringify(value, (_, v) => (v && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v), 2);
@@ -128,10 +144,14 @@ function sortedJsonText(value: Record<string, unknown>): string {
  * adapter_fusion_config.json (build_full_config: `config` = AdapterFusionConfig.to_dict(), `adapter_names`, `name`,
  * model fields) and model_adapter_fusion.safetensors with keys `<sub-layer>.adapter_fusion_layer.<name>.…`.
  */
-export async function saveAdapterFusion(model: HasAdapters, dir: string, block: FuseBlock | string[] | string, options: { format?: FusionFormat } = {}): Promise<void> {
-  rejectUnknownOptions(options, { format: true }, 'saveAdapterFusion');
+export async function saveAdapterFusion(model: HasAdapters, dir: string, block: FuseBlock | string[] | string, options: SaveFusionOptions = {}): Promise<void> {
+  rejectUnknownOptions(options, { format: true, safeSerialization: true }, 'saveAdapterFusion');
   const format = options.format ?? 'adapterkit';
   if (format !== 'adapterkit' && format !== 'adapters') throw new ConfigError(`format must be 'adapterkit' or 'adapters', got ${JSON.stringify(format)}`, 'format');
+  const safe = options.safeSerialization ?? true;
+  if (typeof safe !== 'boolean') throw new ConfigError(`safeSerialization must be true or false, got ${JSON.stringify(safe)}`, 'safeSerialization');
+  if (!safe && format !== 'adapters')
+    throw new ConfigError("safeSerialization: false (a torch.save .bin file) is only for format 'adapters'; adapterkit's own format is always safetensors", 'safeSerialization');
   const rt = runtimeOf(model);
   const { name } = fusionNameOf(block);
   const entry = rt.fusion(name);
@@ -153,7 +173,11 @@ export async function saveAdapterFusion(model: HasAdapters, dir: string, block: 
       version: `adapters.${ADAPTERS_FORMAT_RELEASE}`,
     };
     const tensors = new Map(fusionSlots(vars).map((slot) => [slot.key, slotTensor(slot)]));
-    await writeFilesAtomic(dir, { [FUSION_CONFIG_FILE]: sortedJsonText(config), [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'pt' }) });
+    // the torch archive is named after the file's stem, as torch.save names it
+    const weights: Record<string, Uint8Array> = safe
+      ? { [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'pt' }) }
+      : { [FUSION_TORCH_FILE]: writeTorchCheckpoint(tensors, 'pytorch_model_adapter_fusion') };
+    await writeDirAtomic(dir, { [FUSION_CONFIG_FILE]: sortedJsonText(config), ...weights }, FUSION_DIR_ENTRIES);
     return;
   }
   const tensors = new Map([...vars].map(([k, v]) => [k, { shape: v.shape, data: Float32Array.from(v.dataSync() as Float32Array) }]));
@@ -166,7 +190,11 @@ export async function saveAdapterFusion(model: HasAdapters, dir: string, block: 
     model_type: d.modelType,
     dims: { d_model: d.dModel, num_layers: d.numEncoderLayers, num_decoder_layers: d.numDecoderLayers },
   };
-  await writeFilesAtomic(dir, { [FUSION_CONFIG_FILE]: `${JSON.stringify(config, null, 2)}\n`, [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'adapterkit' }) });
+  await writeDirAtomic(
+    dir,
+    { [FUSION_CONFIG_FILE]: `${JSON.stringify(config, null, 2)}\n`, [FUSION_WEIGHTS_FILE]: writeSafetensors(tensors, { format: 'adapterkit' }) },
+    FUSION_DIR_ENTRIES,
+  );
 }
 
 function adapterConfigs(rt: BottleneckRuntime, adapters: string[]): BottleneckConfig[] {

@@ -6,12 +6,12 @@
  * (methods/modeling.py Adapter, methods/bottleneck.py BottleneckLayer, models/t5/mixin_t5.py).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend, tf, type Variable } from '@adapterkit/backend';
 import { backendsUnderTest } from '@adapterkit/backend/test';
-import { ConfigError, Fuse, readSafetensors, UnsupportedError, WeightError, writeSafetensors, type AdapterConfig } from '@adapterkit/core';
+import { ConfigError, Fuse, readSafetensors, readTorchCheckpoint, UnsupportedError, WeightError, writeSafetensors, type AdapterConfig } from '@adapterkit/core';
 import { addAdapterFusion, adapterFusionVariables, bottleneckMethod, deleteAdapterFusion, FUSION_PRESETS, loadAdapterFusion, saveAdapterFusion } from '../src/index.js';
 import type { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { FIXTURE_DIR, loadModel, logits, maxDiff } from './helpers.js';
@@ -237,6 +237,16 @@ for (const backend of backendsUnderTest(['cpu', 'wasm'])) {
         const after = await fusionValues('fa,fb');
         for (const [k, v] of values) expect(after.get(k), k).toEqual(v);
         expect(maxDiff(await logits(model, { composition: Fuse('fa', 'fb') }), before)).toBe(0);
+        // save_adapter_fusion's default serialization: pytorch_model_adapter_fusion.bin (torch.save), read back
+        // by the torch reader; the re-save leaves one weights file, so no stale safetensors is preferred
+        await saveAdapterFusion(model, join(dir, 'fusion'), 'fa,fb', { format: 'adapters', safeSerialization: false });
+        expect(readdirSync(join(dir, 'fusion')).sort()).toEqual(['adapter_fusion_config.json', 'pytorch_model_adapter_fusion.bin']);
+        const bin = readTorchCheckpoint(new Uint8Array(readFileSync(join(dir, 'fusion', 'pytorch_model_adapter_fusion.bin'))), 'bin').tensors;
+        expect(bin.get(q)!.data).toEqual(tensors.get(q)!.data);
+        deleteAdapterFusion(model, 'fa,fb');
+        expect(await loadAdapterFusion(model, join(dir, 'fusion'))).toBe('fa,fb');
+        for (const [k, v] of values) expect((await fusionValues('fa,fb')).get(k), k).toEqual(v);
+        await expect(saveAdapterFusion(model, join(tmp, 'fusion-own'), 'fa,fb', { safeSerialization: false })).rejects.toThrow(/safeSerialization/);
         cleanUp();
       });
 
