@@ -16,5 +16,7 @@ export const bottleneckMethod: AdapterMethod<BottleneckRuntime> = {
   decodesRowwise: (config) => config.use_gating !== true,
   normalizeConfig: normalizeBottleneckConfig,
   adaptersArchitectures: ['bottleneck'],
+  // `<sub-layer>.adapters.<name>.…`, the invertible adapter, Compacter's shared `shared_parameters.<name>.phm_*`
+  ownsAdaptersKey: (key, name) => key.includes(`.adapters.${name}.`) || key.startsWith(`encoder.invertible_adapters.${name}.`) || key.startsWith(`shared_parameters.${name}.phm_`),
   attach: (model: ModelAccess) => new BottleneckRuntime(model),
 };

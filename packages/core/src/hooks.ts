@@ -189,6 +189,11 @@ export interface AdapterMethod<R extends MethodRuntime = MethodRuntime> {
   /** AdapterHub `adapters` config `architecture`s this method imports (a missing architecture is 'bottleneck', as `adapters` reads it). */
   readonly adaptersArchitectures?: readonly string[];
   /**
+   * Whether a key of an AdapterHub `adapters` state dict belongs to this method's adapter saved as `name`: a
+   * union's file (`architecture: "union"`, e.g. MAM) holds every part's keys in one file.
+   */
+  ownsAdaptersKey?(key: string, name: string): boolean;
+  /**
    * Whether rows of an adapter with this (normalized) config may be regrouped between decode steps
    * (continuous batching): false when it keeps per-sequence decoding state (a decoder prefix, a sequence
    * gate) or changes the encoder's length (a prompt). Missing: true.

@@ -6,8 +6,10 @@ import { AdapterError, CompositionError, ConfigError, FileError, ModelMismatchEr
 import type {
   AdapterConfig,
   AdapterMethod,
+  AdaptersFile,
   AnySite,
   AttentionSite,
+  FileTensor,
   HookKind,
   InputEmbeddings,
   LinearGroup,
@@ -444,12 +446,21 @@ export class AdapterHost {
   /** The files of an adapter exported by its method to PEFT's or AdapterHub `adapters`' format. */
   private async exportedFiles(name: string, format: 'peft' | 'adapters', safe: boolean): Promise<AdapterFiles> {
     const rec = this.get(name);
-    const rt = rec.parts.length === 1 ? this.runtime(rec.parts[0].method) : undefined;
-    const exporter = format === 'peft' ? rt?.exportPeft : rt?.exportAdapters;
-    if (!rt || !exporter) throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to ${JSON.stringify(format)} format`, 'format');
+    // a union (MAM, UniPELT) has no PEFT form; in `adapters` it is one file with every part's keys
+    const parts = format === 'peft' && rec.parts.length > 1 ? [] : rec.parts.map((p) => this.runtime(p.method));
+    const exporters = parts.map((rt) => (format === 'peft' ? rt.exportPeft : rt.exportAdapters));
+    if (parts.length === 0 || exporters.some((e) => !e))
+      throw new UnsupportedError(`adapter '${name}' (${rec.config.method}) cannot be exported to ${JSON.stringify(format)} format`, 'format');
     // exporters read synchronously: download the data first (WebGPU cannot read synchronously otherwise).
     await Promise.all([...this.adapterVariables(name).values()].map((v) => v.data()));
-    const { config, tensors } = exporter.call(rt, name);
+    const exported = parts.map((rt, i) => exporters[i]!.call(rt, name));
+    const config = exported.length === 1 ? exported[0].config : { architecture: 'union', configs: exported.map((e) => e.config) };
+    const tensors = new Map<string, FileTensor>();
+    for (const e of exported)
+      for (const [k, t] of e.tensors) {
+        if (tensors.has(k)) throw new UnsupportedError(`adapter '${name}': two parts of its union both save '${k}'`, 'format');
+        tensors.set(k, t);
+      }
     // The file names and torch archive names (the file's stem) PEFT's save_pretrained and `adapters`' save_adapter use.
     const stem = format === 'peft' ? 'adapter_model' : 'pytorch_adapter';
     const [weightsFile, weights] = safe
@@ -534,14 +545,6 @@ export class AdapterHost {
 
     // AdapterHub `adapters`: { config: { architecture, … }, name, model_type, hidden_size, version: "adapters.x" }
     if (cfg.format !== 'adapterkit' && cfg.config && typeof cfg.config === 'object' && typeof cfg.name === 'string') {
-      const arch = cfg.config.architecture as string | null | undefined;
-      if (arch === 'union') throw new UnsupportedError("AdapterHub adapters union configs ('union' architecture) cannot be loaded yet; load each part separately", 'architecture');
-      const method = methodForAdaptersArchitecture(arch);
-      if (!method)
-        throw new UnsupportedError(
-          `AdapterHub adapters architecture '${arch ?? 'bottleneck'}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora, @adapterkit/prefix for prefix_tuning, @adapterkit/prompt for prompt_tuning)`,
-          'architecture',
-        );
       const d = this.model.dims;
       if (cfg.model_type && cfg.model_type !== d.modelType) throw new ModelMismatchError(`adapter was made for model type '${cfg.model_type}', this model is '${d.modelType}'`);
       if (typeof cfg.hidden_size === 'number' && cfg.hidden_size !== d.dModel)
@@ -559,7 +562,7 @@ export class AdapterHost {
       }
       const head = prepareAdaptersHead(files, this.model);
       try {
-        this.importForeign(method, name, 'adapters', options.overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+        this.importAdaptersFile(name, file, floats, options.overwrite);
       } catch (e) {
         head?.kernel?.dispose();
         throw e;
@@ -604,6 +607,61 @@ export class AdapterHost {
       throw e;
     }
     return name;
+  }
+
+  /**
+   * Imports an AdapterHub `adapters` file: one method's adapter, or a union (`architecture: "union"`, e.g.
+   * MAM) whose parts each import the keys their method owns. A key no part owns is a WeightError.
+   */
+  private importAdaptersFile(name: string, file: AdaptersFile, floats: Map<string, FileTensor>, overwrite: boolean | undefined): void {
+    const methodOf = (arch: unknown) => {
+      const method = methodForAdaptersArchitecture(arch as string | null | undefined);
+      if (!method)
+        throw new UnsupportedError(
+          `AdapterHub adapters architecture '${String(arch ?? 'bottleneck')}' is not supported (import @adapterkit/bottleneck for bottleneck, @adapterkit/lora for lora, @adapterkit/prefix for prefix_tuning, @adapterkit/prompt for prompt_tuning)`,
+          'architecture',
+        );
+      return method;
+    };
+    if (file.config.architecture !== 'union') {
+      this.importForeign(methodOf(file.config.architecture), name, 'adapters', overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      return;
+    }
+    const configs = file.config.configs;
+    if (!Array.isArray(configs) || configs.length === 0 || configs.some((c) => !c || typeof c !== 'object' || Array.isArray(c)))
+      throw new FileError("adapter_config.json: a union config needs a non-empty 'configs' list of configs", 'configs');
+    const parts = (configs as Record<string, unknown>[]).map((config) => ({ config, method: methodOf(config.architecture), tensors: new Map<string, FileTensor>() }));
+    for (const [i, p] of parts.entries()) {
+      const twice = parts.findIndex((q) => q.method === p.method);
+      if (twice !== i)
+        throw new UnsupportedError(`the union holds two ${p.method.name} configs (parts ${twice} and ${i}); adapterkit's unions hold one config per method`, 'configs');
+      if (!p.method.ownsAdaptersKey) throw new UnsupportedError(`${p.method.name} adapters cannot be part of an AdapterHub adapters union file here`, 'configs');
+    }
+    for (const [key, t] of floats) {
+      const owners = parts.filter((p) => p.method.ownsAdaptersKey!(key, file.name));
+      if (owners.length !== 1)
+        throw new WeightError(
+          owners.length === 0
+            ? `adapters file has tensor '${key}', which belongs to no part of the union`
+            : `adapters file tensor '${key}' could belong to ${owners.map((p) => p.method.name).join(' or ')}`,
+          key,
+        );
+      owners[0].tensors.set(key, t);
+    }
+    this.prepareName(name, overwrite);
+    const imported: { method: AdapterMethod; config: AdapterConfig }[] = [];
+    try {
+      for (const p of parts) {
+        const rt = this.runtime(p.method);
+        const config = rt.importAdapters?.(name, { ...file, config: p.config }, p.tensors);
+        if (!config) throw new UnsupportedError(`${p.method.name} cannot import AdapterHub adapters adapters`, 'format');
+        imported.push({ method: p.method, config });
+      }
+    } catch (e) {
+      for (const p of imported) this.runtime(p.method).remove(name);
+      throw e;
+    }
+    this.adapters.set(name, { name, config: { method: 'union', configs: imported.map((p) => p.config) }, parts: imported, source: 'adapters' });
   }
 
   /** Registers an adapter a method imported from another library's files (`importer` undefined: the method cannot). */

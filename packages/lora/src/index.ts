@@ -16,6 +16,8 @@ export const loraMethod: AdapterMethod = {
   decodesRowwise: (config) => config.use_gating !== true,
   peftTypes: ['LORA', 'IA3', 'VERA'],
   adaptersArchitectures: ['lora'],
+  // `<module>.loras.<name>.…`; VeRA's shared projections `shared_parameters.<name>.lora_A|lora_B`
+  ownsAdaptersKey: (key, name) => key.includes(`.loras.${name}.`) || key.startsWith(`shared_parameters.${name}.lora_`),
   normalizeConfig: normalizeLoraConfig,
   attach: (model: ModelAccess) => new LoraRuntime(model),
 };

@@ -520,6 +520,7 @@ export const prefixTuning: AdapterMethod = {
   decodesRowwise: () => false,
   peftTypes: ['PREFIX_TUNING'],
   adaptersArchitectures: ['prefix_tuning'],
+  ownsAdaptersKey: (key, name) => key.startsWith(`prefix_tuning.prefix_tunings.${name}.`),
   normalizeConfig,
   attach: (model) => new PrefixRuntime(model),
 };

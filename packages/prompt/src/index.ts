@@ -216,6 +216,7 @@ export const promptTuning: AdapterMethod = {
   decodesRowwise: () => false,
   peftTypes: ['PROMPT_TUNING'],
   adaptersArchitectures: ['prompt_tuning'],
+  ownsAdaptersKey: (key, name) => key.startsWith(`prompt_tuning.prompt_tunings.${name}.`),
   normalizeConfig: normalizePromptConfig,
   attach: (model) => new PromptRuntime(model),
 };
