@@ -116,6 +116,31 @@ describe('DecodeBatch (continuous batching)', () => {
     batch.dispose();
   });
 
+  it('many newcomers of mixed lengths at once (encoded in length buckets) equal each entry alone', async () => {
+    const adapters = [null, 'alpha', 'beta', 'gamma'];
+    // 24 entries, inputs of 2 to 40 tokens: several buckets of similar length in one join
+    const entries: DecodeEntry[] = Array.from({ length: 24 }, (_, i) => ({
+      rows: randomRows(1 + (i % 2), 900 + i, 2 + ((i * 13) % 39)),
+      adapter: adapters[i % 4],
+      maxNewTokens: 3 + (i % 6),
+    }));
+    const expected = await Promise.all(entries.map(alone));
+    await expectNoLeaks(async () => {
+      const batch = new DecodeBatch(model);
+      for (const e of entries) batch.join(e);
+      const got = new Map<DecodeEntry, number[][]>();
+      for (let step = 0; got.size < entries.length && step < 100; step++)
+        for (const r of await batch.step())
+          if (r.done)
+            got.set(
+              r.entry,
+              r.sequences.map((s) => trimGenerated(s, 1)),
+            );
+      batch.dispose();
+      entries.forEach((e, i) => expect(got.get(e), `entry ${i} (${e.adapter}, ${e.rows[0].length} tokens)`).toEqual(expected[i]));
+    });
+  });
+
   it('a left entry frees its rows; the others are unaffected', async () => {
     const a: DecodeEntry = { rows: randomRows(2, 71, 6), adapter: 'alpha', maxNewTokens: 12 };
     const b: DecodeEntry = { rows: randomRows(1, 72, 5), adapter: 'beta', maxNewTokens: 12 };

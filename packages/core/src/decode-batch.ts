@@ -191,19 +191,29 @@ export class DecodeBatch<State> {
       this.active = [];
       return;
     }
-    if (incoming.length > 0) {
-      // The newcomers are encoded together (one BatchSplit over their adapters), then regrouped in.
-      let off = 0;
-      for (const a of groupByAdapter(incoming)) {
-        a.offset = off;
-        off += a.rows.length;
+    // The newcomers are encoded in buckets of similar input length (one BatchSplit over each bucket's
+    // adapters), then regrouped in: an input padded to the longest would cost its rows × that length.
+    const source = new Map<Active, number>();
+    try {
+      for (const bucket of lengthBuckets(incoming)) {
+        const inBucket = groupByAdapter(bucket);
+        let off = 0;
+        for (const a of inBucket) {
+          a.offset = off;
+          off += a.rows.length;
+          source.set(a, states.length);
+        }
+        states.push(this.startEntries(inBucket));
       }
-      states.push(this.startEntries(groupByAdapter(incoming)));
+    } catch (e) {
+      for (const s of states) this.model.disposeDecoderState(s);
+      this.active = [];
+      throw e;
     }
     const grouped = groupByAdapter(all);
     let offset = 0;
     for (const a of grouped) {
-      const fromState = incoming.includes(a) ? states.length - 1 : 0;
+      const fromState = source.get(a) ?? 0;
       const length = a.sequences[0].length - 1;
       for (let r = 0; r < a.rows.length; r++) picks.push({ state: fromState, row: a.offset + r, length });
       a.offset = offset;
@@ -266,6 +276,32 @@ export class DecodeBatch<State> {
     this.joining = [];
     this.leaving.clear();
   }
+}
+
+/** A bucket closes at this many rows once a longer input would be over twice its shortest (an encode costs ~3 ms of dispatch). */
+const MIN_BUCKET_ROWS = 16;
+
+/**
+ * Newcomers in buckets of similar input length (shortest first): the encoder costs rows × padded length
+ * (attention: × length²), so 200 mixed requests padded to their longest would spend most of it on padding.
+ */
+function lengthBuckets(entries: Active[]): Active[][] {
+  const length = (a: Active) => Math.max(...a.rows.map((r) => r.length));
+  const sorted = [...entries].sort((x, y) => length(x) - length(y));
+  const buckets: Active[][] = [];
+  let bucket: Active[] = [];
+  let rows = 0;
+  for (const a of sorted) {
+    if (rows >= MIN_BUCKET_ROWS && length(a) > 2 * length(bucket[0])) {
+      buckets.push(bucket);
+      bucket = [];
+      rows = 0;
+    }
+    bucket.push(a);
+    rows += a.rows.length;
+  }
+  if (bucket.length > 0) buckets.push(bucket);
+  return buckets;
 }
 
 /** Entries ordered so each adapter's rows are contiguous (base-model rows first), order kept within. */
