@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { initBackend, tf } from '@adapterkit/backend';
-import { KERNEL, nativeKernelsInfo, setNativeKernelThreads } from '../src/index.node.js';
+import { cacheWrite, KERNEL, nativeKernelsInfo, setNativeKernelThreads } from '../src/index.node.js';
 
 function hasCompiler(): boolean {
   try {
@@ -52,5 +52,30 @@ describe.runIf(process.platform === 'linux' && hasCompiler() && process.env.ADAP
       setNativeKernelThreads(was);
       tf.dispose([a, b]);
     }
+  });
+
+  it('cacheWrite writes a cache only its owner holds in place, and copies a shared one (a clone keeps its values)', async () => {
+    await initBackend('wasm');
+    const source = tf.tensor3d([1, 2, 3, 4, 5, 6, 7, 8], [2, 1, 4]); // [rows, 1, sourceCols]: columns 2..3 are written
+    const before = tf.memory().numTensors;
+    // owned: the result is the same data, with slot 1 written
+    const owned = tf.zeros([2, 3, 2]);
+    const written = cacheWrite(owned, source, 2, 1);
+    expect(written.dataId).toBe(owned.dataId);
+    owned.dispose();
+    expect(await written.array()).toEqual([
+      [[0, 0], [3, 4], [0, 0]],
+      [[0, 0], [7, 8], [0, 0]],
+    ]);
+    // shared with a clone: a new buffer; the clone still reads zeros
+    const shared = tf.zeros([2, 3, 2]);
+    const clone = shared.clone();
+    const copied = cacheWrite(shared, source, 0, 2);
+    expect(copied.dataId).not.toBe(shared.dataId);
+    expect((await clone.data()).every((v) => v === 0)).toBe(true);
+    expect(((await copied.array()) as number[][][])[1][2]).toEqual([5, 6]);
+    tf.dispose([written, shared, clone, copied]);
+    expect(tf.memory().numTensors).toBe(before);
+    source.dispose();
   });
 });

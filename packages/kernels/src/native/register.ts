@@ -34,6 +34,9 @@ interface Addon {
 /** The slice of tfjs-backend-wasm's BackendWasm the kernels use. */
 interface WasmBackend {
   makeOutput(shape: number[], dtype: string): tf.TensorInfo;
+  /** Tensors holding this data (tfjs-core's KernelBackend.refCount). */
+  refCount(dataId: object): number;
+  incRef(dataId: object): void;
   disposeData(dataId: object): void;
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
@@ -250,9 +253,14 @@ export function registerNativeKernels(): void {
 
   registerFused(KERNEL.cacheWrite, (n, attrs, w) => {
     const [b, capacity, c] = n.cache.shape;
-    const out = w.makeOutput(n.cache.shape, 'float32');
+    // A cache no other tensor shares (a decoder state's, replaced by the result every step) takes the slot in
+    // place and is handed back as the result: copying it would cost O(cache) per token, O(T²) per generation.
+    const inPlace = w.refCount(n.cache.dataId) === 1;
+    const out = inPlace ? n.cache : w.makeOutput(n.cache.shape, 'float32');
     addon.cacheWrite(heap(w, n.cache)!, heap(w, n.source)!, heap(w, out)!, b, capacity, c, n.source.shape[2], attrs.sourceOffset, attrs.position);
-    return out;
+    if (!inPlace) return out;
+    w.incRef(n.cache.dataId);
+    return { dataId: n.cache.dataId, shape: n.cache.shape, dtype: 'float32' };
   });
 
   registerFused(KERNEL.crossEntropy, (n, attrs, w) => {
