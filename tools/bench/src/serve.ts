@@ -1,6 +1,6 @@
 /**
  * `serve` benchmark (not a test): continuous batching on the bundled tiny model with 3 LoRA tenants and the
- * base model, through HTTP, the worker thread and all.
+ * base model, through HTTP, the worker thread and all: `adapterkit serve` runs in its own process.
  *
  *   (a) throughput: N concurrent requests of mixed lengths (1–2 inputs of 4–40 tokens, 8–64 new tokens,
  *       tenants round-robin) against the same requests sent one at a time;
@@ -9,12 +9,13 @@
  *
  *   node tools/bench/dist/serve.js [--requests 200] [--short 200] [--background 16] [--max-batch-rows 256] [--json]
  */
-import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { join, resolve } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { initBackend, tf } from '@adapterkit/backend';
-import { createAdapterServer, BUNDLED_MODEL } from '@adapterkit/cli';
+import { BUNDLED_MODEL } from '@adapterkit/cli';
 import { SeededRandom } from '@adapterkit/core';
 import { T5ForConditionalGeneration } from '@adapterkit/t5';
 import { eachFlag, type FlagSpec } from './common.js';
@@ -88,8 +89,26 @@ export async function main(argv: string[]) {
     adapters.push([name, join(dir, name)]);
   }
   model.dispose();
-  const srv = createAdapterServer({ adapters, backend: 'wasm', maxBatchRows, maxQueue: 10_000 });
-  const base = `http://127.0.0.1:${await srv.listen(0)}`;
+  // The server runs as a user deploys it, `adapterkit serve` in its own process: the clients below (and
+  // their garbage collection) do not share its event loop.
+  const cli = resolve(BUNDLED_MODEL, '../../dist/cli.js');
+  const args = ['serve', '-b', 'wasm', '-p', '0', '--max-batch-rows', String(maxBatchRows), '--max-queue', '10000', ...adapters.flatMap(([n, d]) => ['-a', `${n}=${d}`])];
+  const server = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const base = await new Promise<string>((ok, fail) => {
+    let out = '';
+    server.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      if (line) ok((JSON.parse(line) as { listening: string }).listening);
+    });
+    server.once('exit', (code) => fail(new Error(`adapterkit serve exited with ${code} before listening`)));
+  });
+  /** The server's decode steps and generated tokens so far (its Prometheus /metrics). */
+  const counters = async () => {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? Number.NaN);
+    return { steps: value('adapterkit_decode_steps_total'), tokens: value('adapterkit_generated_tokens_total') };
+  };
   try {
     const rng = new SeededRandom(7);
     const mixed: Body[] = Array.from({ length: n }, (_, i) => ({
@@ -101,12 +120,12 @@ export async function main(argv: string[]) {
     for (const t of TENANTS) await post(base, { adapter: t, inputs: [[5, 6, 1]], params: { maxNewTokens: 4 } });
 
     let t0 = performance.now();
-    const steps0 = srv.stats.steps;
-    const tokens0 = srv.stats.tokens;
+    const start = await counters();
     await Promise.all(mixed.map((b) => post(base, b)));
     const batchedS = (performance.now() - t0) / 1000;
-    const steps = srv.stats.steps - steps0;
-    const tokens = srv.stats.tokens - tokens0;
+    const end = await counters();
+    const steps = end.steps - start.steps;
+    const tokens = end.tokens - start.tokens;
     t0 = performance.now();
     for (const b of mixed) await post(base, b);
     const sequentialS = (performance.now() - t0) / 1000;
@@ -164,7 +183,8 @@ export async function main(argv: string[]) {
     }
     return result;
   } finally {
-    await srv.close();
+    server.kill('SIGTERM');
+    await new Promise((r) => server.once('exit', r));
   }
 }
 
