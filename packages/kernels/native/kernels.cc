@@ -598,34 +598,21 @@ napi_value LinearBackward(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
-// out[i, :D] = Σ_j w[i, j]·value(j)[:D] for small heads: the row's sums stay in registers (D known).
+// out[i, :d] = Σ_j w[i, j]·value(j)[:d] for small heads (d ≤ kSmallHead). With D > 0 (d known at compile
+// time) the row's sums stay in registers; D = 0 takes d at run time.
 template <int D, class Value>
-inline void weighted_rows(int rows, int cols, const float* w, int ldw, const Value& value, float* out, int ldo) {
+inline void weighted_rows(int rows, int cols, int d, const float* w, int ldw, const Value& value, float* out, int ldo) {
+  const int n = D > 0 ? D : d;
   for (int i = 0; i < rows; i++) {
-    float acc[D] = {};
+    float acc[D > 0 ? D : kSmallHead] = {};
     const float* wi = w + (int64_t)i * ldw;
     for (int j = 0; j < cols; j++) {
       const float wj = wi[j];
       const float* v = value(j);
 #pragma omp simd
-      for (int c = 0; c < D; c++) acc[c] += wj * v[c];
+      for (int c = 0; c < n; c++) acc[c] += wj * v[c];
     }
-    std::memcpy(out + (int64_t)i * ldo, acc, sizeof acc);
-  }
-}
-
-template <class Value>
-inline void weighted_rows_any(int rows, int cols, int d, const float* w, int ldw, const Value& value, float* out, int ldo) {
-  for (int i = 0; i < rows; i++) {
-    float* oi = out + (int64_t)i * ldo;
-    std::memset(oi, 0, sizeof(float) * d);
-    const float* wi = w + (int64_t)i * ldw;
-    for (int j = 0; j < cols; j++) {
-      const float wj = wi[j];
-      const float* v = value(j);
-#pragma omp simd
-      for (int c = 0; c < d; c++) oi[c] += wj * v[c];
-    }
+    std::memcpy(out + (int64_t)i * ldo, acc, sizeof(float) * n);
   }
 }
 
@@ -718,10 +705,10 @@ napi_value Attention(napi_env env, napi_callback_info info) {
       if (d <= kSmallHead) {
         const auto value = [&](int j) { return j < p ? pvh + (int64_t)j * d : vh + (int64_t)(j - p) * kvCols; };
         const float* si = scores.data();
-        if (d == 8) weighted_rows<8>(lq, cols, si, cols, value, oh, outCols);
-        else if (d == 16) weighted_rows<16>(lq, cols, si, cols, value, oh, outCols);
-        else if (d == 32) weighted_rows<32>(lq, cols, si, cols, value, oh, outCols);
-        else weighted_rows_any(lq, cols, d, si, cols, value, oh, outCols);
+        if (d == 8) weighted_rows<8>(lq, cols, d, si, cols, value, oh, outCols);
+        else if (d == 16) weighted_rows<16>(lq, cols, d, si, cols, value, oh, outCols);
+        else if (d == 32) weighted_rows<32>(lq, cols, d, si, cols, value, oh, outCols);
+        else weighted_rows<0>(lq, cols, d, si, cols, value, oh, outCols);
         continue;
       }
       if (p > 0) gemm(false, false, lq, d, p, scores.data(), cols, pvh, d, 0.f, oh, outCols);

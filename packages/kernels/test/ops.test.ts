@@ -266,32 +266,34 @@ for (const backend of backendsUnderTest()) {
       });
     }
 
-    it('attention: packed q|k|v, prefix, bias, mask, causal', async () => {
-      const [b, l, p, h, d] = [2, 5, 3, 2, 4];
-      const qkv = values([b, l, 3 * h * d], 40);
-      const pk = values([b, h, p, d], 41);
-      const pv = values([b, h, p, d], 42);
-      const table = values([6, h], 43);
-      const index = tf.tensor2d(
-        Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)),
-        [l, p + l],
-        'int32',
-      );
-      const mask = tf.tensor2d([
-        [MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE],
-        [0, 0, 0, 0, 0, 0, 0, 0],
-      ]);
-      const options = (pkk: Tensor, pvv: Tensor): AttentionOptions => ({
-        numHeads: h,
-        headDim: d,
-        prefix: { keys: pkk, values: pvv },
-        bias: { table, index },
-        mask,
-        causalOffset: 0,
+    // head sizes: the native kernel's run-time small-head loop (4, 12), its compile-time ones (8, 16, 32), its GEMM (64)
+    for (const d of [4, 8, 12, 16, 32, 64])
+      it(`attention: packed q|k|v, prefix, bias, mask, causal (heads of ${d})`, async () => {
+        const [b, l, p, h] = [2, 5, 3, 2];
+        const qkv = values([b, l, 3 * h * d], 40);
+        const pk = values([b, h, p, d], 41);
+        const pv = values([b, h, p, d], 42);
+        const table = values([6, h], 43);
+        const index = tf.tensor2d(
+          Array.from({ length: l * (p + l) }, (_, i) => (i % (p + l) < p ? -1 : i % 6)),
+          [l, p + l],
+          'int32',
+        );
+        const mask = tf.tensor2d([
+          [MASK_VALUE, 0, 0, 0, 0, 0, 0, MASK_VALUE],
+          [0, 0, 0, 0, 0, 0, 0, 0],
+        ]);
+        const options = (pkk: Tensor, pvv: Tensor): AttentionOptions => ({
+          numHeads: h,
+          headDim: d,
+          prefix: { keys: pkk, values: pvv },
+          bias: { table, index },
+          mask,
+          causalOffset: 0,
+        });
+        await compare((x, pkk, pvv) => attention(x, { source: x, kOffset: h * d, vOffset: 2 * h * d }, options(pkk, pvv)), [qkv, pk, pv]);
+        tf.dispose([qkv, pk, pv, table, index, mask]);
       });
-      await compare((x, pkk, pvv) => attention(x, { source: x, kOffset: h * d, vOffset: 2 * h * d }, options(pkk, pvv)), [qkv, pk, pv]);
-      tf.dispose([qkv, pk, pv, table, index, mask]);
-    });
 
     it('attention: one cached step over a cache (causal offset), cross-attention without bias', async () => {
       const [b, cap, h, d] = [3, 6, 2, 4];
