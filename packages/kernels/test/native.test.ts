@@ -64,8 +64,16 @@ describe.runIf(process.platform === 'linux' && hasCompiler() && process.env.ADAP
     expect(written.dataId).toBe(owned.dataId);
     owned.dispose();
     expect(await written.array()).toEqual([
-      [[0, 0], [3, 4], [0, 0]],
-      [[0, 0], [7, 8], [0, 0]],
+      [
+        [0, 0],
+        [3, 4],
+        [0, 0],
+      ],
+      [
+        [0, 0],
+        [7, 8],
+        [0, 0],
+      ],
     ]);
     // shared with a clone: a new buffer; the clone still reads zeros
     const shared = tf.zeros([2, 3, 2]);
