@@ -2,21 +2,7 @@
  * A minimal ZIP writer (stored, no compression: safetensors do not compress much) so one click downloads an
  * adapter directory — unzip it and `loadAdapter` / PEFT's `from_pretrained` reads the folder.
  */
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-export function crc32(bytes: Uint8Array): number {
-  let c = 0xffffffff;
-  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
+import { crc32 } from '@adapterkit/core';
 
 /** Files under `folder/` in one stored ZIP (sizes < 4 GiB: no ZIP64). */
 export function zipFiles(folder: string, files: Record<string, Uint8Array>): Uint8Array {

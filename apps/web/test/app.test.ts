@@ -7,7 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { adapterNameProblem, DatasetParseError, detectFormat, nextFreeName, parseDataset, splitHeldOut, toJsonl } from '../src/dataset.js';
 import { modelSourceUrl } from '../src/source.js';
 import { textStream } from '../src/stream.js';
-import { crc32, zipFiles } from '../src/zip.js';
+import { crc32 } from '@adapterkit/core';
+import { zipFiles } from '../src/zip.js';
 
 function parseError(text: string): DatasetParseError {
   try {

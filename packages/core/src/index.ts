@@ -18,5 +18,6 @@ export * from './adapter-table.js';
 export * from './options.js';
 export * from './torch-checkpoint.js';
 export * from './torch-save.js';
+export { crc32 } from './crc32.js';
 export * from './file-tensors.js';
 export * from './decode-batch.js';

@@ -1,4 +1,5 @@
 import { TorchCheckpointError } from './errors.js';
+import { crc32 } from './crc32.js';
 
 /**
  * A writer for PyTorch's `torch.save` zip format, byte for byte what `torch.save(state_dict, "<archive>.bin")`
@@ -183,21 +184,6 @@ function statePickle(entries: [string, TorchSaveTensor][]): { pickle: Uint8Array
 }
 
 // ------------------------------------------------------------------------------------------------ zip
-
-let crcTable: Uint32Array | undefined;
-function crc32(bytes: Uint8Array): number {
-  if (!crcTable) {
-    crcTable = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      crcTable[n] = c >>> 0;
-    }
-  }
-  let c = 0xffffffff;
-  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
 
 /** The archive torch's PyTorchStreamWriter writes for these records (all small enough for 32-bit offsets). */
 function writeTorchZip(records: [string, Uint8Array][]): Uint8Array {
