@@ -37,27 +37,34 @@ const SHARED_MEMO_ENTRIES = 512;
  */
 export class SharedMemo {
   private readonly entries = new Map<string, { sources: readonly unknown[]; value: Tensor[] }>();
+  /** Every tensor the entries hold (contexts ask per remembered tensor). */
+  private readonly held = new Set<Tensor>();
 
   /** The tensors under `key`, made anew when `sources` (compared element by element) differ. */
   get(key: string, sources: readonly unknown[], make: () => Tensor[]): Tensor[] {
     const hit = this.entries.get(key);
     if (hit && hit.sources.length === sources.length && hit.sources.every((s, i) => s === sources[i])) return hit.value;
-    if (hit) tf.dispose(hit.value);
+    if (hit) this.drop(hit.value);
     else if (this.entries.size >= SHARED_MEMO_ENTRIES) this.dispose();
     const value = make().map((t) => tf.keep(t));
+    for (const t of value) this.held.add(t);
     this.entries.set(key, { sources, value });
     return value;
   }
 
   /** Whether the memo holds this tensor (a context that remembers it must not dispose it). */
   owns(t: Tensor): boolean {
-    for (const e of this.entries.values()) if (e.value.includes(t)) return true;
-    return false;
+    return this.held.has(t);
   }
 
   dispose(): void {
-    for (const e of this.entries.values()) tf.dispose(e.value);
+    for (const e of this.entries.values()) this.drop(e.value);
     this.entries.clear();
+  }
+
+  private drop(value: Tensor[]): void {
+    for (const t of value) this.held.delete(t);
+    tf.dispose(value);
   }
 }
 

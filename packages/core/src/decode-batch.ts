@@ -286,17 +286,18 @@ const MIN_BUCKET_ROWS = 16;
  * (attention: × length²), so 200 mixed requests padded to their longest would spend most of it on padding.
  */
 function lengthBuckets(entries: Active[]): Active[][] {
-  const length = (a: Active) => Math.max(...a.rows.map((r) => r.length));
-  const sorted = [...entries].sort((x, y) => length(x) - length(y));
+  const sorted = entries.map((a) => ({ a, length: Math.max(...a.rows.map((r) => r.length)) })).sort((x, y) => x.length - y.length);
   const buckets: Active[][] = [];
   let bucket: Active[] = [];
+  let shortest = 0;
   let rows = 0;
-  for (const a of sorted) {
-    if (rows >= MIN_BUCKET_ROWS && length(a) > 2 * length(bucket[0])) {
+  for (const { a, length } of sorted) {
+    if (rows >= MIN_BUCKET_ROWS && length > 2 * shortest) {
       buckets.push(bucket);
       bucket = [];
       rows = 0;
     }
+    if (bucket.length === 0) shortest = length;
     bucket.push(a);
     rows += a.rows.length;
   }
