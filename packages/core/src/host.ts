@@ -540,7 +540,7 @@ export class AdapterHost {
         );
       const name = options.name ?? options.fallbackName ?? 'default';
       refuseAdaptersHeadFiles(files, 'PEFT');
-      return this.importForeign(method, name, 'peft', options.overwrite, (rt) => rt.importPeft?.(name, cfg, floats));
+      return this.importForeign(name, 'peft', options.overwrite, [{ method, importer: (rt) => rt.importPeft?.(name, cfg, floats) }]);
     }
 
     // AdapterHub `adapters`: { config: { architecture, … }, name, model_type, hidden_size, version: "adapters.x" }
@@ -624,7 +624,7 @@ export class AdapterHost {
       return method;
     };
     if (file.config.architecture !== 'union') {
-      this.importForeign(methodOf(file.config.architecture), name, 'adapters', overwrite, (rt) => rt.importAdapters?.(name, file, floats));
+      this.importForeign(name, 'adapters', overwrite, [{ method: methodOf(file.config.architecture), importer: (rt) => rt.importAdapters?.(name, file, floats) }]);
       return;
     }
     const configs = file.config.configs;
@@ -648,34 +648,38 @@ export class AdapterHost {
         );
       owners[0].tensors.set(key, t);
     }
+    this.importForeign(
+      name,
+      'adapters',
+      overwrite,
+      parts.map((p) => ({ method: p.method, importer: (rt) => rt.importAdapters?.(name, { ...file, config: p.config }, p.tensors) })),
+    );
+  }
+
+  /**
+   * Registers an adapter that methods imported from another library's files: one part, or a union's parts
+   * (an importer returning undefined: that method cannot). A part that fails removes the parts before it.
+   */
+  private importForeign(
+    name: string,
+    source: 'peft' | 'adapters',
+    overwrite: boolean | undefined,
+    parts: { method: AdapterMethod; importer: (rt: MethodRuntime) => AdapterConfig | undefined }[],
+  ): string {
     this.prepareName(name, overwrite);
     const imported: { method: AdapterMethod; config: AdapterConfig }[] = [];
     try {
       for (const p of parts) {
-        const rt = this.runtime(p.method);
-        const config = rt.importAdapters?.(name, { ...file, config: p.config }, p.tensors);
-        if (!config) throw new UnsupportedError(`${p.method.name} cannot import AdapterHub adapters adapters`, 'format');
+        const config = p.importer(this.runtime(p.method));
+        if (!config) throw new UnsupportedError(`${p.method.name} cannot import ${source === 'peft' ? 'PEFT' : 'AdapterHub adapters'} adapters`, 'format');
         imported.push({ method: p.method, config });
       }
     } catch (e) {
       for (const p of imported) this.runtime(p.method).remove(name);
       throw e;
     }
-    this.adapters.set(name, { name, config: { method: 'union', configs: imported.map((p) => p.config) }, parts: imported, source: 'adapters' });
-  }
-
-  /** Registers an adapter a method imported from another library's files (`importer` undefined: the method cannot). */
-  private importForeign(
-    method: AdapterMethod,
-    name: string,
-    source: 'peft' | 'adapters',
-    overwrite: boolean | undefined,
-    importer: (rt: MethodRuntime) => AdapterConfig | undefined,
-  ): string {
-    this.prepareName(name, overwrite);
-    const config = importer(this.runtime(method));
-    if (!config) throw new UnsupportedError(`${method.name} cannot import ${source === 'peft' ? 'PEFT' : 'AdapterHub adapters'} adapters`, 'format');
-    this.adapters.set(name, { name, config, parts: [{ method, config }], source });
+    const config = imported.length === 1 ? imported[0].config : { method: 'union', configs: imported.map((p) => p.config) };
+    this.adapters.set(name, { name, config, parts: imported, source });
     return name;
   }
 
@@ -944,10 +948,9 @@ function assembleLinearInputs(
       // Shared across contexts when the factors are the adapters' variables: keyed by them (tensor ids) and
       // rebuilt when their data change (assign). The memo owns its tensors: never a variable itself.
       const sharable = shared && factors.every((f) => f.a instanceof tf.Variable && f.b instanceof tf.Variable);
-      const key = `lora-stack:${group.key}:${factors.map((f) => `${f.a.id}/${f.b.id}@${f.start}-${f.end}`).join(',')}`;
       const [a, b] = sharable
         ? shared.get(
-            key,
+            `lora-stack:${group.key}:${factors.map((f) => `${f.a.id}/${f.b.id}@${f.start}-${f.end}`).join(',')}`,
             factors.flatMap((f) => [f.a.dataId, f.b.dataId]),
             () => stack().map((t) => (t instanceof tf.Variable ? t.clone() : t)),
           )
