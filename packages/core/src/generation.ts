@@ -256,16 +256,23 @@ const nextMacrotask: () => Promise<void> =
   typeof setImmediate === 'function'
     ? () => new Promise((resolve) => setImmediate(resolve))
     : typeof MessageChannel === 'function'
-      ? () =>
-          new Promise((resolve) => {
-            const channel = new MessageChannel();
-            channel.port1.onmessage = () => {
-              channel.port1.close();
-              resolve();
-            };
-            channel.port2.postMessage(null);
-          })
+      ? channelMacrotask()
       : () => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** Browsers: a message to oneself is a macrotask without setTimeout's clamping; one channel serves every step. */
+function channelMacrotask(): () => Promise<void> {
+  let channel: MessageChannel | undefined;
+  const waiting: (() => void)[] = [];
+  return () =>
+    new Promise((resolve) => {
+      if (!channel) {
+        channel = new MessageChannel();
+        channel.port1.onmessage = () => waiting.shift()?.();
+      }
+      waiting.push(resolve);
+      channel.port2.postMessage(null);
+    });
+}
 
 /** Between decoding steps: let the event loop run, then stop if the caller aborted. */
 async function betweenSteps(signal: AbortSignal | undefined): Promise<void> {
