@@ -2,7 +2,7 @@
  * adapterkit in the browser: load a Hugging Face T5 by URL (the bundled tiny model by default) with a
  * progress bar, run it on WebGPU (wasm when navigator.gpu is absent), hot-swap adapters loaded from files,
  * generate with streamed text, and train an adapter on the user's own examples (held-out split, live loss and
- * accuracy chart, stop/resume), then download it in adapterkit or PEFT format.
+ * accuracy chart, stop/resume), then download it in adapterkit, PEFT or AdapterHub adapters format.
  */
 import { initBackend, setWasmPaths, type BackendInfo } from '@adapterkit/backend';
 import type { AdapterFiles } from '@adapterkit/core';
@@ -211,7 +211,7 @@ async function loadAdapterFromFiles() {
   }
   ui.adapterFiles.value = '';
   if (!files['adapter_config.json'] || !(files['adapter_model.safetensors'] || files['adapter_model.bin']))
-    throw new Error('pick adapter_config.json and adapter_model.safetensors (or adapter_model.bin) together');
+    throw new Error('pick adapter_config.json and its weights file (.safetensors or .bin) together');
   const wanted = ui.adapterName.value.trim();
   const problem = wanted ? adapterNameProblem(wanted, []) : undefined;
   if (problem) throw new Error(`adapter name: ${problem}`);
